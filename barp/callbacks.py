@@ -1,0 +1,119 @@
+"""Callbacks: the printed results table after ``test`` and the per-prompt prediction writer."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_only
+
+from barp.router_module import REFERENCES, RouterModule, pref_key
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _log_dir(trainer: L.Trainer) -> Path:
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def results_rows(metrics: dict[str, float], module: RouterModule) -> list[dict[str, object]]:
+    """Rows (split, w_c, policy, score, cost, reward) from logged test metrics."""
+    rows = []
+    for split in ("id", "ood"):
+        for w_c in sorted(module.eval_preferences):
+            prefix = f"test/{split}/" if w_c == module.eval_w_c else f"test/{split}/{pref_key(w_c)}/"
+            for policy in ("BaRP" if type(module).__name__ == "BaRPModule" else type(module).__name__,) + REFERENCES:
+                name = "" if policy not in REFERENCES else f"{policy}_"
+                keys = [f"{prefix}{name}{m}" for m in ("score", "cost", "reward")]
+                if all(k in metrics for k in keys):
+                    rows.append({"split": split, "w_c": w_c, "policy": policy,
+                                 **{m: float(metrics[k]) for m, k in zip(("score", "cost", "reward"), keys)}})
+    return rows
+
+
+def format_table(rows: list[dict[str, object]]) -> str:
+    """A compact fixed-width table of results rows."""
+    lines = [f"{'split':<5} {'w_c':>4}  {'policy':<15} {'score':>7} {'cost($)':>10} {'reward':>8}"]
+    last = None
+    for r in rows:
+        if last is not None and (r["split"], r["w_c"]) != last:
+            lines.append("")
+        last = (r["split"], r["w_c"])
+        lines.append(f"{r['split']:<5} {r['w_c']:>4.2g}  {r['policy']:<15} {r['score']:>7.4f} "
+                     f"{r['cost']:>10.3e} {r['reward']:>8.4f}")
+    return "\n".join(lines)
+
+
+class ResultsTable(L.Callback):
+    """After ``test``: print the router beside the reference policies and write ``test_results.json``/``.csv``.
+
+    Args:
+        filename: Base name of the result files in the run's log folder.
+    """
+
+    def __init__(self, filename: str = "test_results") -> None:
+        self.filename = filename
+
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not isinstance(pl_module, RouterModule):
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        rows = results_rows(metrics, pl_module)
+        if not rows:
+            return
+        print("\n" + format_table(rows) + "\n", flush=True)
+        out = _log_dir(trainer)
+        atomic_write_text(out / f"{self.filename}.json", json.dumps({"rows": rows, "metrics": metrics}, indent=2))
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes, per prompt, the chosen model and its probability at the module's ``predict_w_c`` to a CSV.
+
+    Columns: ``prompt_id, split, task, w_c, model, probability``.
+
+    Args:
+        output: CSV path; default ``<log dir>/predictions.csv`` (``predictions.rank<R>.csv`` per rank under DDP).
+    """
+
+    def __init__(self, output: str | None = None) -> None:
+        super().__init__(write_interval="epoch")
+        self.output = output
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        dm = trainer.datamodule
+        table = dm.table
+        split_names = ["train", "val", "test", "ood"]
+        lines = [["prompt_id", "split", "task", "w_c", "model", "probability"]]
+        flat = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        for batch in flat:
+            for row, split, action, prob in zip(batch["row"].tolist(), batch["split"].tolist(),
+                                                batch["action"].tolist(), batch["probability"].tolist()):
+                lines.append([table.prompt_ids[row], split_names[split], table.tasks[row], batch["w_c"],
+                              pl_module.model_names[action], f"{prob:.6f}"])
+        path = Path(self.output) if self.output else _log_dir(trainer) / "predictions.csv"
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        buf = io.StringIO()
+        csv.writer(buf).writerows(lines)
+        atomic_write_text(path, buf.getvalue())
+        self.last_path = path

@@ -1,0 +1,265 @@
+"""The LightningDataModule: builds the outcome table, splits it, embeds prompts once (cached) and serves batches.
+
+Training batches carry ``emb`` and ``row`` only: outcomes are revealed by the bandit environment
+(:meth:`RoutingDataModule.train_environment`). Evaluation batches carry the full outcome rows, because
+evaluation (and the reference policies) may look at every model's outcome.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from barp.data.embedding_cache import EmbeddingCache, default_cache_dir
+from barp.data.environment import BanditEnvironment
+from barp.data.splits import Splits, make_splits
+from barp.data.table import OutcomeTable
+from barp.encoders import DEFAULT_ENCODER, SentenceEncoder, encoder_identity, resolve_encoder_path
+from barp.errors import ConfigError
+
+SPLIT_NAMES = {"val": "id", "test": "id", "ood": "ood"}
+
+
+class _Rows(Dataset):
+    """Batches of rows from in-memory tensors, gathered in one indexing operation per batch."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+        self.n = len(next(iter(tensors.values())))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+    def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(idx, dtype=torch.long)
+        return {k: v[index] for k, v in self.tensors.items()}
+
+
+def _identity_collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return batch
+
+
+class RoutingDataModule(L.LightningDataModule):
+    """Serves a routing table's ID train/val/test and OOD test splits as frozen-encoder embeddings.
+
+    With no ``path`` the table is barp's built-in benchmark, a SYNTHETIC RouterBench-shaped table generated
+    from a seed (see :mod:`barp.data.synthetic`); with ``path`` it is read from a file.
+
+    Args:
+        path: Data file (or glob, or ``hf://...``); None uses the built-in synthetic benchmark.
+        format: File format; ``auto`` detects it from the content.
+        num_prompts: Size of the built-in synthetic benchmark.
+        synthetic_seed: Seed of the built-in synthetic benchmark.
+        on_missing: Rows with missing score cells in a file: ``drop`` them (with one warning) or ``error``.
+        trust_pickle: Load a pickle whose SHA-256 is not a pinned official file (pickles can run code).
+        task_map: Extra mapping from a file's task/eval names (exact or prefix) to task families.
+        default_task: Family for RouterBench eval names no rule maps.
+        prices: Price table (model -> USD per 1M input/output tokens) for record files without costs.
+        ood_tasks: Task families held out of training and evaluated as the out-of-distribution test split.
+        val_fraction: Share of each in-distribution task used for validation.
+        test_fraction: Share of each in-distribution task used for the ID test.
+        split_seed: Seed of the split.
+        encoder: Frozen sentence encoder (HF name or local directory); the default resolves to the packaged
+            all-MiniLM-L6-v2.
+        max_length: Encoder max tokens per prompt.
+        truncation_side: Which end of a long prompt to cut; ``left`` keeps the end (the question).
+        encoder_batch_size: Prompts per encoder forward pass.
+        encoder_dtype: Encoder compute dtype.
+        encoder_device: Device for embedding (``cpu``, ``cuda``); embeddings are cached either way.
+        cache_dir: Embedding cache folder; default ``$BARP_CACHE`` or ``~/.cache/barp``.
+        batch_size: Training batch size (per device).
+        eval_batch_size: Batch size for validation, test and predict.
+        train_repeats: Passes over the training prompts per epoch (each with fresh preferences and actions).
+        num_workers: DataLoader workers (the data are in memory; 0 is usually fastest).
+        predict_splits: Which splits ``predict`` routes.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        format: str = "auto",
+        num_prompts: int = 3000,
+        synthetic_seed: int = 0,
+        on_missing: Literal["drop", "error"] = "drop",
+        trust_pickle: bool = False,
+        task_map: dict[str, str] | None = None,
+        default_task: str = "other",
+        prices: str | dict | None = None,
+        ood_tasks: list[str] | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_seed: int = 42,
+        encoder: str = DEFAULT_ENCODER,
+        max_length: int = 256,
+        truncation_side: Literal["left", "right"] = "left",
+        encoder_batch_size: int = 64,
+        encoder_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        encoder_device: str = "cpu",
+        cache_dir: str | None = None,
+        batch_size: int = 256,
+        eval_batch_size: int = 1024,
+        train_repeats: int = 1,
+        num_workers: int = 0,
+        predict_splits: list[Literal["train", "val", "test", "ood"]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
+                            ("train_repeats", train_repeats), ("max_length", max_length)):
+            if value < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {value!r}")
+        if ood_tasks is None:
+            from barp.data.synthetic import DEFAULT_OOD_TASKS
+
+            ood_tasks = list(DEFAULT_OOD_TASKS) if path is None else []
+        self.ood_tasks = list(ood_tasks)
+        self.predict_splits = list(predict_splits or ["test", "ood"])
+        self._table: OutcomeTable | None = None
+        self._splits: Splits | None = None
+        self._embeddings: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ table and splits
+    @property
+    def table(self) -> OutcomeTable:
+        """The full outcome table (built on first use)."""
+        if self._table is None:
+            hp = self.hparams
+            if hp.path is None:
+                from barp.data.synthetic import generate_synthetic
+
+                self._table = generate_synthetic(num_prompts=hp.num_prompts, seed=hp.synthetic_seed)
+            else:
+                from barp.data.sources import load_table
+
+                self._table = load_table(
+                    hp.path, hp.format, on_missing=hp.on_missing, trust_pickle=hp.trust_pickle,
+                    task_map=hp.task_map, default_task=hp.default_task, prices=hp.prices,
+                    cache_dir=hp.cache_dir,
+                )
+        return self._table
+
+    @property
+    def splits(self) -> Splits:
+        """Row indices of each split."""
+        if self._splits is None:
+            hp = self.hparams
+            self._splits = make_splits(self.table, self.ood_tasks, hp.val_fraction, hp.test_fraction, hp.split_seed)
+        return self._splits
+
+    @property
+    def model_names(self) -> list[str]:
+        """Candidate model names, in the policy's output order."""
+        return list(self.table.models)
+
+    @property
+    def task_names(self) -> list[str]:
+        """All task families (ID and OOD), sorted."""
+        return self.table.task_names
+
+    @property
+    def embed_dim(self) -> int:
+        """Embedding size of the configured encoder (read from its config; no weights are loaded)."""
+        from transformers import AutoConfig
+
+        return int(AutoConfig.from_pretrained(resolve_encoder_path(self.hparams.encoder)).hidden_size)
+
+    @property
+    def eval_splits(self) -> dict[str, list[str]]:
+        """Names of the splits each evaluation stage reports (``id``, ``ood``), in dataloader order."""
+        test = ["id"] + (["ood"] if len(self.splits.ood) else [])
+        return {"validate": ["id"], "test": test, "fit": ["id"]}
+
+    def train_environment(self) -> BanditEnvironment:
+        """The bandit environment over the training split (row numbers match training batches' ``row``)."""
+        return BanditEnvironment(self.table.subset(self.splits.train))
+
+    # ------------------------------------------------------------------ embeddings
+    def _cache(self) -> EmbeddingCache:
+        hp = self.hparams
+        root = Path(hp.cache_dir).expanduser() if hp.cache_dir else default_cache_dir()
+        return EmbeddingCache(root / "embeddings", encoder_identity(hp.encoder), hp.max_length,
+                              hp.truncation_side, hp.encoder_dtype)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        hp = self.hparams
+        encoder = SentenceEncoder(hp.encoder, hp.max_length, hp.truncation_side, hp.encoder_batch_size,
+                                  hp.encoder_dtype, hp.encoder_device)
+        return encoder.encode(texts, progress=True)
+
+    def prepare_data(self) -> None:
+        """Embed every prompt not yet in the cache (runs once per node, before ``setup``)."""
+        _, self.num_embedded = self._cache().get_or_compute(self.table.prompts, self._encode)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load embeddings (from the cache that ``prepare_data`` filled) and check the split sizes."""
+        if self._embeddings is None:
+            self._embeddings, computed = self._cache().get_or_compute(self.table.prompts, self._encode)
+            self.num_embedded = getattr(self, "num_embedded", 0) + computed
+        if len(self.splits.train) == 0:
+            raise ConfigError(f"{self.table.source}: the training split is empty; lower val/test fractions")
+
+    def _tensors(self, rows: np.ndarray, outcomes: bool, split_id: int = 0) -> dict[str, torch.Tensor]:
+        assert self._embeddings is not None, "call setup() first"
+        table = self.table
+        task_index = {t: i for i, t in enumerate(table.task_names)}
+        out = {
+            "emb": torch.as_tensor(self._embeddings[rows]),
+            "row": torch.arange(len(rows)) if not outcomes else torch.as_tensor(rows, dtype=torch.long),
+        }
+        if outcomes:
+            out["task"] = torch.as_tensor([task_index[table.tasks[i]] for i in rows], dtype=torch.long)
+            out["scores"] = torch.as_tensor(table.scores[rows], dtype=torch.float32)
+            out["costs"] = torch.as_tensor(table.costs[rows], dtype=torch.float32)
+            out["split"] = torch.full((len(rows),), split_id, dtype=torch.long)
+        return out
+
+    def _loader(self, tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(_Rows(tensors), batch_size=batch_size, shuffle=shuffle, collate_fn=_identity_collate,
+                          num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        """Training batches: ``emb`` and ``row`` (position in the training split) only; no outcomes."""
+        rows = np.tile(self.splits.train, self.hparams.train_repeats)
+        tensors = self._tensors(rows, outcomes=False)
+        tensors["row"] = torch.arange(len(self.splits.train)).repeat(self.hparams.train_repeats)
+        return self._loader(tensors, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """ID validation batches with full outcomes (for evaluation only)."""
+        return self._loader(self._tensors(self.splits.val, outcomes=True), self.hparams.eval_batch_size, False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """ID test and (if any task is held out) OOD test batches, in that order."""
+        loaders = [self._loader(self._tensors(self.splits.test, True), self.hparams.eval_batch_size, False)]
+        if len(self.splits.ood):
+            loaders.append(self._loader(self._tensors(self.splits.ood, True, 1), self.hparams.eval_batch_size, False))
+        return loaders
+
+    def predict_dataloader(self) -> DataLoader:
+        """Rows of ``predict_splits``; batches carry ``row`` (position in the full table) and ``split``."""
+        names = ["train", "val", "test", "ood"]
+        parts = [(names.index(s), getattr(self.splits, s)) for s in self.predict_splits]
+        rows = np.concatenate([r for _, r in parts])
+        split_ids = np.concatenate([np.full(len(r), i) for i, r in parts])
+        tensors = self._tensors(rows, outcomes=True)
+        tensors["split"] = torch.as_tensor(split_ids, dtype=torch.long)
+        return self._loader(tensors, self.hparams.eval_batch_size, False)
+
+    def describe(self) -> dict[str, object]:
+        """Sizes of the table and splits, for logs."""
+        s = self.splits
+        return {"source": self.table.source, "models": self.table.num_models, "tasks": self.table.task_names,
+                "ood_tasks": self.ood_tasks, "train": len(s.train), "val": len(s.val), "test": len(s.test),
+                "ood": len(s.ood)}
+
+    def __repr__(self) -> str:
+        return f"RoutingDataModule({json.dumps(self.describe()) if self._table is not None else ''})"

@@ -1,0 +1,1 @@
+"""Evaluation: routing metrics, reference policies, result tables."""

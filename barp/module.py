@@ -1,0 +1,113 @@
+"""The BaRP LightningModule: a preference-conditioned softmax policy trained by REINFORCE under bandit feedback.
+
+Each training step: draw a fresh preference w per prompt (uniform on the simplex), sample a model
+a ~ pi(.|x, w), pull only that arm from the bandit environment (score q and cost c of model a, nothing
+else), compute r = w_q q - w_c min(c / tau, 1), and minimise -(r - b) log pi(a|x, w) - beta H(pi).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from barp.errors import ConfigError
+from barp.policy import BaRPPolicy, Head
+from barp.rl import reinforce_loss, reward, sample_preferences
+from barp.router_module import RouterModule
+
+
+class BaRPModule(RouterModule):
+    """BaRP: one policy pi(a | x, w) that serves every quality-cost trade-off w.
+
+    Choices the paper leaves open (ours, all configurable): batch-mean baseline, Adam with lr 1e-3,
+    entropy coefficient 0.02 decayed linearly to ``beta_final``, tau = 95th percentile of training costs.
+
+    Args:
+        head: Decision head over [h(x); phi(w)]: ``mlp``, ``linear`` or ``bilinear``.
+        hidden_dim: Hidden width of the MLP head.
+        pref_dim: Width of the preference encoder phi.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        beta: Entropy bonus coefficient at the start of training.
+        beta_final: Entropy coefficient at the end of training (linear decay); None keeps ``beta``.
+        baseline: ``batch_mean`` (mean reward of the batch), ``moving_average`` (exponential average of
+            batch means across steps) or ``none``.
+        baseline_momentum: Momentum of the moving-average baseline.
+        **kwargs: Evaluation and linking options of :class:`~barp.router_module.RouterModule`.
+    """
+
+    def __init__(
+        self,
+        head: Head = "mlp",
+        hidden_dim: int = 256,
+        pref_dim: int = 64,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        beta: float = 0.02,
+        beta_final: float | None = None,
+        baseline: Literal["batch_mean", "moving_average", "none"] = "batch_mean",
+        baseline_momentum: float = 0.9,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        if lr <= 0:
+            raise ConfigError(f"model.lr must be > 0, got {lr!r}")
+        if beta < 0 or (beta_final is not None and beta_final < 0):
+            raise ConfigError(f"model.beta and model.beta_final must be >= 0, got {beta!r}, {beta_final!r}")
+        if not 0 <= baseline_momentum < 1:
+            raise ConfigError(f"model.baseline_momentum must be in [0, 1), got {baseline_momentum!r}")
+        self.policy = BaRPPolicy(self.embed_dim, len(self.model_names), head, hidden_dim, pref_dim)
+        self.register_buffer("baseline_value", torch.tensor(float("nan")))
+
+    def route(self, emb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Policy logits (B, K)."""
+        return self.policy(emb, w)
+
+    def current_beta(self) -> float:
+        """Entropy coefficient at the current step (linear decay from beta to beta_final)."""
+        hp = self.hparams
+        if hp.beta_final is None or self._trainer is None:
+            return hp.beta
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        frac = min(self.global_step / total, 1.0)
+        return hp.beta + (hp.beta_final - hp.beta) * frac
+
+    def _baseline(self, rewards: torch.Tensor) -> torch.Tensor:
+        kind = self.hparams.baseline
+        if kind == "none":
+            return torch.zeros((), device=rewards.device)
+        if kind == "batch_mean":
+            return rewards.mean()
+        mean = rewards.mean().detach()
+        if torch.isnan(self.baseline_value):
+            self.baseline_value.copy_(mean)
+        b = self.baseline_value.clone()
+        m = self.hparams.baseline_momentum
+        self.baseline_value.copy_(m * self.baseline_value + (1 - m) * mean)
+        return b
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One REINFORCE step; the batch holds embeddings and row numbers, never outcomes."""
+        if self.env is None:
+            raise RuntimeError("BaRPModule needs a datamodule with train_environment() to train")
+        emb, rows = batch["emb"], batch["row"]
+        w = sample_preferences(len(emb), device=emb.device)
+        logits = self.policy(emb, w)
+        actions = torch.distributions.Categorical(logits=logits).sample()
+        feedback = self.env.pull(rows, actions)
+        r = reward(feedback.score, feedback.cost, w, self.tau_value)
+        b = self._baseline(r)
+        beta = self.current_beta()
+        terms = reinforce_loss(logits, actions, r, b, beta)
+        self.log_dict(
+            {"train/loss": terms.loss, "train/policy_loss": terms.policy_loss, "train/entropy": terms.entropy,
+             "train/reward": r.mean(), "train/score": feedback.score.mean(), "train/cost": feedback.cost.mean(),
+             "train/baseline": torch.as_tensor(b, dtype=r.dtype), "train/beta": torch.tensor(beta)},
+            on_step=False, on_epoch=True, batch_size=len(emb),
+        )
+        return terms.loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.policy.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -1,0 +1,104 @@
+"""Pure functions of BaRP's learning rule: preferences, the reward, and the REINFORCE loss.
+
+Reward (paper): ``r = w_q * q - w_c * min(c / tau, 1)``.
+Loss (paper): ``-(r - b) * log pi(a | x, w) - beta * H(pi(. | x, w))``, averaged over the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from barp.errors import ConfigError
+
+
+def check_w_c(w_c: float, option: str = "w_c") -> float:
+    """Validate a cost weight: a finite number in [0, 1] (then ``w = (1 - w_c, w_c)`` lies on the simplex).
+
+    Args:
+        w_c: The cost weight.
+        option: The option name to show in the error.
+
+    Returns:
+        ``w_c`` as a float.
+    """
+    try:
+        value = float(w_c)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{option}: preference weight must be a number in [0, 1], got {w_c!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{option}: preference weight must be in [0, 1] (w_q = 1 - w_c), got {w_c!r}")
+    return value
+
+
+def preference_tensor(w_c: float, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A batch of ``n`` identical preferences ``(1 - w_c, w_c)``, shape (n, 2)."""
+    w_c = check_w_c(w_c)
+    return torch.tensor([1.0 - w_c, w_c], device=device).expand(n, 2).contiguous()
+
+
+def sample_preferences(n: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Draw ``n`` preferences uniformly on the 1-simplex: ``w_q ~ U(0, 1)``, ``w_c = 1 - w_q``; shape (n, 2)."""
+    w_q = torch.rand(n, generator=generator, device=device)
+    return torch.stack([w_q, 1.0 - w_q], dim=-1)
+
+
+def reward(score: torch.Tensor, cost: torch.Tensor, w: torch.Tensor, tau: float) -> torch.Tensor:
+    """BaRP's reward ``w_q * q - w_c * min(c / tau, 1)``.
+
+    Broadcasts: ``score`` and ``cost`` of shape (B,) with ``w`` of shape (B, 2), or of shape (B, K) for all
+    models at once (then ``w`` is unsqueezed).
+
+    Args:
+        score: Quality in [0, 1].
+        cost: Cost in USD (>= 0).
+        w: Preferences (w_q, w_c).
+        tau: Cost scale (> 0); costs above tau count as 1.
+    """
+    if not tau > 0:
+        raise ConfigError(f"tau must be > 0, got {tau!r}")
+    w_q, w_c = w[:, 0], w[:, 1]
+    if score.dim() == 2:
+        w_q, w_c = w_q.unsqueeze(-1), w_c.unsqueeze(-1)
+    return w_q * score - w_c * torch.clamp(cost / tau, max=1.0)
+
+
+@dataclass
+class ReinforceTerms:
+    """The REINFORCE loss and the quantities worth logging."""
+
+    loss: torch.Tensor
+    policy_loss: torch.Tensor
+    entropy: torch.Tensor
+    advantage: torch.Tensor
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-row entropy (nats) of ``softmax(logits)``."""
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def reinforce_loss(
+    logits: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, baseline: torch.Tensor | float, beta: float
+) -> ReinforceTerms:
+    """REINFORCE with a baseline and an entropy bonus, averaged over the batch.
+
+    Args:
+        logits: Policy logits, shape (B, K).
+        actions: Sampled model indices, shape (B,).
+        rewards: Observed rewards of the sampled models, shape (B,).
+        baseline: Baseline b (a scalar or shape (B,)); treated as a constant.
+        beta: Entropy coefficient.
+
+    Returns:
+        :class:`ReinforceTerms` with ``loss = mean(-(r - b) log pi(a)) - beta * mean(H)``.
+    """
+    logp = torch.log_softmax(logits, dim=-1)
+    logp_a = logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    advantage = (rewards - torch.as_tensor(baseline, dtype=rewards.dtype, device=rewards.device)).detach()
+    policy_loss = -(advantage * logp_a).mean()
+    ent = entropy(logits).mean()
+    return ReinforceTerms(loss=policy_loss - beta * ent, policy_loss=policy_loss, entropy=ent, advantage=advantage)

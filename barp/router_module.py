@@ -1,0 +1,204 @@
+"""Base LightningModule for routers: greedy evaluation at fixed preferences, reference policies, prediction.
+
+Every trainable router (BaRP, and comparison methods) subclasses :class:`RouterModule` and implements
+:meth:`RouterModule.route`. Evaluation is shared, so all routers are measured the same way.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from barp.data.environment import BanditEnvironment
+from barp.encoders import DEFAULT_ENCODER, count_parameters
+from barp.errors import ConfigError
+from barp.evaluation.metrics import RoutingMetrics
+from barp.evaluation.reference import oracle_actions, random_expectation
+from barp.rl import check_w_c, preference_tensor, reward
+
+REFERENCES = ("oracle", "random", "cheapest", "most_expensive")
+SPLITS = ("id", "ood")
+
+
+def pref_key(w_c: float) -> str:
+    """Metric-name fragment for a preference, e.g. ``wc=0.9``."""
+    return f"wc={w_c:g}"
+
+
+class RouterModule(L.LightningModule):
+    """Shared evaluation for routers over frozen prompt embeddings.
+
+    Metric names: ``{stage}/{split}/{metric}`` at the primary preference ``eval_w_c`` and
+    ``{stage}/{split}/wc={w_c}/{metric}`` at each of ``extra_eval_w_c``; at test time also
+    ``test/{split}/{reference}_{score|cost|reward}`` for the oracle, random routing (exact expectation),
+    the cheapest and the most expensive single model (by mean training cost).
+
+    Args:
+        model_names: Candidate model names (linked from the data).
+        task_names: Task families (linked from the data).
+        embed_dim: Prompt embedding size (linked from the data).
+        encoder: The frozen encoder's name, recorded so a checkpoint knows how to embed new prompts (linked).
+        tau: Cost scale of the reward; None sets it to ``tau_percentile`` of the training costs at fit start.
+        tau_percentile: Percentile of all (prompt, model) training costs used when ``tau`` is None.
+        eval_w_c: Primary evaluation cost weight (w = (1 - w_c, w_c)).
+        extra_eval_w_c: Further evaluation cost weights, logged under ``wc=<w_c>/``.
+        predict_w_c: Cost weight used by ``predict``.
+    """
+
+    def __init__(
+        self,
+        model_names: list[str],
+        task_names: list[str],
+        embed_dim: int = 384,
+        encoder: str = DEFAULT_ENCODER,
+        tau: float | None = None,
+        tau_percentile: float = 95.0,
+        eval_w_c: float = 0.5,
+        extra_eval_w_c: list[float] | None = None,
+        predict_w_c: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if len(model_names) < 2:
+            raise ConfigError(f"model.model_names: need at least 2 models, got {model_names}")
+        if tau is not None and not tau > 0:
+            raise ConfigError(f"model.tau must be > 0 (USD), got {tau!r}")
+        if not 0 < tau_percentile <= 100:
+            raise ConfigError(f"model.tau_percentile must be in (0, 100], got {tau_percentile!r}")
+        self.eval_w_c = check_w_c(eval_w_c, "model.eval_w_c")
+        extra = [0.0, 0.9] if extra_eval_w_c is None else extra_eval_w_c
+        self.extra_eval_w_c = [check_w_c(w, "model.extra_eval_w_c") for w in extra if w != eval_w_c]
+        self.predict_w_c = check_w_c(predict_w_c, "model.predict_w_c")
+        self.model_names = list(model_names)
+        self.embed_dim = int(embed_dim)
+        self.encoder_name = encoder
+        self.task_names = list(task_names)
+        self.tau_percentile = tau_percentile
+        # Resolved at fit start and saved in checkpoints, so evaluation uses the tau training used.
+        self.register_buffer("tau", torch.tensor(float(tau) if tau is not None else float("nan")))
+        self.register_buffer("reference_models", torch.tensor([-1, -1], dtype=torch.long))
+        self.env: BanditEnvironment | None = None
+        self.eval_metrics = nn.ModuleDict()
+        for stage in ("val", "test"):
+            for split in SPLITS:
+                for w_c in self.eval_preferences:
+                    for policy in ("router",) + REFERENCES:
+                        self.eval_metrics[self._metric_key(stage, split, w_c, policy)] = RoutingMetrics(
+                            self.model_names, self.task_names
+                        )
+
+    # ------------------------------------------------------------------ to implement
+    def route(self, emb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Scores over models (higher is better; BaRP returns logits), shape (B, K). Greedy routing takes argmax."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def eval_preferences(self) -> list[float]:
+        """Primary preference first, then the extra ones."""
+        return [self.eval_w_c, *self.extra_eval_w_c]
+
+    @staticmethod
+    def _metric_key(stage: str, split: str, w_c: float, policy: str) -> str:
+        return f"{stage}_{split}_{w_c:g}_{policy}".replace(".", "p")
+
+    @property
+    def tau_value(self) -> float:
+        """The resolved tau (USD)."""
+        value = float(self.tau)
+        if value != value:
+            raise RuntimeError("tau is not resolved yet: fit the model or load a checkpoint first")
+        return value
+
+    def setup(self, stage: str) -> None:
+        """Attach the training environment and resolve tau and the reference models from the training split."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None or not hasattr(dm, "train_environment"):
+            return
+        if list(dm.model_names) != self.model_names:
+            raise ConfigError(f"data models {dm.model_names} differ from the model's model_names {self.model_names}")
+        env = dm.train_environment()
+        if stage == "fit":
+            self.env = env
+        if torch.isnan(self.tau):
+            self.tau.fill_(env.cost_percentile(self.tau_percentile))
+        if self.reference_models[0] < 0:
+            mean_cost = torch.as_tensor(env.mean_cost_per_model())
+            self.reference_models.copy_(torch.stack([mean_cost.argmin(), mean_cost.argmax()]))
+        self.eval_split_names = dm.eval_splits
+
+    def on_fit_start(self) -> None:
+        """Log trainable and frozen parameter counts."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        frozen = count_parameters(self.encoder_name)
+        rank_zero_info(f"barp: {trainable:,} trainable parameters; frozen encoder {frozen:,} parameters; "
+                       f"tau = {self.tau_value:.3g} USD")
+        for logger in self.loggers:
+            logger.log_hyperparams({"params/trainable": trainable, "params/frozen": frozen, "tau": self.tau_value})
+
+    # ------------------------------------------------------------------ evaluation
+    def _split_name(self, stage: str, dataloader_idx: int) -> str:
+        names = getattr(self, "eval_split_names", {}).get("test" if stage == "test" else "validate", ["id", "ood"])
+        return names[dataloader_idx]
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int) -> None:
+        split = self._split_name(stage, dataloader_idx)
+        emb, task, scores, costs = batch["emb"], batch["task"], batch["scores"], batch["costs"]
+        rows = torch.arange(len(emb), device=emb.device)
+        for w_c in self.eval_preferences:
+            w = preference_tensor(w_c, len(emb), emb.device)
+            all_rewards = reward(scores, costs, w, self.tau_value)
+            action = self.route(emb, w).argmax(dim=-1)
+            self._update(stage, split, w_c, "router", task, action, scores, costs, all_rewards, rows)
+            if stage != "test":
+                continue
+            self._update(stage, split, w_c, "oracle", task, oracle_actions(all_rewards, costs), scores, costs,
+                         all_rewards, rows)
+            for policy, j in (("cheapest", self.reference_models[0]), ("most_expensive", self.reference_models[1])):
+                self._update(stage, split, w_c, policy, task, torch.full_like(task, int(j)), scores, costs,
+                             all_rewards, rows)
+            self.eval_metrics[self._metric_key(stage, split, w_c, "random")].update(
+                task, None, random_expectation(scores), random_expectation(costs), random_expectation(all_rewards)
+            )
+
+    def _update(self, stage, split, w_c, policy, task, action, scores, costs, all_rewards, rows) -> None:
+        self.eval_metrics[self._metric_key(stage, split, w_c, policy)].update(
+            task, action, scores[rows, action], costs[rows, action], all_rewards[rows, action]
+        )
+
+    def _log_eval(self, stage: str) -> None:
+        for split in SPLITS:
+            for w_c in self.eval_preferences:
+                prefix = f"{stage}/{split}/" if w_c == self.eval_w_c else f"{stage}/{split}/{pref_key(w_c)}/"
+                for policy in ("router",) + REFERENCES:
+                    metric = self.eval_metrics[self._metric_key(stage, split, w_c, policy)]
+                    if not metric.update_called:
+                        continue
+                    values = metric.compute()
+                    if policy == "router":
+                        logged = {prefix + k: v for k, v in values.items()}
+                    else:
+                        logged = {f"{prefix}{policy}_{k}": values[k] for k in ("score", "cost", "reward")}
+                    self.log_dict(logged, add_dataloader_idx=False)
+                    metric.reset()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "val", dataloader_idx)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "test", dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """Greedy choice and its probability (softmax of :meth:`route`) per prompt at ``predict_w_c``."""
+        w = preference_tensor(self.predict_w_c, len(batch["emb"]), batch["emb"].device)
+        probs = torch.softmax(self.route(batch["emb"], w), dim=-1)
+        prob, action = probs.max(dim=-1)
+        return {"row": batch["row"], "split": batch["split"], "action": action, "probability": prob,
+                "w_c": self.predict_w_c}
