@@ -70,20 +70,11 @@ def encoder_identity(name: str) -> str:
 
 
 def count_parameters(name: str) -> int:
-    """Number of parameters of an encoder, read from its safetensors header when local (no weights loaded)."""
-    path = Path(resolve_encoder_path(name))
-    weights = path / "model.safetensors"
-    if weights.is_file():
-        from safetensors import safe_open
-
-        total = 0
-        with safe_open(str(weights), framework="pt") as fh:
-            for key in fh.keys():
-                total += int(np.prod(fh.get_slice(key).get_shape()))
-        return total
+    """Number of parameters of an encoder, counted on the meta device (no weights are loaded)."""
     from transformers import AutoConfig, AutoModel
 
-    model = AutoModel.from_config(AutoConfig.from_pretrained(str(path)))
+    with torch.device("meta"):
+        model = AutoModel.from_config(AutoConfig.from_pretrained(resolve_encoder_path(name)))
     return sum(p.numel() for p in model.parameters())
 
 

@@ -1,0 +1,49 @@
+"""Test setup: never touch the network; caches in a temporary folder shared by the session."""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[_var] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from barp.data.table import OutcomeTable  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _barp_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = str(tmp_path_factory.mktemp("barp-cache"))
+    os.environ["BARP_CACHE"] = path
+    os.environ["WANDB_DIR"] = path
+    return path
+
+
+def make_table(n: int = 6, k: int = 3, seed: int = 0, source: str = "test.csv") -> OutcomeTable:
+    """A small valid random table."""
+    rng = np.random.default_rng(seed)
+    return OutcomeTable(
+        prompt_ids=[f"p{i}" for i in range(n)],
+        prompts=[f"prompt number {i}" for i in range(n)],
+        tasks=["a" if i % 2 else "b" for i in range(n)],
+        models=[f"m{j}" for j in range(k)],
+        scores=rng.random((n, k)),
+        costs=rng.random((n, k)) * 1e-3,
+        source=source,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_datamodule(_barp_cache):
+    """A RoutingDataModule over a 60-prompt random table, embedded with the real encoder."""
+    from barp.data.datamodule import RoutingDataModule
+
+    dm = RoutingDataModule(ood_tasks=[], batch_size=16)
+    dm._table = make_table(n=60, k=4, seed=1)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
