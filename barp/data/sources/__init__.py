@@ -1,0 +1,100 @@
+"""Data sources: turn logged routing files (RouterBench, users' own tables, score records) into an OutcomeTable.
+
+:func:`load_table` is the single entry point: it resolves the path (a file, a glob, comma-separated files, or an
+``hf://`` hub path), reads each file safely (pickles only when pinned or trusted), detects or applies the layout,
+validates every value with errors naming the file, column and row, and concatenates the files.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import get_args
+
+from barp.data.sources.assemble import LoadOptions, OnMissing, concat
+from barp.data.sources.files import read_file
+from barp.data.sources.hub import is_hub_path, resolve_hub_path
+from barp.data.sources.layouts import FORMATS, Format, read_layout
+from barp.data.table import OutcomeTable
+from barp.errors import DataValidationError
+
+__all__ = ["FORMATS", "Format", "OnMissing", "expand_path", "load_table"]
+
+_GLOB_CHARS = ("*", "?", "[")
+
+
+def expand_path(path: str, cache_dir: str | None = None) -> list[Path]:
+    """The files ``path`` names: a file, a glob, comma-separated files/globs, or ``hf://`` paths.
+
+    Args:
+        path: The path specification.
+        cache_dir: Where hub files are cached (see :func:`barp.data.sources.hub.resolve_hub_path`).
+
+    Raises:
+        DataValidationError: The specification is empty, or a glob matches no file.
+    """
+    spec = str(path).strip()
+    if not spec:
+        raise DataValidationError("data path is empty: give a file, a glob, or comma-separated files")
+    parts = [spec] if os.path.exists(spec) else [p.strip() for p in spec.split(",") if p.strip()]
+    files: list[Path] = []
+    for part in parts:
+        if is_hub_path(part):
+            files.append(resolve_hub_path(part, cache_dir))
+        elif any(ch in part for ch in _GLOB_CHARS) and not os.path.exists(part):
+            matches = sorted(glob.glob(os.path.expanduser(part)))
+            if not matches:
+                raise DataValidationError(f"{part}: no file matches this pattern")
+            files.extend(Path(m) for m in matches)
+        else:
+            files.append(Path(part).expanduser())
+    return files
+
+
+def load_table(
+    path: str,
+    format: Format = "auto",
+    *,
+    on_missing: OnMissing = "drop",
+    trust_pickle: bool = False,
+    task_map: dict[str, str] | None = None,
+    default_task: str = "other",
+    prices: str | dict | None = None,
+    cache_dir: str | None = None,
+) -> OutcomeTable:
+    """Load logged routing outcomes from one or more files into a validated :class:`OutcomeTable`.
+
+    Args:
+        path: A file, a glob, several comma-separated files or globs (concatenated; same models, distinct ids),
+            or ``hf://withmartian/routerbench/routerbench_0shot.pkl`` (pinned revision; downloaded into
+            ``cache_dir`` only when ``HF_HUB_OFFLINE`` is unset).
+        format: The layout: ``"routerbench"`` (wide), ``"routerbench_long"`` (raw), ``"wide"`` / ``"long"``
+            (barp's generic tables), ``"records"`` (JSON score records + ``prices``), ``"parquet"`` (barp's
+            canonical parquet), or ``"auto"`` to detect it from the content. The container (CSV, TSV, JSON,
+            JSONL, parquet, pickle) is always detected from the content.
+        on_missing: ``"drop"`` rows with missing score cells (one warning gives their count) or ``"error"``.
+        trust_pickle: Unpickle files whose SHA-256 is not one of the pinned official RouterBench pickles.
+            Pickles can run code: only for files you trust.
+        task_map: Task-family overrides, name or prefix (longest wins; trailing ``*`` optional) -> family.
+            For RouterBench it is consulted before the built-in families; for generic files it renames tasks.
+        default_task: Family of RouterBench ``eval_name`` values no rule covers, and of rows without a task.
+        prices: For ``records``: a dict or JSON/YAML file, model -> ``[usd_per_1M_input, usd_per_1M_output]``.
+        cache_dir: Folder for ``hf://`` downloads (default ``~/.cache/barp/data``).
+
+    Returns:
+        The table; its ``source`` is the file (or ``path`` when several files were concatenated).
+
+    Raises:
+        DataValidationError: Any problem with the path, options or content, naming the file, column and row.
+    """
+    if format not in FORMATS:
+        raise DataValidationError(f"{path}: unknown format {format!r} (--data.format); choose one of {list(FORMATS)}")
+    if on_missing not in get_args(OnMissing):
+        raise DataValidationError(f"{path}: on_missing must be 'drop' or 'error', got {on_missing!r}")
+    if not str(default_task).strip():
+        raise DataValidationError(f"{path}: default_task must be a non-empty task name")
+    options = LoadOptions(on_missing=on_missing, task_map=task_map, default_task=default_task, prices=prices)
+    files = expand_path(path, cache_dir)
+    tables = [read_layout(read_file(f, trust_pickle), format, options) for f in files]
+    return tables[0] if len(tables) == 1 else concat(tables, source=str(path))

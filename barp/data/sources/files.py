@@ -1,0 +1,161 @@
+"""Read one data file into a DataFrame (CSV, TSV, parquet, pickle) or a list of JSON objects (JSON, JSONL).
+
+The container is sniffed from the bytes (parquet magic, pickle protocol marker, a leading ``[`` or ``{``) and
+only then from the extension, so a mis-named file is still read correctly. Every failure becomes one
+:class:`~barp.errors.DataValidationError` naming the file (and the line, where the parser knows it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from barp.data.sources.safety import PICKLE_SUFFIXES, check_pickle
+from barp.errors import DataValidationError
+
+Container = Literal["csv", "parquet", "pickle", "json"]
+
+#: Columns always read from CSV as text, so a prompt such as "NA" or "42" is kept as written.
+TEXT_COLUMNS = ("prompt", "question", "sample_id", "prompt_id", "id", "eval_name", "task", "model", "model_name")
+
+
+@dataclass
+class RawFile:
+    """The content of one file, before its layout is known.
+
+    Args:
+        path: The file.
+        container: How it was stored.
+        frame: The table (CSV, parquet, pickle, and JSON lists of row objects).
+        objects: The JSON objects, for JSON and JSONL files (``frame`` is built from them on demand).
+    """
+
+    path: Path
+    container: Container
+    frame: pd.DataFrame | None = None
+    objects: list[dict] | None = None
+
+    def table(self) -> pd.DataFrame:
+        """The content as a DataFrame (JSON objects become rows)."""
+        if self.frame is None:
+            self.frame = pd.DataFrame(self.objects)
+        return self.frame
+
+
+def _fail(path: Path, message: str) -> DataValidationError:
+    return DataValidationError(f"{path}: {message}")
+
+
+def sniff(path: Path, head: bytes) -> Container:
+    """Guess the container of ``path`` from its first bytes, then its extension."""
+    suffix = path.suffix.lower()
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if suffix in (".parquet", ".pq"):
+        raise _fail(path, "is not a valid parquet file (it does not start with the PAR1 magic bytes)")
+    if head[:1] == b"\x80" or suffix in PICKLE_SUFFIXES:
+        return "pickle"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text[:1] in (b"[", b"{"):
+        return "json"
+    return "csv"
+
+
+def _read_json(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8-sig")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _fail(path, f"is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+        where = "item"
+    else:  # JSON lines: one object per line
+        data = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                data.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise _fail(path, f"line {lineno} is not a JSON object (JSON lines file): {exc.msg}") from exc
+        where = "line-object"
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise _fail(path, f"row {i}: {where} is a {type(item).__name__}, expected a JSON object")
+    return data
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    try:
+        return pd.read_csv(path, sep=sep, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError as exc:
+        raise _fail(path, "is empty (no header and no rows)") from exc
+    except pd.errors.ParserError as exc:
+        raise _fail(path, f"cannot be parsed as CSV: {str(exc).strip()}") from exc
+    except UnicodeDecodeError as exc:
+        raise _fail(path, f"is not UTF-8 text (bad byte at offset {exc.start}); is it really a CSV file?") from exc
+
+
+def _read_pickle(path: Path, trust_pickle: bool) -> pd.DataFrame:
+    check_pickle(path, trust_pickle)
+    try:
+        data = pd.read_pickle(path)
+    except Exception as exc:  # a corrupt or foreign pickle can fail in many ways
+        raise _fail(path, f"cannot be unpickled ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, pd.DataFrame):
+        raise _fail(path, f"the pickle holds a {type(data).__name__}, expected a pandas DataFrame")
+    return data
+
+
+def read_file(path: Path, trust_pickle: bool = False) -> RawFile:
+    """Read ``path`` into a :class:`RawFile`.
+
+    Args:
+        path: The file.
+        trust_pickle: Unpickle the file even when its hash is not one of the pinned official pickles.
+
+    Raises:
+        DataValidationError: The file is missing, unreadable, empty, malformed, or an untrusted pickle.
+    """
+    if not path.exists():
+        raise _fail(path, "no such file")
+    if path.is_dir():
+        raise _fail(path, "is a directory, expected a data file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError as exc:
+        raise _fail(path, f"cannot be read ({exc.strerror or exc})") from exc
+    if not head.strip():
+        raise _fail(path, "is empty")
+    container = sniff(path, head)
+    raw = RawFile(path=path, container=container)
+    try:
+        if container == "parquet":
+            raw.frame = pd.read_parquet(path)
+        elif container == "pickle":
+            raw.frame = _read_pickle(path, trust_pickle)
+        elif container == "json":
+            raw.objects = _read_json(path)
+        else:
+            raw.frame = _read_csv(path)
+    except DataValidationError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise _fail(path, f"is not UTF-8 text (bad byte at offset {exc.start})") from exc
+    except Exception as exc:  # pyarrow and OS errors: keep the message, drop the traceback
+        raise _fail(path, f"cannot be read as {container} ({type(exc).__name__}: {exc})") from exc
+    if raw.frame is not None:
+        unnamed = [c for c in raw.frame.columns if isinstance(c, str) and c.startswith("Unnamed: ")]
+        raw.frame = raw.frame.drop(columns=unnamed)  # the index column of CSVs written with index=True
+        if len(raw.frame) == 0:
+            raise _fail(path, "has no data rows (only a header)")
+    elif not raw.objects:
+        raise _fail(path, "has no data rows (an empty JSON list)")
+    return raw
