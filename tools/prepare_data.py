@@ -1,0 +1,95 @@
+"""Convert any routing-log file barp reads into barp's canonical parquet, and print a summary of it.
+
+Example::
+
+    python tools/prepare_data.py --path routerbench_0shot.pkl --output data/routerbench_0shot.parquet
+    python tools/prepare_data.py --path my_records.json --prices prices.yaml --output data/mine.parquet
+
+The parquet file is written atomically (a temporary file, then a rename) and only after the whole input has been
+read and validated: on bad input the message goes to stderr, the exit code is 1 and no output file is written.
+Converting once is the recommended path for large files and for pickles (the parquet loads fast and safely).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from jsonargparse import auto_cli
+
+from barp.data.sources import Format, OnMissing, load_table
+from barp.errors import BarpError
+
+
+def format_summary(summary: dict) -> str:
+    """Render :meth:`OutcomeTable.summary` as text: rows per task, per-model mean score and cost, oracle, best."""
+    lines = [f"{summary['num_prompts']} prompts x {summary['num_models']} models", "", "rows per task:"]
+    lines += [f"  {task:<24s} {count:>7d}" for task, count in summary["rows_per_task"].items()]
+    width = max(len(m) for m in summary["mean_score"])
+    lines += ["", f"  {'model':<{width}s}  mean score   mean cost (USD)"]
+    for model, score in summary["mean_score"].items():
+        lines.append(f"  {model:<{width}s}  {score:10.4f}   {summary['mean_cost'][model]:.3e}")
+    lines += [
+        "",
+        f"oracle mean score:  {summary['oracle_score']:.4f}",
+        f"best single model:  {summary['best_single_model']}",
+    ]
+    return "\n".join(lines)
+
+
+def prepare(
+    path: str,
+    output: str,
+    format: Format = "auto",
+    trust_pickle: bool = False,
+    on_missing: OnMissing = "drop",
+    task_map: dict[str, str] | None = None,
+    default_task: str = "other",
+    prices: str | None = None,
+    cache_dir: str | None = None,
+) -> dict:
+    """Convert ``path`` to barp's canonical parquet at ``output`` and print a summary.
+
+    Args:
+        path: Input file(s): a file, a glob, comma-separated files, or an hf:// path.
+        output: The parquet file to write.
+        format: Input layout (auto, routerbench, routerbench_long, wide, long, records, parquet).
+        trust_pickle: Unpickle an input whose SHA-256 is not a pinned official RouterBench file.
+        on_missing: Drop rows with missing score cells (one warning) or reject them (error).
+        task_map: Task-family overrides, name or prefix -> family.
+        default_task: Family of unmapped RouterBench names and of rows without a task.
+        prices: Price table (JSON/YAML) for the records layout; costs are then estimates.
+        cache_dir: Download folder for hf:// paths.
+
+    Returns:
+        The table summary (see ``OutcomeTable.summary``) plus the output path.
+    """
+    table = load_table(
+        path,
+        format,
+        on_missing=on_missing,
+        trust_pickle=trust_pickle,
+        task_map=task_map,
+        default_task=default_task,
+        prices=prices,
+        cache_dir=cache_dir,
+    )
+    written = table.to_parquet(output)
+    summary = table.summary()
+    print(format_summary(summary))
+    print(f"\nwrote {written}")
+    return {**summary, "output": str(Path(written))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code (1 with the message on stderr for bad input)."""
+    try:
+        auto_cli(prepare, args=argv, as_positional=False)
+    except BarpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
