@@ -288,7 +288,7 @@ def test_hub_path_fails_fast_offline(fx, tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("network used"))
     url = "hf://withmartian/routerbench/routerbench_0shot.pkl"
-    target = tmp_path / "withmartian" / "routerbench" / "routerbench_0shot.pkl"
+    target = tmp_path / "hub" / "withmartian" / "routerbench" / "routerbench_0shot.pkl"
     expect_error(
         [url, "offline", str(target), "784021482c3f320c6619ed4b3bb3b41a21424fcb"], url, cache_dir=str(tmp_path)
     )

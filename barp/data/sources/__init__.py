@@ -80,7 +80,8 @@ def load_table(
             For RouterBench it is consulted before the built-in families; for generic files it renames tasks.
         default_task: Family of RouterBench ``eval_name`` values no rule covers, and of rows without a task.
         prices: For ``records``: a dict or JSON/YAML file, model -> ``[usd_per_1M_input, usd_per_1M_output]``.
-        cache_dir: Folder for ``hf://`` downloads (default ``~/.cache/barp/data``).
+        cache_dir: barp's cache folder; ``hf://`` files go to ``<cache_dir>/hub/OWNER/DATASET/FILE`` (default
+            ``$BARP_CACHE``, else ``~/.cache/barp``).
 
     Returns:
         The table; its ``source`` is the file (or ``path`` when several files were concatenated).

@@ -1,7 +1,8 @@
 """``hf://`` paths: fetch a dataset file from the Hugging Face hub at a pinned revision, or find it locally.
 
 ``hf://withmartian/routerbench/routerbench_0shot.pkl`` resolves to
-``<cache_dir>/withmartian/routerbench/routerbench_0shot.pkl``. A file already there is used as is (its hash is
+``<cache_dir>/hub/withmartian/routerbench/routerbench_0shot.pkl`` (``cache_dir`` defaults to ``$BARP_CACHE`` or
+``~/.cache/barp``). A file already there is used as is (its hash is
 checked when it is loaded, see :mod:`barp.data.sources.safety`); otherwise it is downloaded with
 ``huggingface_hub`` at the pinned revision, but only when the hub is not disabled (``HF_HUB_OFFLINE`` unset).
 Offline, or when the download fails, loading stops at once with a message saying where to put the file.
@@ -18,7 +19,6 @@ HUB_PREFIX = "hf://"
 ROUTERBENCH_REPO = "withmartian/routerbench"
 #: The revision whose pickles have the hashes pinned in :data:`barp.data.sources.safety.PINNED_PICKLES`.
 ROUTERBENCH_REVISION = "784021482c3f320c6619ed4b3bb3b41a21424fcb"
-DEFAULT_CACHE_DIR = Path("~/.cache/barp/data")
 _FALSE = {"", "0", "false", "no", "off"}
 
 
@@ -58,15 +58,15 @@ def resolve_hub_path(url: str, cache_dir: str | None = None) -> Path:
 
     Args:
         url: ``hf://OWNER/DATASET[@REVISION]/FILE``; RouterBench files default to the pinned revision.
-        cache_dir: Folder for downloaded files (default ``~/.cache/barp/data``); the file lives at
-            ``<cache_dir>/OWNER/DATASET/FILE``.
+        cache_dir: barp's cache folder (default ``$BARP_CACHE``, else ``~/.cache/barp``); the file lives at
+            ``<cache_dir>/hub/OWNER/DATASET/FILE``.
 
     Raises:
         DataValidationError: The file is not there and the hub is offline, unreachable or refuses the download.
     """
     repo, revision, filename = _parse(url)
-    root = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR.expanduser()
-    local_dir = root / repo
+    root = Path(cache_dir or os.environ.get("BARP_CACHE") or Path.home() / ".cache" / "barp").expanduser()
+    local_dir = root / "hub" / repo
     target = local_dir / filename
     if target.is_file():
         return target
