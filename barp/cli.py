@@ -10,6 +10,9 @@ import barp
 from barp.errors import BarpError
 
 
+EVAL_TIME_OPTIONS = ("eval_w_c", "extra_eval_w_c", "predict_w_c")
+
+
 class BarpCLI(LightningCLI):
     """LightningCLI with barp's argument links and the ``--test_after_fit`` option."""
 
@@ -20,11 +23,28 @@ class BarpCLI(LightningCLI):
                                ("embed_dim", "embed_dim")):
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
         parser.link_arguments("data.init_args.encoder", "model.init_args.encoder", apply_on="parse")
+        if "verbose" in {a.dest for a in parser._actions}:
+            # barp prints its own compact table (ResultsTable); Lightning's would list hundreds of metrics
+            parser.set_defaults(verbose=False)
+
+    def _parse_ckpt_path(self) -> None:
+        """Load the checkpoint's hyperparameters, but keep evaluation-time options from the command line/config.
+
+        Lightning lets a checkpoint's hyperparameters override the command line. For the preferences a
+        router is evaluated or served at, the operator's current choice must win: that is BaRP's point.
+        """
+        sub = self.config.get("subcommand")
+        init = self.config[sub]["model"].get("init_args") if sub else None
+        kept = {k: init[k] for k in EVAL_TIME_OPTIONS if init is not None and k in init}
+        super()._parse_ckpt_path()
+        if kept:
+            for key, value in kept.items():
+                self.config[sub]["model"]["init_args"][key] = value
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
             ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False)
 
 
 def main(args: list[str] | None = None) -> BarpCLI | None:
@@ -40,11 +60,17 @@ def main(args: list[str] | None = None) -> BarpCLI | None:
     from barp.callbacks import PredictionWriter, ResultsTable
     from barp.data.datamodule import RoutingDataModule
     from barp.module import BaRPModule  # noqa: F401 - registers BaRPModule for bare class names
+    import barp.routers  # noqa: F401 - registers the comparison methods for bare class names
     from barp.router_module import RouterModule
 
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] in (["--version"], ["-V"]):
         print(f"barp {barp.__version__}")
+        return None
+    if argv[:1] == ["sweep"]:
+        from barp.evaluation.sweep_cli import run_sweep_cli
+
+        run_sweep_cli(argv[1:])
         return None
     try:
         return BarpCLI(
@@ -57,6 +83,26 @@ def main(args: list[str] | None = None) -> BarpCLI | None:
             trainer_defaults={"callbacks": [ResultsTable(), PredictionWriter()]},
             auto_configure_optimizers=False,
         )
-    except BarpError as err:
-        print(f"barp: error: {err}", file=sys.stderr)
+    except ValueError as err:
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        print(f"barp: error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _user_error(err: BaseException) -> BarpError | None:
+    """The BarpError behind ``err`` (jsonargparse wraps errors raised while instantiating classes), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, BarpError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def run() -> int:
+    """Console-script entry point (``barp``): runs :func:`main` and returns the exit status."""
+    main()
+    return 0

@@ -13,7 +13,7 @@ import torch
 
 from barp.errors import ConfigError
 from barp.policy import BaRPPolicy, Head
-from barp.rl import reinforce_loss, reward, sample_preferences
+from barp.rl import preference_fit_baseline, reinforce_loss, reward, sample_preferences
 from barp.router_module import RouterModule
 
 
@@ -31,8 +31,9 @@ class BaRPModule(RouterModule):
         weight_decay: Adam weight decay.
         beta: Entropy bonus coefficient at the start of training.
         beta_final: Entropy coefficient at the end of training (linear decay); None keeps ``beta``.
-        baseline: ``batch_mean`` (mean reward of the batch), ``moving_average`` (exponential average of
-            batch means across steps) or ``none``.
+        baseline: ``batch_mean`` (mean reward of the batch; the default), ``batch_linear`` (per example, the
+            batch's least-squares fit of reward on (w_q, w_c): the reward's scale depends on w, so this removes
+            much more variance), ``moving_average`` (exponential average of batch means across steps) or ``none``.
         baseline_momentum: Momentum of the moving-average baseline.
         **kwargs: Evaluation and linking options of :class:`~barp.router_module.RouterModule`.
     """
@@ -46,7 +47,7 @@ class BaRPModule(RouterModule):
         weight_decay: float = 0.0,
         beta: float = 0.02,
         beta_final: float | None = None,
-        baseline: Literal["batch_mean", "moving_average", "none"] = "batch_mean",
+        baseline: Literal["batch_mean", "batch_linear", "moving_average", "none"] = "batch_mean",
         baseline_momentum: float = 0.9,
         **kwargs,
     ) -> None:
@@ -74,12 +75,14 @@ class BaRPModule(RouterModule):
         frac = min(self.global_step / total, 1.0)
         return hp.beta + (hp.beta_final - hp.beta) * frac
 
-    def _baseline(self, rewards: torch.Tensor) -> torch.Tensor:
+    def _baseline(self, rewards: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         kind = self.hparams.baseline
         if kind == "none":
             return torch.zeros((), device=rewards.device)
         if kind == "batch_mean":
             return rewards.mean()
+        if kind == "batch_linear":
+            return preference_fit_baseline(rewards, w)
         mean = rewards.mean().detach()
         if torch.isnan(self.baseline_value):
             self.baseline_value.copy_(mean)
@@ -98,13 +101,13 @@ class BaRPModule(RouterModule):
         actions = torch.distributions.Categorical(logits=logits).sample()
         feedback = self.env.pull(rows, actions)
         r = reward(feedback.score, feedback.cost, w, self.tau_value)
-        b = self._baseline(r)
+        b = self._baseline(r, w)
         beta = self.current_beta()
         terms = reinforce_loss(logits, actions, r, b, beta)
         self.log_dict(
             {"train/loss": terms.loss, "train/policy_loss": terms.policy_loss, "train/entropy": terms.entropy,
              "train/reward": r.mean(), "train/score": feedback.score.mean(), "train/cost": feedback.cost.mean(),
-             "train/baseline": torch.as_tensor(b, dtype=r.dtype), "train/beta": torch.tensor(beta)},
+             "train/baseline": torch.as_tensor(b, dtype=r.dtype).mean(), "train/beta": torch.tensor(beta)},
             on_step=False, on_epoch=True, batch_size=len(emb),
         )
         return terms.loss

@@ -1,0 +1,99 @@
+"""``summary.json`` of a preference sweep: per method and split, AIQ, score at the best single model's cost, cost to
+reach its score, and mean regret against the oracle."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from barp.evaluation.aiq import aiq, cost_to_reach, mean_regret, score_at_cost
+
+SINGLE_PREFIX = "single:"
+
+DEFINITIONS = {
+    "aiq": "RouterBench's AIQ: area under the method's non-decreasing convex hull of (cost, score) points over the "
+           "split's cost_range, divided by the range's width; the hull is 0 below the method's cheapest point and "
+           "flat beyond its best point",
+    "cost_range": "[0, the highest mean cost per query of any method at any w_c on the split] (USD), common to all "
+                  "methods of the split",
+    "best_single_model": "the single model with the highest mean score on the split (the cheaper one among ties)",
+    "score_at_best_single_cost": "the method's hull score at the best single model's cost (null if the method's "
+                                 "cheapest operating point costs more)",
+    "cost_to_best_single_score": "least cost (USD per query) at which the method's hull reaches the best single "
+                                 "model's score (null if it never does)",
+    "mean_regret": "mean over the w_c grid of (oracle reward - method reward), split means",
+}
+
+
+def _points(rows: list[dict], split: str) -> dict[str, dict[str, np.ndarray]]:
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["split"] == split and r["task"] == "all":
+            by_method[r["method"]].append(r)
+    out = {}
+    for method, rs in by_method.items():
+        rs = sorted(rs, key=lambda r: r["w_c"])
+        out[method] = {k: np.array([r[k] for r in rs], dtype=np.float64) for k in ("w_c", "score", "cost", "reward")}
+    return out
+
+
+def _clean(x: float | None) -> float | None:
+    return None if x is None else float(x)
+
+
+def summarize(rows: list[dict], meta: dict | None = None) -> dict:
+    """Build the summary from sweep rows (``method, w_c, split, task, n, score, cost, reward``).
+
+    Args:
+        rows: The sweep rows; the ``task == "all"`` rows are used.
+        meta: Extra fields to record (tau, grid, seed, checkpoint, ...).
+
+    Returns:
+        ``{"definitions", "meta", "splits": {split: {cost_range, best_single_model}}, "results": {method: {split:
+        {aiq, score_at_best_single_cost, cost_to_best_single_score, mean_regret}}}}``.
+    """
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    summary: dict = {"definitions": DEFINITIONS, "meta": meta or {}, "splits": {}, "results": {}}
+    for split in splits:
+        pts = _points(rows, split)
+        cost_range = (0.0, max(float(p["cost"].max()) for p in pts.values()))
+        singles = {m: p for m, p in pts.items() if m.startswith(SINGLE_PREFIX)}
+        best = None
+        if singles:
+            name = min(singles, key=lambda m: (-singles[m]["score"].mean(), singles[m]["cost"].mean()))
+            best = {"method": name, "score": float(singles[name]["score"].mean()),
+                    "cost": float(singles[name]["cost"].mean())}
+        summary["splits"][split] = {"cost_range": list(cost_range), "best_single_model": best}
+        oracle = pts.get("oracle")
+        for method, p in pts.items():
+            entry = {"aiq": aiq(p["cost"], p["score"], cost_range) if cost_range[1] > 0 else None,
+                     "score_at_best_single_cost": None, "cost_to_best_single_score": None, "mean_regret": None}
+            if best is not None:
+                entry["score_at_best_single_cost"] = _clean(score_at_cost(p["cost"], p["score"], best["cost"]))
+                entry["cost_to_best_single_score"] = _clean(cost_to_reach(p["cost"], p["score"], best["score"]))
+            if oracle is not None:
+                matched = np.isin(p["w_c"], oracle["w_c"])
+                o = {w: r for w, r in zip(oracle["w_c"], oracle["reward"])}
+                entry["mean_regret"] = mean_regret(np.array([o[w] for w in p["w_c"][matched]]), p["reward"][matched])
+            summary["results"].setdefault(method, {})[split] = entry
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """A Markdown table of AIQ and mean regret per method (rows) and split (columns)."""
+    splits = list(summary["splits"])
+    head = "| method | " + " | ".join(f"AIQ {s} | regret {s}" for s in splits) + " |"
+    lines = [head, "|" + "---|" * (1 + 2 * len(splits))]
+
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4f}"
+
+    order = sorted(summary["results"], key=lambda m: -(summary["results"][m].get(splits[0], {}).get("aiq") or 0))
+    for method in order:
+        cells = []
+        for s in splits:
+            e = summary["results"][method].get(s, {})
+            cells += [fmt(e.get("aiq")), fmt(e.get("mean_regret"))]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,223 @@
+"""The preference sweep: every method at every w_c on the ID and OOD test splits, written to ``sweep.csv``,
+``summary.json`` and ``pareto.png`` (see :func:`sweep`; the command is ``barp sweep``, :mod:`barp.evaluation.sweep_cli`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+import lightning as L
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from barp.callbacks import atomic_write_text
+from barp.errors import ConfigError
+from barp.evaluation.pareto import plot_pareto
+from barp.evaluation.summary import SINGLE_PREFIX, summarize
+from barp.rl import check_w_c, preference_tensor, reward
+from barp.router_module import RouterModule
+from barp.routers.base import ModuleRouter, Outcomes, Router
+from barp.routers.reference import OracleRouter, RandomRouter, SingleModelRouter, cheapest_and_most_expensive
+from barp.routers.registry import METHOD_CLASSES, read_method_configs, train_method
+
+Method = Literal["barp", "single_models", "cheapest", "most_expensive", "random", "oracle", "knn", "mlp", "mf",
+                 "linucb", "linear_ts", "epsilon_greedy"]
+ALL_METHODS: list[str] = list(get_args(Method))
+COLUMNS = ["method", "w_c", "split", "task", "n", "score", "cost", "reward"]
+DEFAULT_GRID = [round(0.1 * i, 1) for i in range(11)]
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """One evaluation split: embeddings (N, D), full outcomes (N, K) and task names (N)."""
+
+    name: str
+    emb: torch.Tensor
+    scores: torch.Tensor
+    costs: torch.Tensor
+    tasks: list[str]
+
+
+def split_data(datamodule, split: Literal["id", "ood"]) -> SplitData:
+    """The ID test (``id``) or OOD test (``ood``) rows of a set-up datamodule, with full outcomes (evaluation only)."""
+    rows = datamodule.splits.test if split == "id" else datamodule.splits.ood
+    table = datamodule.table
+    return SplitData(split, torch.as_tensor(datamodule._embeddings[rows], dtype=torch.float32),
+                     torch.as_tensor(table.scores[rows], dtype=torch.float32),
+                     torch.as_tensor(table.costs[rows], dtype=torch.float32), [table.tasks[i] for i in rows])
+
+
+def evaluate(routers: list[Router], splits: list[SplitData], grid: list[float], tau: float,
+             progress: bool = True) -> list[dict]:
+    """Route every split at every preference with every router; rows of ``method, w_c, split, task, n, score, cost,
+    reward`` (the split mean under ``task = all``, then one row per task).
+
+    Args:
+        routers: The methods; only those with ``needs_outcomes`` get the outcome rows.
+        splits: Evaluation splits.
+        grid: Cost weights w_c (w = (1 - w_c, w_c)).
+        tau: Cost scale of the reward.
+        progress: Show a progress bar (stderr).
+    """
+    out: list[dict] = []
+    with tqdm(total=len(routers) * len(splits) * len(grid), desc="barp sweep: evaluating", file=sys.stderr,
+              disable=not progress, dynamic_ncols=True) as bar:
+        for sp in splits:
+            n = len(sp.emb)
+            tasks = np.asarray(sp.tasks)
+            groups = [("all", np.ones(n, dtype=bool))] + [(t, tasks == t) for t in sorted(set(sp.tasks))]
+            rows_idx = torch.arange(n)
+            for router in routers:
+                for w_c in grid:
+                    w = preference_tensor(w_c, n)
+                    given = Outcomes(sp.scores, sp.costs) if router.needs_outcomes else None
+                    action = router.choose(sp.emb, w, given).long().cpu()
+                    k = sp.scores.shape[1]
+                    if action.shape != (n,) or (n and (int(action.min()) < 0 or int(action.max()) >= k)):
+                        raise RuntimeError(f"{router.name}: choose() returned invalid model indices "
+                                           f"(shape {tuple(action.shape)}, expected ({n},) in [0, {k}))")
+                    q = sp.scores[rows_idx, action].double().numpy()
+                    c = sp.costs[rows_idx, action].double().numpy()
+                    r = reward(sp.scores, sp.costs, w, tau)[rows_idx, action].double().numpy()
+                    for task, mask in groups:
+                        out.append({"method": router.name, "w_c": float(w_c), "split": sp.name, "task": task,
+                                    "n": int(mask.sum()), "score": float(q[mask].mean()),
+                                    "cost": float(c[mask].mean()), "reward": float(r[mask].mean())})
+                    bar.update()
+    return out
+
+
+def build_routers(methods: list[str], checkpoint: ModuleRouter | None, datamodule, tau: float, seed: int,
+                  max_epochs: int, method_configs: list[str] | None = None, progress: bool = True) -> list[Router]:
+    """The routers to compare, in ``ALL_METHODS`` order, training the comparison methods that need it."""
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown:
+        raise ConfigError(f"--methods: unknown {unknown}; expected some of {ALL_METHODS}")
+    overrides = read_method_configs(method_configs)
+    env = datamodule.train_environment()
+    cheapest, expensive = cheapest_and_most_expensive(env.mean_cost_per_model())
+    routers: list[Router] = []
+    if checkpoint is not None and ("barp" in methods or checkpoint.name in methods):
+        routers.append(checkpoint)  # named by its class: ``barp`` for BaRPModule
+    to_train = [m for m in ALL_METHODS if m in methods and m in METHOD_CLASSES
+                and not (checkpoint is not None and checkpoint.name == m)]
+    for m in ALL_METHODS:
+        if m not in methods:
+            continue
+        if m == "single_models":
+            routers += [SingleModelRouter(j, SINGLE_PREFIX + name) for j, name in enumerate(datamodule.model_names)]
+        elif m == "cheapest":
+            routers.append(cheapest)
+        elif m == "most_expensive":
+            routers.append(expensive)
+        elif m == "random":
+            routers.append(RandomRouter(len(datamodule.model_names), seed))
+        elif m == "oracle":
+            routers.append(OracleRouter(tau))
+    for m in tqdm(to_train, desc="barp sweep: training baselines", file=sys.stderr, disable=not progress):
+        module = train_method(m, datamodule, tau, seed, max_epochs, overrides.get(m))
+        routers.append(ModuleRouter(module, m))
+    return routers
+
+
+def checkpoint_name(module_class: type[RouterModule]) -> str:
+    """The method name of a checkpoint's router: ``barp`` for BaRPModule, else its comparison-method name."""
+    for name, cls in METHOD_CLASSES.items():
+        if issubclass(module_class, cls):
+            return name
+    return "barp"
+
+
+def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] | None = None,
+          w_c: list[float] | None = None, seed: int = 0, max_epochs: int = 40,
+          method_configs: list[str] | None = None, module_class: type[RouterModule] | None = None,
+          wandb_logger: dict | None = None, progress: bool = True) -> dict:
+    """Evaluate BaRP and the comparison methods over a preference grid on the ID and OOD test splits.
+
+    Args:
+        datamodule: The data (same split and embeddings as the checkpoint was trained on).
+        ckpt_path: Checkpoint of the router to compare (``barp fit``); its tau is used by every method. None
+            (only with ``barp`` left out of ``methods``) uses the datamodule's training-cost percentile as tau.
+        output: Folder for ``sweep.csv``, ``summary.json`` and ``pareto.png`` (written atomically).
+        methods: Methods to evaluate (default all); ``single_models`` expands to one ``single:<model>`` per model.
+        w_c: Cost weights of the grid (default 0, 0.1, ..., 1).
+        seed: Seed for training the comparison methods and for the random router.
+        max_epochs: Training epochs of each trainable comparison method.
+        method_configs: YAML files (like ``configs/model/knn.yaml``) whose model init_args override a method's
+            defaults.
+        module_class: The RouterModule class that wrote the checkpoint (default BaRPModule).
+        wandb_logger: A ``trainer.logger`` config section; when it is a WandbLogger, the table and figure are
+            logged to a W&B run too (offline unless WANDB_MODE=online).
+        progress: Show progress bars.
+
+    Returns:
+        The summary (as written to ``summary.json``).
+    """
+    from barp.module import BaRPModule
+
+    methods = list(methods or ALL_METHODS)
+    grid = [check_w_c(x, "--w_c") for x in (w_c if w_c is not None else DEFAULT_GRID)]
+    if not grid:
+        raise ConfigError("--w_c: the preference grid is empty")
+    L.seed_everything(seed, verbose=False)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    checkpoint = None
+    if ckpt_path is not None:
+        cls = module_class or BaRPModule
+        checkpoint = ModuleRouter.from_checkpoint(ckpt_path, cls, checkpoint_name(cls))
+        if checkpoint.module.model_names != datamodule.model_names:
+            raise ConfigError(f"--ckpt_path {ckpt_path}: models {checkpoint.module.model_names} differ from the "
+                              f"data's {datamodule.model_names}")
+        tau = checkpoint.module.tau_value
+    elif "barp" in methods:
+        raise ConfigError("barp sweep: --ckpt_path is required to evaluate 'barp' (or leave it out of --methods)")
+    else:
+        tau = datamodule.train_environment().cost_percentile(95.0)
+    routers = build_routers(methods, checkpoint, datamodule, tau, seed, max_epochs, method_configs, progress)
+    splits = [split_data(datamodule, "id")] + ([split_data(datamodule, "ood")] if len(datamodule.splits.ood) else [])
+    rows = evaluate(routers, splits, grid, tau, progress)
+    meta = {"checkpoint": ckpt_path, "tau": tau, "w_c": grid, "seed": seed, "max_epochs": max_epochs,
+            "methods": [r.name for r in routers], "n": {s.name: len(s.emb) for s in splits}}
+    summary = summarize(rows, meta)
+    write_outputs(rows, summary, Path(output))
+    if wandb_logger and str(wandb_logger.get("class_path", "")).endswith("WandbLogger"):
+        log_to_wandb(wandb_logger, rows, summary, Path(output) / "pareto.png")
+    return summary
+
+
+def write_outputs(rows: list[dict], summary: dict, output: Path) -> None:
+    """Write ``sweep.csv``, ``summary.json`` and ``pareto.png`` into ``output``, each atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    atomic_write_text(output / "sweep.csv", buf.getvalue())
+    atomic_write_text(output / "summary.json", json.dumps(summary, indent=2) + "\n")
+    plot_pareto(rows, output / "pareto.png", summary)
+
+
+def log_to_wandb(logger_config: dict, rows: list[dict], summary: dict, figure: Path) -> None:
+    """Log the sweep table, figure and AIQs to a W&B run (barp's WandbLogger: offline by default). Never raises."""
+    try:
+        import wandb
+
+        from barp.loggers import WandbLogger
+
+        logger = WandbLogger(**dict(logger_config.get("init_args") or {}))
+        run = logger.experiment
+        run.log({"sweep/table": wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows]),
+                 "sweep/pareto": wandb.Image(str(figure))})
+        run.summary.update({f"sweep/{split}/{m}/aiq": e.get("aiq")
+                            for m, by_split in summary["results"].items() for split, e in by_split.items()})
+        run.finish()
+    except Exception as err:  # noqa: BLE001 - W&B must never break a sweep whose files are already written
+        warnings.warn(f"barp sweep: W&B logging skipped ({type(err).__name__}: {err})", stacklevel=2)

@@ -1,0 +1,97 @@
+"""``barp sweep``: parse the same ``--config`` files as ``barp fit`` (their ``data``, ``model``, ``trainer`` and
+``seed_everything`` sections) plus the sweep options, then run :func:`barp.evaluation.sweep.sweep`."""
+
+from __future__ import annotations
+
+import sys
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from barp.errors import BarpError, ConfigError
+from barp.evaluation.sweep import sweep
+from barp.evaluation.summary import format_summary
+
+
+def _module_class(model_section: dict | None):
+    """The RouterModule class named by the config's ``model.class_path`` (bare or dotted); default BaRPModule."""
+    from barp.module import BaRPModule
+    from barp.routers.registry import METHOD_CLASSES
+
+    name = str((model_section or {}).get("class_path") or "BaRPModule").rsplit(".", 1)[-1]
+    classes = {c.__name__: c for c in (BaRPModule, *METHOD_CLASSES.values())}
+    if name not in classes:
+        raise ConfigError(f"model.class_path: {name!r} is not a barp router class; expected one of {sorted(classes)}")
+    return classes[name]
+
+
+def _barp_error(err: BaseException | None) -> BarpError | None:
+    """The BarpError behind ``err`` (jsonargparse wraps errors raised while instantiating classes), if any."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, BarpError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def sweep_parser() -> ArgumentParser:
+    """The ``barp sweep`` argument parser (help text comes from :func:`~barp.evaluation.sweep.sweep`'s docstring)."""
+    from barp.data.datamodule import RoutingDataModule
+
+    parser = ArgumentParser(
+        prog="barp sweep",
+        description="Evaluate a trained router (--ckpt_path) and the comparison methods over a preference grid on the "
+                    "ID and OOD test splits; write sweep.csv, summary.json and pareto.png into --output.",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="Experiment config(s), as given to barp fit.")
+    parser.add_argument("--seed_everything", type=int | bool | None, default=None,
+                        help="From the experiment config: the default of --seed.")
+    parser.add_argument("--test_after_fit", type=bool, default=False, help="Accepted from configs; unused.")
+    parser.add_argument("--trainer", type=dict | None, default=None,
+                        help="The experiment's trainer section: max_epochs (default of --max_epochs) and logger.")
+    parser.add_argument("--model", type=dict | None, default=None,
+                        help="The experiment's model section: its class_path names the class that wrote --ckpt_path.")
+    parser.add_subclass_arguments(RoutingDataModule, "data", required=True)
+    parser.add_function_arguments(sweep, skip={"datamodule", "module_class", "wandb_logger", "seed", "max_epochs"})
+    parser.add_argument("--seed", type=int | None, default=None,
+                        help="Seed for training the comparison methods and the random router (default: "
+                             "seed_everything of the config, else 0).")
+    parser.add_argument("--max_epochs", type=int | None, default=None,
+                        help="Training epochs of each trainable comparison method (default: the config's "
+                             "trainer.max_epochs, else 40).")
+    return parser
+
+
+def run_sweep_cli(argv: list[str]) -> dict | None:
+    """Run ``barp sweep`` with command-line arguments ``argv`` (without the ``sweep`` word).
+
+    Args:
+        argv: Arguments, e.g. ``["--config", "configs/experiments/synthetic.yaml", "--ckpt_path", "best.ckpt",
+            "--output", "runs/sweep"]``.
+
+    Returns:
+        The summary written to ``summary.json``.
+    """
+    parser = sweep_parser()
+    cfg = parser.parse_args(argv)
+    trainer = cfg.trainer or {}
+    seed = cfg.seed if cfg.seed is not None else (
+        cfg.seed_everything if isinstance(cfg.seed_everything, int) and cfg.seed_everything is not True else 0)
+    max_epochs = cfg.max_epochs if cfg.max_epochs is not None else int(trainer.get("max_epochs") or 40)
+    try:
+        init = parser.instantiate_classes(cfg)
+        summary = sweep(
+            init.data, cfg.ckpt_path, cfg.output, methods=cfg.methods, w_c=cfg.w_c, seed=int(seed),
+            max_epochs=max_epochs, method_configs=cfg.method_configs, module_class=_module_class(cfg.model),
+            wandb_logger=trainer.get("logger") if isinstance(trainer.get("logger"), dict) else None,
+            progress=cfg.progress,
+        )
+    except Exception as err:
+        cause = _barp_error(err)
+        if cause is None:
+            raise
+        print(f"barp sweep: error: {cause}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print("\n" + format_summary(summary) + f"\n\nwrote {cfg.output}/sweep.csv, summary.json, pareto.png", flush=True)
+    return summary

@@ -1,0 +1,53 @@
+"""Seeded learning test: on a small problem, BaRP's greedy policy beats random clearly and nears the oracle."""
+
+import lightning as L
+import numpy as np
+import pytest
+
+from barp.data.datamodule import RoutingDataModule
+from barp.data.table import OutcomeTable
+from barp.module import BaRPModule
+
+SUBJECTS = ["apples", "trains", "coins", "marbles", "books", "eggs", "chairs", "pencils", "birds", "boats"]
+THEMES = ["the sea", "autumn", "a lost friend", "the moon", "city lights", "winter", "a garden", "old letters"]
+
+
+def routing_problem(seed: int = 0) -> OutcomeTable:
+    """Math prompts are solved by model 'math-small', poems by 'poet-small'; 'big' solves all at 20x the cost."""
+    rng = np.random.default_rng(seed)
+    prompts, tasks = [], []
+    for i in range(80):
+        prompts.append(f"Tom has {rng.integers(2, 90)} {rng.choice(SUBJECTS)} and buys {rng.integers(2, 50)} more. "
+                       "How many does he have now?")
+        tasks.append("math")
+        prompts.append(f"Write a short poem about {rng.choice(THEMES)} in the style of a {rng.choice(['sonnet', 'haiku', 'ballad'])}.")
+        tasks.append("poetry")
+    n = len(prompts)
+    is_math = np.array([t == "math" for t in tasks])
+    scores = np.stack([np.where(is_math, 0.7, 0.1), np.where(is_math, 0.1, 0.7), np.full(n, 1.0)], axis=1)
+    costs = np.tile([1e-4, 1e-4, 2e-3], (n, 1))
+    return OutcomeTable([f"q{i}" for i in range(n)], prompts, tasks, ["math-small", "poet-small", "big"],
+                        scores, costs, source="routing_problem")
+
+
+@pytest.mark.parametrize("baseline", ["batch_mean", "batch_linear"])
+def test_greedy_policy_learns_to_route(tmp_path, baseline):
+    L.seed_everything(0)
+    dm = RoutingDataModule(ood_tasks=[], batch_size=32, train_repeats=8, val_fraction=0.1, test_fraction=0.3)
+    dm._table = routing_problem()
+    module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim,
+                        lr=3e-3, tau=2e-3, baseline=baseline, eval_w_c=0.5, extra_eval_w_c=[0.0])
+    trainer = L.Trainer(max_epochs=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, datamodule=dm, verbose=False)
+    m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    # w_c = 0.5: the cheap specialist is right; random wastes half the quality and pays for 'big'.
+    assert m["test/id/reward"] > m["test/id/random_reward"] + 0.15
+    assert m["test/id/reward"] > m["test/id/oracle_reward"] - 0.05
+    assert m["test/id/share/big"] < 0.1
+    if baseline == "batch_mean":
+        return  # the batch-mean baseline does not learn the w_c = 0 switch in this budget (see batch_linear)
+    # w_c = 0: quality only; 'big' is best, so the same policy must switch to it.
+    assert m["test/id/wc=0/reward"] > m["test/id/wc=0/oracle_reward"] - 0.05
+    assert m["test/id/wc=0/share/big"] > 0.8
