@@ -1,0 +1,75 @@
+"""Every supported file format trains through `barp fit --data.path` and evaluates through `barp test`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from barp.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = str(ROOT / "configs" / "experiments" / "routerbench.yaml")
+_spec = importlib.util.spec_from_file_location("barp_fixtures_e2e", ROOT / "tests" / "fixtures" / "make_fixtures.py")
+fixtures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fixtures)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return fixtures.write_fixtures(tmp_path_factory.mktemp("fixtures"))
+
+
+def args_for(path: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--config", RECIPE,
+        "--data.init_args.path", str(path),
+        "--data.init_args.val_fraction", "0.2",
+        "--data.init_args.test_fraction", "0.3",
+        "--data.init_args.batch_size", "8",
+        "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
+        *extra,
+    ]
+
+
+def test_routerbench_csv_with_index_and_missing_cells_end_to_end(files, tmp_path):
+    with pytest.warns(UserWarning, match="dropped 3 of"):
+        cli = main(["fit", *args_for(files["routerbench_missing_csv"], tmp_path, "--test_after_fit", "false")])
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    cli = main(["test", *args_for(files["routerbench_missing_csv"], tmp_path), "--ckpt_path", ckpt])
+    m = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    for key in ("test/id/reward", "test/ood/reward", "test/id/oracle_reward", "test/id/random_reward",
+                "test/ood/cheapest_reward", "test/ood/most_expensive_reward", "test/ood/task=mbpp/score"):
+        assert key in m, key
+    assert cli.datamodule.table.num_prompts == 37
+    assert set(cli.datamodule.ood_tasks) == {"arc-challenge", "mbpp"}
+
+
+FORMATS = ["routerbench_pkl", "routerbench_parquet", "routerbench_long_csv", "wide_csv", "wide_jsonl",
+           "long_csv", "records_json", "canonical_parquet"]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_each_format_trains_and_tests(files, tmp_path, name):
+    extra = ["--test_after_fit", "true"]
+    if name.endswith("pkl"):
+        extra += ["--data.init_args.trust_pickle", "true"]
+    if name == "records_json":
+        extra += ["--data.init_args.prices", str(files["prices_json"])]
+    cli = main(["fit", *args_for(files[name], tmp_path, *extra)])
+    results = json.loads(next(Path(cli.trainer.log_dir).glob("test_results.json")).read_text())
+    assert {r["split"] for r in results["rows"]} == {"id", "ood"}
+    assert results["metrics"]["test/id/oracle_reward"] >= results["metrics"]["test/id/reward"]
+
+
+def test_untrusted_pickle_fails_cleanly(files, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", *args_for(files["routerbench_pkl"], tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "rb_wide.pkl" in err and "trust_pickle" in err
+    assert not list(tmp_path.rglob("*.ckpt"))
