@@ -78,7 +78,7 @@ def main(args: list[str] | None = None) -> BarpCLI | None:
             RoutingDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            args=argv,
+            args=None if args is None else argv,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"callbacks": [ResultsTable(), PredictionWriter()]},
             auto_configure_optimizers=False,
