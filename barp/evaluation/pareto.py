@@ -45,9 +45,11 @@ def plot_pareto(rows: list[dict], path: str | Path, summary: dict | None = None)
     splits = list(dict.fromkeys(r["split"] for r in rows))
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in _SKIP]
     routers = [m for m in methods if not m.startswith(SINGLE_PREFIX)]
-    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(r for r in routers if r not in ("barp", "oracle"))}
+    palette = [plt.get_cmap("tab10")(i) for i in (0, 1, 2, 4, 5, 6, 8, 9)]  # no red (BaRP) or grey (single models)
+    others = [r for r in routers if r not in ("barp", "oracle")]
+    colors = {m: palette[i % len(palette)] for i, m in enumerate(others)}
     colors.update({"barp": "tab:red", "oracle": "black"})
-    fig, axes = plt.subplots(1, len(splits), figsize=(7.5 * len(splits), 5.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(splits), figsize=(7.5 * len(splits), 6.5), squeeze=False)
     for ax, split in zip(axes[0], splits):
         pts = [r for r in rows if r["split"] == split and r["task"] == "all"]
         for m in methods:
@@ -69,7 +71,7 @@ def plot_pareto(rows: list[dict], path: str | Path, summary: dict | None = None)
         ax.set_ylabel("mean score")
         ax.set_title(f"{split.upper()} test: preference sweep (points ordered by w_c)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
     fig.tight_layout()
     try:
         _save_atomic(fig, path)

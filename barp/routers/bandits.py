@@ -26,6 +26,7 @@ import torch
 from barp.errors import ConfigError
 from barp.rl import reward, sample_preferences
 from barp.router_module import RouterModule
+from barp.routers.base import count_step, step_counter
 
 
 class LinearBanditModule(RouterModule):
@@ -118,11 +119,12 @@ class LinearBanditModule(RouterModule):
         r = reward(feedback.score, feedback.cost, w, self.tau_value)
         self.A.index_add_(0, arms, z.unsqueeze(-1) * z.unsqueeze(-2))
         self.b.index_add_(0, arms, r.double().unsqueeze(-1) * z)
+        count_step(self)
         self.log_dict({"train/reward": r.mean(), "train/score": feedback.score.mean(),
                        "train/cost": feedback.cost.mean()}, on_step=False, on_epoch=True, batch_size=len(emb))
 
-    def configure_optimizers(self) -> None:
-        return None
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return step_counter()
 
 
 class LinUCBRouter(LinearBanditModule):

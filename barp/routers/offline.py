@@ -21,6 +21,7 @@ from torch import nn
 from barp.errors import ConfigError
 from barp.rl import reward
 from barp.router_module import RouterModule
+from barp.routers.base import count_step, step_counter
 
 
 @dataclass(frozen=True)
@@ -132,11 +133,11 @@ class KNNRouter(OfflineRouterModule):
         self.memory.costs = data.costs.to(self.device)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """Nothing to learn per batch (the memory is stored at fit start)."""
-        return None
+        """Nothing to learn per batch (the memory is stored at fit start); only counts the step."""
+        count_step(self)
 
-    def configure_optimizers(self) -> None:
-        return None
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return step_counter()
 
     def predict_outcomes(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if len(self.memory.keys) == 0:

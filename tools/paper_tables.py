@@ -1,0 +1,206 @@
+"""Render the BaRP paper's tables as Markdown, over several seeds (mean ± std), by training what they need.
+
+Example::
+
+    python tools/paper_tables.py --config configs/experiments/synthetic.yaml --output runs/paper_tables
+    python tools/paper_tables.py --num_prompts 600 --max_epochs 5 --num_seeds 2 --output /tmp/tables   # quick
+
+For each seed it trains BaRP with each decision head (``barp fit``), then runs ``barp sweep`` on the MLP-head
+checkpoint (every method) and on the other heads (BaRP only), under ``<output>/seed<S>/``. A rerun reuses the
+sweep outputs it finds there (``--reuse``), so the tables can be re-rendered from existing sweeps without training.
+Tables: per-task ID and OOD scores at one preference (BaRP vs the smallest and largest model vs the offline
+routers); BaRP's cost and score for w_c = 0.2 ... 0.8; the decision-head ablation; the learning-algorithm
+ablation (REINFORCE vs LinUCB vs linear Thompson sampling vs epsilon-greedy).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from jsonargparse import auto_cli
+
+from barp.callbacks import atomic_write_text
+
+Table = Literal["per_task", "cost", "heads", "algorithms"]
+HEADS = ("mlp", "linear", "bilinear")
+PER_TASK_METHODS = {"cheapest": "smallest LLM", "most_expensive": "largest LLM", "knn": "kNN (offline)",
+                    "mlp": "MLP (offline)", "mf": "MF (offline)", "barp": "BaRP"}
+ALGORITHMS = {"barp": "REINFORCE (BaRP)", "linucb": "LinUCB", "linear_ts": "linear TS",
+              "epsilon_greedy": "epsilon-greedy"}
+
+
+def _fit_and_sweep(config: str, out: Path, seed: int, head: str, methods: list[str], grid: list[float],
+                   num_prompts: int | None, max_epochs: int | None, reuse: bool) -> Path:
+    """Train BaRP with ``head`` for ``seed`` and sweep it; returns the sweep folder."""
+    from barp.cli import main
+
+    sweep_dir = out / f"seed{seed}" / f"head_{head}" / "sweep"
+    if reuse and (sweep_dir / "sweep.csv").is_file():
+        return sweep_dir
+    run_dir = out / f"seed{seed}" / f"head_{head}"
+    common = ["--config", config]
+    if num_prompts is not None:
+        common += ["--data.init_args.num_prompts", str(num_prompts)]
+    fit = ["fit", *common, "--model.init_args.head", head, "--seed_everything", str(seed),
+           "--test_after_fit", "false", "--trainer.enable_progress_bar", "false",
+           "--trainer.default_root_dir", str(run_dir), "--trainer.logger.init_args.save_dir", str(run_dir)]
+    if max_epochs is not None:
+        fit += ["--trainer.max_epochs", str(max_epochs), "--trainer.check_val_every_n_epoch", "1"]
+    cli = main(fit)
+    callback = cli.trainer.checkpoint_callback
+    ckpt = (callback.best_model_path or callback.last_model_path) if callback else ""
+    if not ckpt:
+        ckpt = str(run_dir / "final.ckpt")
+        cli.trainer.save_checkpoint(ckpt)
+    sweep = ["sweep", *common, "--ckpt_path", ckpt, "--output", str(sweep_dir), "--seed", str(seed),
+             "--methods", json.dumps(methods), "--w_c", json.dumps(grid), "--progress", "false"]
+    if max_epochs is not None:
+        sweep += ["--max_epochs", str(max_epochs)]
+    main(sweep)
+    return sweep_dir
+
+
+def _read(sweep_dirs: list[Path]) -> list[tuple[list[dict], dict]]:
+    out = []
+    for d in sweep_dirs:
+        with open(d / "sweep.csv", newline="") as fh:
+            rows = [{**r, "w_c": float(r["w_c"]), "n": int(r["n"]), "score": float(r["score"]),
+                     "cost": float(r["cost"]), "reward": float(r["reward"])} for r in csv.DictReader(fh)]
+        out.append((rows, json.loads((d / "summary.json").read_text())))
+    return out
+
+
+def _pm(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    """``mean ± std`` over seeds (population std; 0 for one seed); ``-`` if there are no values."""
+    if not values:
+        return "-"
+    v = np.asarray(values, dtype=np.float64) * scale
+    return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
+
+
+def _pm_cost(values: list[float]) -> str:
+    if not values:
+        return "-"
+    v = np.asarray(values, dtype=np.float64)
+    return f"${v.mean():.6f} ± {v.std():.6f}"
+
+
+def _cell(runs, method: str, split: str, w_c: float, task: str, key: str) -> list[float]:
+    return [r[key] for rows, _ in runs for r in rows
+            if r["method"] == method and r["split"] == split and r["task"] == task and abs(r["w_c"] - w_c) < 1e-9]
+
+
+def _markdown(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+
+
+def per_task_table(runs, split: str, w_c: float) -> str:
+    """Scores (%) per task plus average score and cost at ``w_c`` on ``split``, one row per method."""
+    tasks = sorted({r["task"] for rows, _ in runs for r in rows if r["split"] == split and r["task"] != "all"})
+    body = []
+    for method, label in PER_TASK_METHODS.items():
+        body.append([label] + [_pm(_cell(runs, method, split, w_c, t, "score"), 100) for t in tasks]
+                    + [_pm(_cell(runs, method, split, w_c, "all", "score"), 100),
+                       _pm_cost(_cell(runs, method, split, w_c, "all", "cost"))])
+    return _markdown(["method", *tasks, "avg score (%)", "avg cost (USD)"], body)
+
+
+def cost_table(runs, grid: list[float]) -> str:
+    """BaRP's average score (%) and cost per query at each w_c, ID and OOD."""
+    body = [[f"{w:g}"] + [f(_cell(runs, "barp", s, w, "all", k)) for s in ("id", "ood")
+                          for k, f in (("score", lambda v: _pm(v, 100)), ("cost", _pm_cost))] for w in grid]
+    return _markdown(["w_c", "ID score (%)", "ID cost (USD)", "OOD score (%)", "OOD cost (USD)"], body)
+
+
+def _aiq(runs, method: str, split: str) -> list[float]:
+    return [s["results"][method][split]["aiq"] for _, s in runs
+            if split in s["results"].get(method, {}) and s["results"][method][split]["aiq"] is not None]
+
+
+def ablation_table(runs_by_label: dict[str, tuple[list, str]], w_c: float) -> str:
+    """Score (%), cost and reward at ``w_c`` plus AIQ, ID and OOD, one row per (label: (runs, method))."""
+    body = []
+    for label, (runs, method) in runs_by_label.items():
+        row = [label]
+        for s in ("id", "ood"):
+            row += [_pm(_cell(runs, method, s, w_c, "all", "score"), 100),
+                    _pm_cost(_cell(runs, method, s, w_c, "all", "cost")),
+                    _pm(_cell(runs, method, s, w_c, "all", "reward"), 1, 4), _pm(_aiq(runs, method, s), 1, 4)]
+        body.append(row)
+    head = [f"{s} {k}" for s in ("ID", "OOD") for k in ("score (%)", "cost (USD)", "reward", "AIQ")]
+    return _markdown(["method", *head], body)
+
+
+def paper_tables(
+    config: str = "configs/experiments/synthetic.yaml",
+    output: str = "runs/paper_tables",
+    num_seeds: int = 3,
+    first_seed: int = 0,
+    w_c: float = 0.5,
+    cost_grid: list[float] | None = None,
+    tables: list[Table] | None = None,
+    num_prompts: int | None = None,
+    max_epochs: int | None = None,
+    reuse: bool = True,
+) -> str:
+    """Train, sweep and render the paper's tables as Markdown (printed and written to ``<output>/paper_tables.md``).
+
+    Args:
+        config: Experiment config (as for ``barp fit``).
+        output: Folder for the runs, the sweeps and ``paper_tables.md``.
+        num_seeds: Number of seeds (each trains BaRP and every comparison method anew).
+        first_seed: Seeds are ``first_seed``, ``first_seed + 1``, ...
+        w_c: Preference of the per-task and ablation tables.
+        cost_grid: Preferences of the cost table (default 0.2, 0.3, ..., 0.8).
+        tables: Which tables (default all): per_task, cost, heads, algorithms.
+        num_prompts: Override the benchmark's size (quick runs).
+        max_epochs: Override the training epochs of BaRP and of the comparison methods (quick runs).
+        reuse: Reuse sweep outputs already under ``output`` instead of retraining.
+
+    Returns:
+        The Markdown text.
+    """
+    tables = list(tables or ["per_task", "cost", "heads", "algorithms"])
+    grid_cost = [round(0.2 + 0.1 * i, 1) for i in range(7)] if cost_grid is None else list(cost_grid)
+    grid = sorted({*(round(0.1 * i, 1) for i in range(11)), *grid_cost, float(w_c)})
+    out = Path(output)
+    seeds = [first_seed + i for i in range(num_seeds)]
+    all_methods = ["barp", "single_models", "cheapest", "most_expensive", "oracle", "knn", "mlp", "mf", "linucb",
+                   "linear_ts", "epsilon_greedy"]
+    runs_by_head: dict[str, list] = defaultdict(list)
+    heads = HEADS if "heads" in tables else HEADS[:1]
+    for seed in seeds:
+        for head in heads:
+            methods = all_methods if head == "mlp" else ["barp", "single_models", "oracle"]
+            d = _fit_and_sweep(config, out, seed, head, methods, grid, num_prompts, max_epochs, reuse)
+            runs_by_head[head] += _read([d])
+    main_runs = runs_by_head["mlp"]
+    parts = [f"# BaRP paper tables ({len(seeds)} seeds: {seeds}; mean ± std)\n",
+             f"Config: `{config}`; preference of the per-task and ablation tables: w_c = {w_c:g}.\n"]
+    if "per_task" in tables:
+        for split in ("id", "ood"):
+            parts += [f"## Per-task scores (%), {split.upper()} test, w_c = {w_c:g}\n",
+                      per_task_table(main_runs, split, w_c), ""]
+    if "cost" in tables:
+        parts += ["## BaRP across preferences (cost table)\n", cost_table(main_runs, grid_cost), ""]
+    if "heads" in tables:
+        parts += [f"## Decision-head ablation (BaRP), w_c = {w_c:g}\n",
+                  ablation_table({h: (runs_by_head[h], "barp") for h in HEADS}, w_c), ""]
+    if "algorithms" in tables:
+        parts += [f"## Learning-algorithm ablation (same bandit feedback), w_c = {w_c:g}\n",
+                  ablation_table({label: (main_runs, m) for m, label in ALGORITHMS.items()}, w_c), ""]
+    text = "\n".join(parts)
+    atomic_write_text(out / "paper_tables.md", text)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(0 if auto_cli(paper_tables) is not None else 1)
