@@ -167,3 +167,16 @@ def test_sweep_help_shows_the_docstrings(capsys):
     text = capsys.readouterr().out
     for fragment in ("--ckpt_path", "--w_c", "Cost weights of the grid", "--methods", "--max_epochs", "--data"):
         assert fragment in text, fragment
+
+
+@pytest.mark.slow
+def test_paper_tables_train_every_head_and_method(tmp_path):
+    text = _load_paper_tables().paper_tables(config=RECIPE, output=str(tmp_path), num_seeds=1, num_prompts=240,
+                                             max_epochs=1)
+    for title in ("Per-task scores (%), ID", "Per-task scores (%), OOD", "cost table", "Decision-head ablation",
+                  "Learning-algorithm ablation"):
+        assert title in text, title
+    for row in ("| mlp |", "| linear |", "| bilinear |", "| REINFORCE (BaRP) |", "| linear TS |", "| MF (offline) |"):
+        assert row in text, row
+    assert "| - |" not in text and " - |" not in text  # every cell filled
+    assert sorted(p.name for p in tmp_path.glob("seed0/head_*")) == ["head_bilinear", "head_linear", "head_mlp"]
