@@ -115,6 +115,10 @@ def test_non_gradient_methods_fit_checkpoint_and_test_through_barp_fit(tmp_path,
     emb = torch.as_tensor(cli.datamodule._embeddings[cli.datamodule.splits.test])
     w = torch.tensor([[0.7, 0.3]]).expand(len(emb), 2)
     assert torch.equal(loaded.choose(emb, w), cli.model.route(emb, w).argmax(-1))
+    # barp sweep takes the checkpoint's class from the model config and does not retrain that method
+    main(["sweep", *SMALL, "--config", config, "--ckpt_path", ckpt, "--output", str(tmp_path / "sweep"),
+          "--methods", f"[{name}, oracle]", "--w_c", "[0.0, 1.0]", "--progress", "false"])
+    assert {r["method"] for r in read_rows(tmp_path / "sweep" / "sweep.csv")} == {name, "oracle"}
 
 
 def _load_paper_tables():

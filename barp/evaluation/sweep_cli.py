@@ -10,14 +10,16 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from barp.errors import BarpError, ConfigError
 from barp.evaluation.sweep import sweep
 from barp.evaluation.summary import format_summary
+from barp.router_module import RouterModule
 
 
-def _module_class(model_section: dict | None):
-    """The RouterModule class named by the config's ``model.class_path`` (bare or dotted); default BaRPModule."""
+def _module_class(model_section) -> type[RouterModule]:
+    """The RouterModule class named by the config's ``model.class_path``; default BaRPModule."""
     from barp.module import BaRPModule
     from barp.routers.registry import METHOD_CLASSES
 
-    name = str((model_section or {}).get("class_path") or "BaRPModule").rsplit(".", 1)[-1]
+    class_path = model_section.get("class_path") if model_section is not None else None
+    name = str(class_path or "BaRPModule").rsplit(".", 1)[-1]
     classes = {c.__name__: c for c in (BaRPModule, *METHOD_CLASSES.values())}
     if name not in classes:
         raise ConfigError(f"model.class_path: {name!r} is not a barp router class; expected one of {sorted(classes)}")
@@ -50,8 +52,8 @@ def sweep_parser() -> ArgumentParser:
     parser.add_argument("--test_after_fit", type=bool, default=False, help="Accepted from configs; unused.")
     parser.add_argument("--trainer", type=dict | None, default=None,
                         help="The experiment's trainer section: max_epochs (default of --max_epochs) and logger.")
-    parser.add_argument("--model", type=dict | None, default=None,
-                        help="The experiment's model section: its class_path names the class that wrote --ckpt_path.")
+    # The model section says which class wrote --ckpt_path; its data-linked options are not needed here.
+    parser.add_subclass_arguments(RouterModule, "model", required=False, skip={"model_names", "task_names"})
     parser.add_subclass_arguments(RoutingDataModule, "data", required=True)
     parser.add_function_arguments(sweep, skip={"datamodule", "module_class", "wandb_logger", "seed", "max_epochs"})
     parser.add_argument("--seed", type=int | None, default=None,
@@ -79,11 +81,13 @@ def run_sweep_cli(argv: list[str]) -> dict | None:
     seed = cfg.seed if cfg.seed is not None else (
         cfg.seed_everything if isinstance(cfg.seed_everything, int) and cfg.seed_everything is not True else 0)
     max_epochs = cfg.max_epochs if cfg.max_epochs is not None else int(trainer.get("max_epochs") or 40)
+    model_class = _module_class(cfg.get("model"))
+    del cfg["model"]  # read for its class only; the checkpoint holds the trained module
     try:
-        init = parser.instantiate_classes(cfg)
+        init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
         summary = sweep(
             init.data, cfg.ckpt_path, cfg.output, methods=cfg.methods, w_c=cfg.w_c, seed=int(seed),
-            max_epochs=max_epochs, method_configs=cfg.method_configs, module_class=_module_class(cfg.model),
+            max_epochs=max_epochs, method_configs=cfg.method_configs, module_class=model_class,
             wandb_logger=trainer.get("logger") if isinstance(trainer.get("logger"), dict) else None,
             progress=cfg.progress,
         )
