@@ -11,7 +11,6 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_only
 
 from barp.router_module import REFERENCES, RouterModule, pref_key
 
@@ -73,16 +72,15 @@ class ResultsTable(L.Callback):
     def __init__(self, filename: str = "test_results") -> None:
         self.filename = filename
 
-    @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not isinstance(pl_module, RouterModule):
+        out = _log_dir(trainer)  # a collective under DDP: every rank must ask
+        if not isinstance(pl_module, RouterModule) or not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         rows = results_rows(metrics, pl_module)
         if not rows:
             return
         print("\n" + format_table(rows) + "\n", flush=True)
-        out = _log_dir(trainer)
         atomic_write_text(out / f"{self.filename}.json", json.dumps({"rows": rows, "metrics": metrics}, indent=2))
 
 

@@ -61,6 +61,7 @@ class BaRPModule(RouterModule):
             raise ConfigError(f"model.baseline_momentum must be in [0, 1), got {baseline_momentum!r}")
         self.policy = BaRPPolicy(self.embed_dim, len(self.model_names), head, hidden_dim, pref_dim)
         self.register_buffer("baseline_value", torch.tensor(float("nan")))
+        self._total_steps: int | None = None
 
     def route(self, emb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Policy logits (B, K)."""
@@ -71,7 +72,9 @@ class BaRPModule(RouterModule):
         hp = self.hparams
         if hp.beta_final is None or self._trainer is None:
             return hp.beta
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        if self._total_steps is None:
+            self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        total = self._total_steps
         frac = min(self.global_step / total, 1.0)
         return hp.beta + (hp.beta_final - hp.beta) * frac
 
