@@ -62,6 +62,13 @@ def format_table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def format_headline(metrics: dict[str, float]) -> str:
+    """The primary-preference metrics by their logged names, e.g. ``test/id/reward = 0.3312``."""
+    names = [f"test/{split}/{prefix}{m}" for split in ("id", "ood")
+             for prefix in ("", "oracle_", "random_", "cheapest_", "most_expensive_") for m in ("score", "cost", "reward")]
+    return "\n".join(f"{n} = {metrics[n]:.6g}" for n in names if n in metrics)
+
+
 class ResultsTable(L.Callback):
     """After ``test``: print the router beside the reference policies and write ``test_results.json``/``.csv``.
 
@@ -80,7 +87,7 @@ class ResultsTable(L.Callback):
         rows = results_rows(metrics, pl_module)
         if not rows:
             return
-        print("\n" + format_table(rows) + "\n", flush=True)
+        print("\n" + format_table(rows) + "\n\n" + format_headline(metrics) + "\n", flush=True)
         atomic_write_text(out / f"{self.filename}.json", json.dumps({"rows": rows, "metrics": metrics}, indent=2))
 
 

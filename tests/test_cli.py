@@ -75,6 +75,8 @@ def test_test_reports_router_and_references(fitted, capsys):
     assert shares == pytest.approx(1.0, abs=1e-5)
     printed = capsys.readouterr().out
     assert "oracle" in printed and "most_expensive" in printed
+    for name in ("test/id/reward =", "test/ood/reward =", "test/id/oracle_reward =", "test/id/random_reward ="):
+        assert name in printed, name
     results = json.loads((Path(cli.trainer.log_dir) / "test_results.json").read_text())
     assert {r["policy"] for r in results["rows"]} == {"BaRP", "oracle", "random", "cheapest", "most_expensive"}
 
