@@ -7,7 +7,7 @@ import sys
 from lightning.pytorch.cli import LightningCLI
 
 import barp
-from barp.errors import BarpError
+from barp.errors import BarpError, find_user_error
 
 
 EVAL_TIME_OPTIONS = ("eval_w_c", "extra_eval_w_c", "predict_w_c")
@@ -84,22 +84,11 @@ def main(args: list[str] | None = None) -> BarpCLI | None:
             auto_configure_optimizers=False,
         )
     except ValueError as err:
-        cause = _user_error(err)
+        cause = find_user_error(err)
         if cause is None:
             raise
         print(f"barp: error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def _user_error(err: BaseException) -> BarpError | None:
-    """The BarpError behind ``err`` (jsonargparse wraps errors raised while instantiating classes), if any."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, BarpError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def run() -> int:

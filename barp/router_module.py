@@ -31,7 +31,8 @@ class RouterModule(L.LightningModule):
     """Shared evaluation for routers over frozen prompt embeddings.
 
     Metric names: ``{stage}/{split}/{metric}`` at the primary preference ``eval_w_c`` and
-    ``{stage}/{split}/wc={w_c}/{metric}`` at each of ``extra_eval_w_c``; at test time also
+    ``{stage}/{split}/wc={w_c}/{metric}`` at each of ``extra_eval_w_c``; ``{stage}/{split}/reward_avg`` is the
+    router's reward averaged over all evaluation preferences (the recipes select checkpoints on it); at test time also
     ``test/{split}/{reference}_{score|cost|reward}`` for the oracle, random routing (exact expectation),
     the cheapest and the most expensive single model (by mean training cost).
 
@@ -169,6 +170,7 @@ class RouterModule(L.LightningModule):
 
     def _log_eval(self, stage: str) -> None:
         for split in SPLITS:
+            router_rewards = []
             for w_c in self.eval_preferences:
                 prefix = f"{stage}/{split}/" if w_c == self.eval_w_c else f"{stage}/{split}/{pref_key(w_c)}/"
                 for policy in ("router",) + REFERENCES:
@@ -178,10 +180,14 @@ class RouterModule(L.LightningModule):
                     values = metric.compute()
                     if policy == "router":
                         logged = {prefix + k: v for k, v in values.items()}
+                        router_rewards.append(values["reward"])
                     else:
                         logged = {f"{prefix}{policy}_{k}": values[k] for k in ("score", "cost", "reward")}
                     self.log_dict(logged, add_dataloader_idx=False)
                     metric.reset()
+            if router_rewards:
+                # one number for the whole trade-off range: what checkpoint selection should watch
+                self.log(f"{stage}/{split}/reward_avg", torch.stack(router_rewards).mean(), add_dataloader_idx=False)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, "val", dataloader_idx)

@@ -54,7 +54,7 @@ def test_fit_writes_config_checkpoint_and_metrics(fitted):
     assert Path(ckpt).is_file()
     assert (log_dir / "config.yaml").is_file()
     header = (log_dir / "metrics.csv").read_text().splitlines()[0].split(",")
-    for key in ("train/loss", "train/reward", "train/entropy", "val/id/reward", "val/id/wc=0.9/reward"):
+    for key in ("train/loss", "train/reward", "train/entropy", "val/id/reward", "val/id/wc=0.9/reward", "val/id/reward_avg"):
         assert key in header, key
     hparams = (log_dir / "hparams.yaml").read_text()
     assert "params/trainable" in hparams and "params/frozen" in hparams

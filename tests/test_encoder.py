@@ -88,3 +88,13 @@ def test_cache_write_is_atomic(tmp_path):
     cache.get_or_compute(["x"], lambda t: np.ones((len(t), 2)))
     assert len(list(tmp_path.rglob("shard-*.npz"))) == 1
     assert not list(tmp_path.rglob(".shard-*"))
+
+
+def test_cache_keys_with_trailing_zero_bytes_hit(tmp_path):
+    from barp.data.embedding_cache import text_key
+
+    text = next(t for t in (f"prompt {i}" for i in range(5000)) if text_key(t).endswith(b"\x00"))
+    cache = EmbeddingCache(tmp_path, "enc", 8, "left", "float32")
+    cache.get_or_compute([text], lambda t: np.ones((len(t), 2)))
+    _, computed = cache.get_or_compute([text], lambda t: np.zeros((len(t), 2)))
+    assert computed == 0

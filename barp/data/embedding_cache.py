@@ -56,7 +56,7 @@ class EmbeddingCache:
             with np.load(shard) as data:
                 keys, vectors = data["keys"], data["vectors"]
             for k, v in zip(keys, vectors):
-                store[bytes(k)] = v
+                store[k.tobytes()] = v
         return store
 
     def _write_shard(self, keys: list[bytes], vectors: np.ndarray) -> Path:
@@ -70,7 +70,9 @@ class EmbeddingCache:
         os.close(fd)
         try:
             with open(tmp, "wb") as fh:
-                np.savez(fh, keys=np.array(keys, dtype="S20"), vectors=vectors.astype(np.float32))
+                # raw 20-byte keys as uint8 rows ("S20" would drop trailing zero bytes)
+                keys_u8 = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 20)
+                np.savez(fh, keys=keys_u8, vectors=vectors.astype(np.float32))
             os.replace(tmp, final)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

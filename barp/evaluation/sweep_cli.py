@@ -7,7 +7,7 @@ import sys
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from barp.errors import BarpError, ConfigError
+from barp.errors import BarpError, ConfigError, find_user_error
 from barp.evaluation.sweep import sweep
 from barp.evaluation.summary import format_summary
 from barp.router_module import RouterModule
@@ -24,17 +24,6 @@ def _module_class(model_section) -> type[RouterModule]:
     if name not in classes:
         raise ConfigError(f"model.class_path: {name!r} is not a barp router class; expected one of {sorted(classes)}")
     return classes[name]
-
-
-def _barp_error(err: BaseException | None) -> BarpError | None:
-    """The BarpError behind ``err`` (jsonargparse wraps errors raised while instantiating classes), if any."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, BarpError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def sweep_parser() -> ArgumentParser:
@@ -92,7 +81,7 @@ def run_sweep_cli(argv: list[str]) -> dict | None:
             progress=cfg.progress,
         )
     except Exception as err:
-        cause = _barp_error(err)
+        cause = find_user_error(err)
         if cause is None:
             raise
         print(f"barp sweep: error: {cause}", file=sys.stderr)
