@@ -49,8 +49,9 @@ def test_routerbench_csv_with_index_and_missing_cells_end_to_end(files, tmp_path
     assert set(cli.datamodule.ood_tasks) == {"arc-challenge", "mbpp"}
 
 
-FORMATS = ["routerbench_pkl", "routerbench_parquet", "routerbench_long_csv", "wide_csv", "wide_jsonl",
-           "long_csv", "records_json", "canonical_parquet"]
+FORMATS = ["routerbench_pkl", "routerbench_csv_index", "routerbench_csv", "routerbench_parquet",
+           "routerbench_long_pkl", "routerbench_long_csv", "wide_csv", "wide_jsonl", "wide_parquet", "long_csv",
+           "long_jsonl", "records_json", "canonical_parquet"]
 
 
 @pytest.mark.parametrize("name", FORMATS)
