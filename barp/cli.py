@@ -6,8 +6,8 @@ import sys
 
 from lightning.pytorch.cli import LightningCLI
 
-import barp
-from barp.errors import BarpError, find_user_error
+from barp import __version__
+from barp.errors import exit_on_user_error
 
 
 EVAL_TIME_OPTIONS = ("eval_w_c", "extra_eval_w_c", "predict_w_c")
@@ -65,14 +65,14 @@ def main(args: list[str] | None = None) -> BarpCLI | None:
 
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] in (["--version"], ["-V"]):
-        print(f"barp {barp.__version__}")
+        print(f"barp {__version__}")
         return None
     if argv[:1] == ["sweep"]:
         from barp.evaluation.sweep_cli import run_sweep_cli
 
         run_sweep_cli(argv[1:])
         return None
-    try:
+    with exit_on_user_error("barp"):
         return BarpCLI(
             RouterModule,
             RoutingDataModule,
@@ -83,12 +83,6 @@ def main(args: list[str] | None = None) -> BarpCLI | None:
             trainer_defaults={"callbacks": [ResultsTable(), PredictionWriter()]},
             auto_configure_optimizers=False,
         )
-    except ValueError as err:
-        cause = find_user_error(err)
-        if cause is None:
-            raise
-        print(f"barp: error: {cause}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def run() -> int:

@@ -1,5 +1,9 @@
 """Exceptions raised for problems a user can cause (bad files, bad configs, bad preferences)."""
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class BarpError(ValueError):
     """Base class of barp's user-facing errors; the CLI prints the message and exits non-zero."""
@@ -23,3 +27,20 @@ def find_user_error(err: BaseException | None) -> BarpError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+@contextmanager
+def exit_on_user_error(prog: str) -> Iterator[None]:
+    """Turn a user-caused failure (a :class:`BarpError`, however wrapped) into one line on stderr and exit code 2.
+
+    Args:
+        prog: Program name to prefix the message with, e.g. ``barp``.
+    """
+    try:
+        yield
+    except Exception as err:
+        cause = find_user_error(err)
+        if cause is None:
+            raise
+        print(f"{prog}: error: {cause}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from barp.data.embedding_cache import EmbeddingCache
 from barp.encoders import SentenceEncoder, count_parameters, encoder_identity, resolve_encoder_path

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import sys
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from barp.errors import BarpError, ConfigError, find_user_error
+from barp.errors import ConfigError, exit_on_user_error
 from barp.evaluation.sweep import sweep
 from barp.evaluation.summary import format_summary
 from barp.router_module import RouterModule
@@ -70,9 +69,9 @@ def run_sweep_cli(argv: list[str]) -> dict | None:
     seed = cfg.seed if cfg.seed is not None else (
         cfg.seed_everything if isinstance(cfg.seed_everything, int) and cfg.seed_everything is not True else 0)
     max_epochs = cfg.max_epochs if cfg.max_epochs is not None else int(trainer.get("max_epochs") or 40)
-    model_class = _module_class(cfg.get("model"))
-    del cfg["model"]  # read for its class only; the checkpoint holds the trained module
-    try:
+    with exit_on_user_error("barp sweep"):
+        model_class = _module_class(cfg.get("model"))
+        del cfg["model"]  # read for its class only; the checkpoint holds the trained module
         init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
         summary = sweep(
             init.data, cfg.ckpt_path, cfg.output, methods=cfg.methods, w_c=cfg.w_c, seed=int(seed),
@@ -80,11 +79,5 @@ def run_sweep_cli(argv: list[str]) -> dict | None:
             wandb_logger=trainer.get("logger") if isinstance(trainer.get("logger"), dict) else None,
             progress=cfg.progress,
         )
-    except Exception as err:
-        cause = find_user_error(err)
-        if cause is None:
-            raise
-        print(f"barp sweep: error: {cause}", file=sys.stderr)
-        raise SystemExit(2) from None
     print("\n" + format_summary(summary) + f"\n\nwrote {cfg.output}/sweep.csv, summary.json, pareto.png", flush=True)
     return summary
