@@ -130,3 +130,24 @@ def test_bad_config_fails_clearly(tmp_path, capsys, extra, fragments):
     for fragment in fragments:
         assert fragment in err, (fragment, err[-2000:])
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_trained_router_routes_raw_text_like_predict(fitted):
+    from barp.errors import ConfigError
+    from barp.serve import TrainedRouter
+
+    out, ckpt, cli_fit = fitted
+    cli = main(["predict", *tiny_args(out), "--ckpt_path", ckpt, "--model.init_args.predict_w_c", "0.2"])
+    rows = list(csv.DictReader((Path(cli.trainer.log_dir) / "predictions.csv").open()))[:40]
+    table = cli.datamodule.table
+    text = {pid: p for pid, p in zip(table.prompt_ids, table.prompts)}
+    router = TrainedRouter.from_checkpoint(ckpt)
+    decisions = router.route([text[r["prompt_id"]] for r in rows], w_c=0.2)
+    agree = sum(d.model == r["model"] for d, r in zip(decisions, rows)) / len(rows)
+    assert agree >= 0.95
+    probs = router.probabilities(["hello there"], w_c=0.7)
+    assert probs.shape == (1, len(router.models)) and abs(float(probs.sum()) - 1) < 1e-5
+    with pytest.raises(ConfigError, match="w_c"):
+        router.route(["x"], w_c=1.2)
+    with pytest.raises(ConfigError, match="does not exist"):
+        TrainedRouter.from_checkpoint(out / "missing.ckpt")
