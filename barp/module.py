@@ -35,6 +35,8 @@ class BaRPModule(RouterModule):
             batch's least-squares fit of reward on (w_q, w_c): the reward's scale depends on w, so this removes
             much more variance), ``moving_average`` (exponential average of batch means across steps) or ``none``.
         baseline_momentum: Momentum of the moving-average baseline.
+        edge_preferences: Share of training preferences drawn from Beta(1/2, 1/2) instead of uniform (ours; 0 is
+            the paper's uniform sampling). More draws near w_c = 0 and 1 sharpen the policy at the extremes.
         **kwargs: Evaluation and linking options of :class:`~barp.router_module.RouterModule`.
     """
 
@@ -49,6 +51,7 @@ class BaRPModule(RouterModule):
         beta_final: float | None = None,
         baseline: Literal["batch_mean", "batch_linear", "moving_average", "none"] = "batch_mean",
         baseline_momentum: float = 0.9,
+        edge_preferences: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -57,6 +60,8 @@ class BaRPModule(RouterModule):
             raise ConfigError(f"model.lr must be > 0, got {lr!r}")
         if beta < 0 or (beta_final is not None and beta_final < 0):
             raise ConfigError(f"model.beta and model.beta_final must be >= 0, got {beta!r}, {beta_final!r}")
+        if not 0 <= edge_preferences <= 1:
+            raise ConfigError(f"model.edge_preferences must be in [0, 1], got {edge_preferences!r}")
         if not 0 <= baseline_momentum < 1:
             raise ConfigError(f"model.baseline_momentum must be in [0, 1), got {baseline_momentum!r}")
         self.policy = BaRPPolicy(self.embed_dim, len(self.model_names), head, hidden_dim, pref_dim)
@@ -99,7 +104,7 @@ class BaRPModule(RouterModule):
         if self.env is None:
             raise RuntimeError("BaRPModule needs a datamodule with train_environment() to train")
         emb, rows = batch["emb"], batch["row"]
-        w = sample_preferences(len(emb), device=emb.device)
+        w = sample_preferences(len(emb), device=emb.device, edge_weight=self.hparams.edge_preferences)
         logits = self.policy(emb, w)
         actions = torch.distributions.Categorical(logits=logits).sample()
         feedback = self.env.pull(rows, actions)

@@ -39,9 +39,26 @@ def preference_tensor(w_c: float, n: int, device: torch.device | str = "cpu") ->
     return torch.tensor([1.0 - w_c, w_c], device=device).expand(n, 2).contiguous()
 
 
-def sample_preferences(n: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Draw ``n`` preferences uniformly on the 1-simplex: ``w_q ~ U(0, 1)``, ``w_c = 1 - w_q``; shape (n, 2)."""
+def sample_preferences(
+    n: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu", edge_weight: float = 0.0
+) -> torch.Tensor:
+    """Draw ``n`` preferences on the 1-simplex, shape (n, 2).
+
+    The paper draws ``w_q ~ U(0, 1)`` (``edge_weight = 0``). With ``edge_weight = p > 0`` a share p of the draws
+    comes from the arcsine law Beta(1/2, 1/2) instead, which puts more mass near w_c = 0 and w_c = 1, where the
+    best model changes fastest (ours; an option, off by default).
+
+    Args:
+        n: Number of preferences.
+        generator: Random generator.
+        device: Device of the result.
+        edge_weight: Share of draws from Beta(1/2, 1/2), in [0, 1].
+    """
     w_q = torch.rand(n, generator=generator, device=device)
+    if edge_weight > 0:
+        arcsine = torch.sin(0.5 * torch.pi * torch.rand(n, generator=generator, device=device)) ** 2
+        pick = torch.rand(n, generator=generator, device=device) < edge_weight
+        w_q = torch.where(pick, arcsine, w_q)
     return torch.stack([w_q, 1.0 - w_q], dim=-1)
 
 

@@ -80,3 +80,14 @@ def test_invalid_preferences_are_rejected(bad):
 
 def test_preference_tensor():
     assert torch.allclose(preference_tensor(0.25, 2), torch.tensor([[0.75, 0.25], [0.75, 0.25]]))
+
+
+def test_edge_preference_sampling_puts_more_mass_near_the_ends():
+    g = torch.Generator().manual_seed(1)
+    uniform = sample_preferences(20000, generator=g)
+    edge = sample_preferences(20000, generator=g, edge_weight=1.0)
+    assert torch.allclose(edge.sum(-1), torch.ones(20000)) and (edge >= 0).all()
+    near = lambda w: ((w[:, 1] < 0.05) | (w[:, 1] > 0.95)).float().mean().item()  # noqa: E731
+    assert near(uniform) == pytest.approx(0.10, abs=0.01)
+    # arcsine law: P(w < 0.05) = (2 / pi) asin(sqrt(0.05)) = 0.1436 per end
+    assert near(edge) == pytest.approx(2 * 0.1436, abs=0.015)
