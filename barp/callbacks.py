@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from barp.data.datamodule import SPLIT_ORDER
 from barp.router_module import REFERENCES, RouterModule, pref_key
 
 
@@ -107,13 +108,12 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         dm = trainer.datamodule
         table = dm.table
-        split_names = ["train", "val", "test", "ood"]
         lines = [["prompt_id", "split", "task", "w_c", "model", "probability"]]
         flat = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         for batch in flat:
             for row, split, action, prob in zip(batch["row"].tolist(), batch["split"].tolist(),
                                                 batch["action"].tolist(), batch["probability"].tolist()):
-                lines.append([table.prompt_ids[row], split_names[split], table.tasks[row], batch["w_c"],
+                lines.append([table.prompt_ids[row], SPLIT_ORDER[split], table.tasks[row], batch["w_c"],
                               pl_module.model_names[action], f"{prob:.6f}"])
         path = Path(self.output) if self.output else _log_dir(trainer) / "predictions.csv"
         if trainer.world_size > 1:

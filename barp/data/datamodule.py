@@ -7,7 +7,6 @@ evaluation (and the reference policies) may look at every model's outcome.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -23,8 +22,8 @@ from barp.data.table import OutcomeTable
 from barp.encoders import DEFAULT_ENCODER, SentenceEncoder, encoder_identity, resolve_encoder_path
 from barp.errors import ConfigError
 
-SPLIT_NAMES = {"val": "id", "test": "id", "ood": "ood"}
-
+#: Split names in the order predict batches number them (``batch["split"]``).
+SPLIT_ORDER = ("train", "val", "test", "ood")
 
 class _Rows(Dataset):
     """Batches of rows from in-memory tensors, gathered in one indexing operation per batch."""
@@ -197,29 +196,25 @@ class RoutingDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Embed every prompt not yet in the cache (runs once per node, before ``setup``)."""
-        _, self.num_embedded = self._cache().get_or_compute(self.table.prompts, self._encode)
+        self._embeddings, _ = self._cache().get_or_compute(self.table.prompts, self._encode)
 
     def setup(self, stage: str | None = None) -> None:
         """Load embeddings (from the cache that ``prepare_data`` filled) and check the split sizes."""
-        if self._embeddings is None:
-            self._embeddings, computed = self._cache().get_or_compute(self.table.prompts, self._encode)
-            self.num_embedded = getattr(self, "num_embedded", 0) + computed
+        if self._embeddings is None:  # ranks other than the one that ran prepare_data
+            self._embeddings, _ = self._cache().get_or_compute(self.table.prompts, self._encode)
         if len(self.splits.train) == 0:
             raise ConfigError(f"{self.table.source}: the training split is empty; lower val/test fractions")
 
-    def _tensors(self, rows: np.ndarray, outcomes: bool, split_id: int = 0) -> dict[str, torch.Tensor]:
+    def _tensors(self, rows: np.ndarray, outcomes: bool) -> dict[str, torch.Tensor]:
+        """Embeddings and full-table row numbers of ``rows``; with ``outcomes``, also task, scores and costs."""
         assert self._embeddings is not None, "call setup() first"
         table = self.table
-        task_index = {t: i for i, t in enumerate(table.task_names)}
-        out = {
-            "emb": torch.as_tensor(self._embeddings[rows]),
-            "row": torch.arange(len(rows)) if not outcomes else torch.as_tensor(rows, dtype=torch.long),
-        }
+        out = {"emb": torch.as_tensor(self._embeddings[rows]), "row": torch.as_tensor(rows, dtype=torch.long)}
         if outcomes:
+            task_index = {t: i for i, t in enumerate(table.task_names)}
             out["task"] = torch.as_tensor([task_index[table.tasks[i]] for i in rows], dtype=torch.long)
             out["scores"] = torch.as_tensor(table.scores[rows], dtype=torch.float32)
             out["costs"] = torch.as_tensor(table.costs[rows], dtype=torch.float32)
-            out["split"] = torch.full((len(rows),), split_id, dtype=torch.long)
         return out
 
     def _loader(self, tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool) -> DataLoader:
@@ -230,7 +225,7 @@ class RoutingDataModule(L.LightningDataModule):
         """Training batches: ``emb`` and ``row`` (position in the training split) only; no outcomes."""
         rows = np.tile(self.splits.train, self.hparams.train_repeats)
         tensors = self._tensors(rows, outcomes=False)
-        tensors["row"] = torch.arange(len(self.splits.train)).repeat(self.hparams.train_repeats)
+        tensors["row"] = torch.arange(len(self.splits.train)).repeat(self.hparams.train_repeats)  # env positions
         return self._loader(tensors, self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -241,25 +236,14 @@ class RoutingDataModule(L.LightningDataModule):
         """ID test and (if any task is held out) OOD test batches, in that order."""
         loaders = [self._loader(self._tensors(self.splits.test, True), self.hparams.eval_batch_size, False)]
         if len(self.splits.ood):
-            loaders.append(self._loader(self._tensors(self.splits.ood, True, 1), self.hparams.eval_batch_size, False))
+            loaders.append(self._loader(self._tensors(self.splits.ood, True), self.hparams.eval_batch_size, False))
         return loaders
 
     def predict_dataloader(self) -> DataLoader:
         """Rows of ``predict_splits``; batches carry ``row`` (position in the full table) and ``split``."""
-        names = ["train", "val", "test", "ood"]
-        parts = [(names.index(s), getattr(self.splits, s)) for s in self.predict_splits]
+        parts = [(SPLIT_ORDER.index(s), getattr(self.splits, s)) for s in self.predict_splits]
         rows = np.concatenate([r for _, r in parts])
         split_ids = np.concatenate([np.full(len(r), i) for i, r in parts])
-        tensors = self._tensors(rows, outcomes=True)
+        tensors = self._tensors(rows, outcomes=False)
         tensors["split"] = torch.as_tensor(split_ids, dtype=torch.long)
         return self._loader(tensors, self.hparams.eval_batch_size, False)
-
-    def describe(self) -> dict[str, object]:
-        """Sizes of the table and splits, for logs."""
-        s = self.splits
-        return {"source": self.table.source, "models": self.table.num_models, "tasks": self.table.task_names,
-                "ood_tasks": self.ood_tasks, "train": len(s.train), "val": len(s.val), "test": len(s.test),
-                "ood": len(s.ood)}
-
-    def __repr__(self) -> str:
-        return f"RoutingDataModule({json.dumps(self.describe()) if self._table is not None else ''})"
