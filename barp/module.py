@@ -7,13 +7,14 @@ else), compute r = w_q q - w_c min(c / tau, 1), and minimise -(r - b) log pi(a|x
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 
 from barp.errors import ConfigError
-from barp.policy import BaRPPolicy, Head
-from barp.rl import preference_fit_baseline, reinforce_loss, reward, sample_preferences
+from barp.policy import BaRPPolicy, Head, PreferenceFeatures
+from barp.rl import leave_one_out_baseline, preference_fit_baseline, reinforce_loss, reward, sample_preferences
 from barp.router_module import RouterModule
 
 
@@ -33,10 +34,16 @@ class BaRPModule(RouterModule):
         beta_final: Entropy coefficient at the end of training (linear decay); None keeps ``beta``.
         baseline: ``batch_mean`` (mean reward of the batch; the default), ``batch_linear`` (per example, the
             batch's least-squares fit of reward on (w_q, w_c): the reward's scale depends on w, so this removes
-            much more variance), ``moving_average`` (exponential average of batch means across steps) or ``none``.
+            much more variance), ``moving_average`` (exponential average of batch means across steps),
+            ``leave_one_out`` (ours: mean reward of the prompt's other pulls in the step, rescored at this pull's
+            preference; needs ``samples_per_prompt >= 2``) or ``none``.
         baseline_momentum: Momentum of the moving-average baseline.
-        edge_preferences: Share of training preferences drawn from Beta(1/2, 1/2) instead of uniform (ours; 0 is
-            the paper's uniform sampling). More draws near w_c = 0 and 1 sharpen the policy at the extremes.
+        samples_per_prompt: Pulls of each prompt per training step, each with its own preference and sampled model
+            (1 = the paper). ``leave_one_out`` needs >= 2; lower ``data.train_repeats`` to keep the pull budget.
+        cost_power: Training preferences ``w_c = u ** cost_power``, u uniform (1 = the paper's uniform draw; > 1
+            draws more small cost weights, where most of the cost range lies).
+        preference_features: Inputs of phi: ``raw`` (w_q, w_c) (the paper) or ``log_ratio``, which adds
+            log(w_c / w_q) so that the policy resolves small cost weights (see :class:`~barp.policy.PreferenceEncoder`).
         **kwargs: Evaluation and linking options of :class:`~barp.router_module.RouterModule`.
     """
 
@@ -49,9 +56,11 @@ class BaRPModule(RouterModule):
         weight_decay: float = 0.0,
         beta: float = 0.02,
         beta_final: float | None = None,
-        baseline: Literal["batch_mean", "batch_linear", "moving_average", "none"] = "batch_mean",
+        baseline: Literal["batch_mean", "batch_linear", "moving_average", "leave_one_out", "none"] = "batch_mean",
         baseline_momentum: float = 0.9,
-        edge_preferences: float = 0.0,
+        samples_per_prompt: int = 1,
+        cost_power: float = 1.0,
+        preference_features: PreferenceFeatures = "raw",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -60,11 +69,19 @@ class BaRPModule(RouterModule):
             raise ConfigError(f"model.lr must be > 0, got {lr!r}")
         if beta < 0 or (beta_final is not None and beta_final < 0):
             raise ConfigError(f"model.beta and model.beta_final must be >= 0, got {beta!r}, {beta_final!r}")
-        if not 0 <= edge_preferences <= 1:
-            raise ConfigError(f"model.edge_preferences must be in [0, 1], got {edge_preferences!r}")
+        if not (isinstance(cost_power, (int, float)) and math.isfinite(cost_power) and cost_power > 0):
+            raise ConfigError(f"model.cost_power must be a finite number > 0, got {cost_power!r}")
+        if preference_features not in ("raw", "log_ratio"):
+            raise ConfigError(f"model.preference_features must be raw or log_ratio, got {preference_features!r}")
+        if isinstance(samples_per_prompt, bool) or not isinstance(samples_per_prompt, int) or samples_per_prompt < 1:
+            raise ConfigError(f"model.samples_per_prompt must be an integer >= 1, got {samples_per_prompt!r}")
+        if baseline == "leave_one_out" and samples_per_prompt < 2:
+            raise ConfigError(
+                f"model.baseline=leave_one_out needs model.samples_per_prompt >= 2, got {samples_per_prompt!r}"
+            )
         if not 0 <= baseline_momentum < 1:
             raise ConfigError(f"model.baseline_momentum must be in [0, 1), got {baseline_momentum!r}")
-        self.policy = BaRPPolicy(self.embed_dim, len(self.model_names), head, hidden_dim, pref_dim)
+        self.policy = BaRPPolicy(self.embed_dim, len(self.model_names), head, hidden_dim, pref_dim, preference_features)
         self.register_buffer("baseline_value", torch.tensor(float("nan")))
         self._total_steps: int | None = None
 
@@ -83,8 +100,12 @@ class BaRPModule(RouterModule):
         frac = min(self.global_step / total, 1.0)
         return hp.beta + (hp.beta_final - hp.beta) * frac
 
-    def _baseline(self, rewards: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _baseline(self, rewards: torch.Tensor, w: torch.Tensor, feedback=None) -> torch.Tensor:
         kind = self.hparams.baseline
+        if kind == "leave_one_out":
+            return leave_one_out_baseline(
+                feedback.score, feedback.cost, w, self.tau_value, self.hparams.samples_per_prompt
+            )
         if kind == "none":
             return torch.zeros((), device=rewards.device)
         if kind == "batch_mean":
@@ -104,12 +125,15 @@ class BaRPModule(RouterModule):
         if self.env is None:
             raise RuntimeError("BaRPModule needs a datamodule with train_environment() to train")
         emb, rows = batch["emb"], batch["row"]
-        w = sample_preferences(len(emb), device=emb.device, edge_weight=self.hparams.edge_preferences)
+        k = self.hparams.samples_per_prompt
+        if k > 1:  # k independent pulls of each prompt, each with its own preference and sampled model
+            emb, rows = emb.repeat_interleave(k, dim=0), rows.repeat_interleave(k, dim=0)
+        w = sample_preferences(len(emb), device=emb.device, cost_power=self.hparams.cost_power)
         logits = self.policy(emb, w)
         actions = torch.distributions.Categorical(logits=logits).sample()
         feedback = self.env.pull(rows, actions)
         r = reward(feedback.score, feedback.cost, w, self.tau_value)
-        b = self._baseline(r, w)
+        b = self._baseline(r, w, feedback)
         beta = self.current_beta()
         terms = reinforce_loss(logits, actions, r, b, beta)
         self.log_dict(

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -15,18 +16,39 @@ from torch import nn
 Head = Literal["mlp", "linear", "bilinear"]
 
 
+PreferenceFeatures = Literal["raw", "log_ratio"]
+
+#: Floor of the log-ratio feature: w_c / w_q below about 1e-3 all look alike.
+LOG_RATIO_EPS = 1e-3
+
+
+def log_ratio(w: torch.Tensor, eps: float = LOG_RATIO_EPS) -> torch.Tensor:
+    """``log((w_c + eps) / (w_q + eps)) / log(1 / eps)``: the trade-off rate on a log scale, in about [-1, 1]."""
+    return torch.log((w[..., 1] + eps) / (w[..., 0] + eps)) / math.log(1.0 / eps)
+
+
 class PreferenceEncoder(nn.Module):
-    """phi: a small MLP from the 2-d preference (w_q, w_c) to a ``dim``-d feature.
+    """phi: a small MLP from the preference (w_q, w_c) to a ``dim``-d feature.
 
     Args:
         dim: Output (and hidden) width.
+        features: ``raw`` feeds (w_q, w_c) (the paper). ``log_ratio`` adds :func:`log_ratio` (ours): the best
+            model depends on w only through lambda = w_c / w_q, and the lambdas at which it changes are
+            score gaps over cost gaps, which spread over orders of magnitude (most of them at small w_c).
+            On the raw scale those switches crowd into w_c < 0.1, where a small network resolves them poorly.
     """
 
-    def __init__(self, dim: int = 64) -> None:
+    def __init__(self, dim: int = 64, features: PreferenceFeatures = "raw") -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(2, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU())
+        if features not in ("raw", "log_ratio"):
+            raise ValueError(f"preference features must be raw or log_ratio, got {features!r}")
+        self.features = features
+        in_dim = 3 if features == "log_ratio" else 2
+        self.net = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU())
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.features == "log_ratio":
+            w = torch.cat([w, log_ratio(w).unsqueeze(-1)], dim=-1)
         return self.net(w)
 
 
@@ -51,12 +73,16 @@ class BaRPPolicy(nn.Module):
         head: Decision head: ``mlp`` (default; the paper finds heads close), ``linear`` or ``bilinear``.
         hidden_dim: Hidden width of the MLP head.
         pref_dim: Width of the preference encoder.
+        preference_features: Input features of the preference encoder (see :class:`PreferenceEncoder`).
     """
 
-    def __init__(self, embed_dim: int, num_models: int, head: Head = "mlp", hidden_dim: int = 256, pref_dim: int = 64) -> None:
+    def __init__(
+        self, embed_dim: int, num_models: int, head: Head = "mlp", hidden_dim: int = 256, pref_dim: int = 64,
+        preference_features: PreferenceFeatures = "raw",
+    ) -> None:
         super().__init__()
         self.head_kind = head
-        self.pref = PreferenceEncoder(pref_dim)
+        self.pref = PreferenceEncoder(pref_dim, preference_features)
         in_dim = embed_dim + pref_dim
         if head == "mlp":
             self.head: nn.Module = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, num_models))

@@ -40,25 +40,23 @@ def preference_tensor(w_c: float, n: int, device: torch.device | str = "cpu") ->
 
 
 def sample_preferences(
-    n: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu", edge_weight: float = 0.0
+    n: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu", cost_power: float = 1.0
 ) -> torch.Tensor:
-    """Draw ``n`` preferences on the 1-simplex, shape (n, 2).
+    """Draw ``n`` training preferences on the 1-simplex, shape (n, 2): ``w_c = u ** cost_power``, u ~ U(0, 1).
 
-    The paper draws ``w_q ~ U(0, 1)`` (``edge_weight = 0``). With ``edge_weight = p > 0`` a share p of the draws
-    comes from the arcsine law Beta(1/2, 1/2) instead, which puts more mass near w_c = 0 and w_c = 1, where the
-    best model changes fastest (ours; an option, off by default).
+    ``cost_power = 1`` is the paper's uniform draw. A power p > 1 puts more draws at small w_c (for p = 2,
+    P(w_c < 0.05) = 0.22 instead of 0.05): with costs spanning two orders of magnitude, most of the points where
+    the best model changes, and most of the cost range, lie at small w_c (ours; an option).
 
     Args:
         n: Number of preferences.
         generator: Random generator.
         device: Device of the result.
-        edge_weight: Share of draws from Beta(1/2, 1/2), in [0, 1].
+        cost_power: The power p (> 0).
     """
-    w_q = torch.rand(n, generator=generator, device=device)
-    if edge_weight > 0:
-        arcsine = torch.sin(0.5 * torch.pi * torch.rand(n, generator=generator, device=device)) ** 2
-        pick = torch.rand(n, generator=generator, device=device) < edge_weight
-        w_q = torch.where(pick, arcsine, w_q)
+    if not (isinstance(cost_power, (int, float)) and math.isfinite(cost_power) and cost_power > 0):
+        raise ConfigError(f"cost_power must be a finite number > 0, got {cost_power!r}")
+    w_q = 1.0 - torch.rand(n, generator=generator, device=device) ** cost_power
     return torch.stack([w_q, 1.0 - w_q], dim=-1)
 
 
@@ -100,6 +98,41 @@ def preference_fit_baseline(rewards: torch.Tensor, w: torch.Tensor, ridge: float
     gram = w.T @ w + ridge * torch.eye(2, dtype=w.dtype, device=w.device)
     theta = torch.linalg.solve(gram, w.T @ rewards.detach())
     return w @ theta
+
+
+def leave_one_out_baseline(
+    score: torch.Tensor, cost: torch.Tensor, w: torch.Tensor, tau: float, group_size: int
+) -> torch.Tensor:
+    """Per-pull baseline from the other pulls of the same prompt, rescored at this pull's preference (ours).
+
+    The batch holds ``group_size`` consecutive pulls of each prompt, each with its own preference ``w_i`` and
+    sampled model. Because the reward is linear in w for a fixed outcome, the outcome ``(q_j, c_j)`` of pull j
+    has a reward at *any* preference; pull i's baseline is the mean of ``r(q_j, c_j; w_i)`` over the other
+    pulls j != i of its prompt. It uses only outcomes the learner observed, and it does not depend on pull i's
+    own action, so the gradient stays unbiased (REINFORCE leave-one-out, Kool et al. 2019, extended across
+    preferences). It removes the variance that comes from how hard the prompt is, which a batch-wide baseline
+    leaves in.
+
+    Args:
+        score: Observed scores, shape (B * group_size,), grouped by prompt.
+        cost: Observed costs, same shape.
+        w: Preferences of the pulls, shape (B * group_size, 2).
+        tau: Cost scale.
+        group_size: Pulls per prompt (>= 2).
+
+    Returns:
+        Baselines of shape (B * group_size,) (no gradient).
+    """
+    if group_size < 2:
+        raise ConfigError(f"the leave-one-out baseline needs >= 2 pulls per prompt, got {group_size!r}")
+    if score.numel() % group_size:
+        raise ValueError(f"{score.numel()} pulls do not split into groups of {group_size}")
+    q = score.detach().reshape(-1, group_size)
+    c = torch.clamp(cost.detach() / tau, max=1.0).reshape(-1, group_size)
+    others_q = (q.sum(-1, keepdim=True) - q) / (group_size - 1)
+    others_c = (c.sum(-1, keepdim=True) - c) / (group_size - 1)
+    w = w.detach().reshape(-1, group_size, 2)
+    return (w[..., 0] * others_q - w[..., 1] * others_c).reshape(-1)
 
 
 @dataclass

@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from barp.errors import ConfigError
-from barp.rl import check_w_c, entropy, preference_tensor, reinforce_loss, reward, sample_preferences
+from barp.policy import PreferenceEncoder, log_ratio
+from barp.rl import (
+    check_w_c,
+    entropy,
+    leave_one_out_baseline,
+    preference_tensor,
+    reinforce_loss,
+    reward,
+    sample_preferences,
+)
 
 
 def test_reward_matches_hand_values():
@@ -82,12 +91,78 @@ def test_preference_tensor():
     assert torch.allclose(preference_tensor(0.25, 2), torch.tensor([[0.75, 0.25], [0.75, 0.25]]))
 
 
-def test_edge_preference_sampling_puts_more_mass_near_the_ends():
-    g = torch.Generator().manual_seed(1)
-    uniform = sample_preferences(20000, generator=g)
-    edge = sample_preferences(20000, generator=g, edge_weight=1.0)
-    assert torch.allclose(edge.sum(-1), torch.ones(20000)) and (edge >= 0).all()
-    near = lambda w: ((w[:, 1] < 0.05) | (w[:, 1] > 0.95)).float().mean().item()  # noqa: E731
-    assert near(uniform) == pytest.approx(0.10, abs=0.01)
-    # arcsine law: P(w < 0.05) = (2 / pi) asin(sqrt(0.05)) = 0.1436 per end
-    assert near(edge) == pytest.approx(2 * 0.1436, abs=0.015)
+def test_cost_power_concentrates_training_preferences_at_low_cost_weight():
+    g = torch.Generator().manual_seed(2)
+    w = sample_preferences(40000, generator=g, cost_power=3.0)
+    assert torch.allclose(w.sum(-1), torch.ones(40000)) and (w >= 0).all()
+    # w_c = u^3: E[w_c] = 1/4 and P(w_c < 0.05) = 0.05^(1/3) = 0.368
+    assert w[:, 1].mean().item() == pytest.approx(0.25, abs=0.01)
+    assert (w[:, 1] < 0.05).float().mean().item() == pytest.approx(0.05 ** (1 / 3), abs=0.01)
+
+
+def test_cost_power_must_be_positive():
+    with pytest.raises(ConfigError, match="cost_power"):
+        sample_preferences(4, cost_power=0.0)
+
+
+def test_leave_one_out_baseline_hand_values():
+    # one prompt, three pulls; pull i's baseline is the mean reward of the other two outcomes at w_i
+    score = torch.tensor([1.0, 0.0, 0.5])
+    cost = torch.tensor([0.004, 0.001, 0.002])  # tau = 0.002: normalised costs 1, 0.5, 1
+    w = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    b = leave_one_out_baseline(score, cost, w, tau=0.002, group_size=3)
+    expected = [
+        (0.0 + 0.5) / 2,                              # w = (1, 0): scores of pulls 1 and 2
+        (0.5 * 1.0 - 0.5 * 1.0 + 0.5 * 0.5 - 0.5 * 1.0) / 2,  # w = (.5, .5): outcomes of pulls 0 and 2
+        (-1.0 - 0.5) / 2,                             # w = (0, 1): costs of pulls 0 and 1
+    ]
+    assert torch.allclose(b, torch.tensor(expected))
+
+
+def test_leave_one_out_baseline_ignores_its_own_outcome_and_other_prompts():
+    score = torch.tensor([0.2, 0.9, 0.4, 0.7])
+    cost = torch.full((4,), 0.001)
+    w = torch.tensor([[0.7, 0.3]]).expand(4, 2)
+    b = leave_one_out_baseline(score, cost, w, tau=0.002, group_size=2)
+    changed = leave_one_out_baseline(torch.tensor([0.0, 0.9, 0.4, 0.0]), cost, w, tau=0.002, group_size=2)
+    # groups (0, 1) and (2, 3); pulls 0 and 3 changed: their own baselines did not, their group-mates' did
+    same = torch.isclose(changed, b, atol=1e-6)
+    assert same.tolist() == [True, False, False, True]
+    with pytest.raises(ConfigError, match="2 pulls"):
+        leave_one_out_baseline(score, cost, w, tau=0.002, group_size=1)
+
+
+def test_leave_one_out_policy_gradient_is_unbiased():
+    """Averaged over many sampled groups, -(r - b) grad log pi equals the exact gradient of E_pi[r]."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([0.3, -0.2, 0.1], requires_grad=True)
+    q = torch.tensor([0.9, 0.4, 0.6])
+    c = torch.tensor([0.002, 0.0001, 0.0005])
+    w = torch.tensor([[0.8, 0.2]])
+    exact = torch.autograd.grad((torch.softmax(logits, -1) * reward(q, c, w.expand(3, 2), 0.002)).sum(), logits)[0]
+    k, groups = 4, 20000
+    actions = torch.multinomial(torch.softmax(logits, -1).detach(), groups * k, replacement=True, generator=g)
+    r = reward(q[actions], c[actions], w.expand(groups * k, 2), 0.002)
+    b = leave_one_out_baseline(q[actions], c[actions], w.expand(groups * k, 2), 0.002, k)
+    terms = reinforce_loss(logits.expand(groups * k, 3), actions, r, b, beta=0.0)
+    estimate = -torch.autograd.grad(terms.policy_loss, logits)[0]
+    assert torch.allclose(estimate, exact, atol=2e-3)
+    assert exact.abs().max() > 0.02  # the check is not trivially met by a zero gradient
+
+
+def test_log_ratio_feature_spreads_small_cost_weights():
+    w_c = torch.tensor([0.0, 0.01, 0.05, 0.1, 0.5, 0.9, 1.0])
+    f = log_ratio(torch.stack([1 - w_c, w_c], dim=-1))
+    assert torch.all(f[1:] > f[:-1])  # monotone in w_c
+    assert f[0] == pytest.approx(-1.0, abs=1e-3) and f[-1] == pytest.approx(1.0, abs=1e-3) and f[4] == 0
+    # w_c from 0 to 0.1 spans over a third of the feature's range; on the raw scale it spans a tenth
+    assert (f[3] - f[0]) / (f[-1] - f[0]) > 0.3
+
+
+def test_preference_encoder_features():
+    w = sample_preferences(5, generator=torch.Generator().manual_seed(0))
+    raw, logr = PreferenceEncoder(8), PreferenceEncoder(8, "log_ratio")
+    assert raw.net[0].in_features == 2 and logr.net[0].in_features == 3
+    assert raw(w).shape == logr(w).shape == (5, 8)
+    with pytest.raises(ValueError, match="log_ratio"):
+        PreferenceEncoder(8, "sqrt")
