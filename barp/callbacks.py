@@ -50,23 +50,41 @@ def results_rows(metrics: dict[str, float], module: RouterModule) -> list[dict[s
     return rows
 
 
-def format_table(rows: list[dict[str, object]]) -> str:
-    """A compact fixed-width table of results rows."""
-    lines = [f"{'split':<5} {'w_c':>4}  {'policy':<15} {'score':>7} {'cost($)':>10} {'reward':>8}"]
-    last = None
+def format_table(rows: list[dict[str, object]], metrics: dict[str, float] | None = None) -> str:
+    """A compact fixed-width table: per split and preference, the router's score, cost and reward, then each
+    reference policy's reward; per split, the router's AIQ over the preferences when it was logged."""
+    router = next((r["policy"] for r in rows if r["policy"] not in REFERENCES), "router")
+    head = f"{'split':<5} {'w_c':>4}  {router[:10] + ' score':>16} {'cost($)':>10} {'reward':>8} | reward of"
+    head += "".join(f" {name:>14}" for name in REFERENCES)
+    lines = [head]
+    by_key: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        if last is not None and (r["split"], r["w_c"]) != last:
-            lines.append("")
-        last = (r["split"], r["w_c"])
-        lines.append(f"{r['split']:<5} {r['w_c']:>4.2g}  {r['policy']:<15} {r['score']:>7.4f} "
-                     f"{r['cost']:>10.3e} {r['reward']:>8.4f}")
+        by_key.setdefault((r["split"], r["w_c"]), {})[r["policy"]] = r
+    last_split = None
+    for (split, w_c), policies in by_key.items():
+        if last_split is not None and split != last_split:
+            lines += _aiq_line(last_split, metrics)
+        last_split = split
+        own = policies.get(router)
+        line = f"{split:<5} {w_c:>4.2g}  "
+        line += (f"{own['score']:>16.4f} {own['cost']:>10.3e} {own['reward']:>8.4f}" if own else " " * 36) + " |" + " " * 9
+        line += "".join(f" {policies[p]['reward']:>14.4f}" if p in policies else " " * 15 for p in REFERENCES)
+        lines.append(line)
+    if last_split is not None:
+        lines += _aiq_line(last_split, metrics)
     return "\n".join(lines)
+
+
+def _aiq_line(split: str, metrics: dict[str, float] | None) -> list[str]:
+    key = f"test/{split}/aiq"
+    return [f"{split:<5}  AIQ over these preferences: {metrics[key]:.4f}", ""] if metrics and key in metrics else [""]
 
 
 def format_headline(metrics: dict[str, float]) -> str:
     """The primary-preference metrics by their logged names, e.g. ``test/id/reward = 0.3312``."""
     names = [f"test/{split}/{prefix}{m}" for split in ("id", "ood")
              for prefix in ("", "oracle_", "random_", "cheapest_", "most_expensive_") for m in ("score", "cost", "reward")]
+    names += [f"test/{split}/aiq" for split in ("id", "ood")]
     return "\n".join(f"{n} = {metrics[n]:.6g}" for n in names if n in metrics)
 
 
@@ -88,7 +106,7 @@ class ResultsTable(L.Callback):
         rows = results_rows(metrics, pl_module)
         if not rows:
             return
-        print("\n" + format_table(rows) + "\n\n" + format_headline(metrics) + "\n", flush=True)
+        print("\n" + format_table(rows, metrics) + "\n" + format_headline(metrics) + "\n", flush=True)
         atomic_write_text(out / f"{self.filename}.json", json.dumps({"rows": rows, "metrics": metrics}, indent=2))
 
 

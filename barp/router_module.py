@@ -14,7 +14,8 @@ from torch import nn
 from barp.data.environment import BanditEnvironment
 from barp.encoders import DEFAULT_ENCODER, count_parameters
 from barp.errors import ConfigError
-from barp.evaluation.metrics import RoutingMetrics
+from barp.evaluation.aiq import aiq
+from barp.evaluation.metrics import ModelCostMetric, RoutingMetrics
 from barp.evaluation.reference import oracle_actions, random_expectation
 from barp.rl import check_w_c, preference_tensor, reward
 
@@ -32,7 +33,8 @@ class RouterModule(L.LightningModule):
 
     Metric names: ``{stage}/{split}/{metric}`` at the primary preference ``eval_w_c`` and
     ``{stage}/{split}/wc={w_c}/{metric}`` at each of ``extra_eval_w_c``; ``{stage}/{split}/reward_avg`` is the
-    router's reward averaged over all evaluation preferences (the recipes select checkpoints on it); at test time also
+    router's reward averaged over all evaluation preferences and ``{stage}/{split}/aiq`` the area under its cost-score
+    hull over them (see :func:`barp.evaluation.aiq.aiq`; the recipes select checkpoints on it); at test time also
     ``test/{split}/{reference}_{score|cost|reward}`` for the oracle, random routing (exact expectation),
     the cheapest and the most expensive single model (by mean training cost).
 
@@ -88,6 +90,7 @@ class RouterModule(L.LightningModule):
                         self.eval_metrics[self._metric_key(stage, split, w_c, policy)] = RoutingMetrics(
                             self.model_names, self.task_names
                         )
+                self.eval_metrics[f"{stage}_{split}_model_cost"] = ModelCostMetric(len(self.model_names))
 
     # ------------------------------------------------------------------ to implement
     def route(self, emb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -147,6 +150,7 @@ class RouterModule(L.LightningModule):
         split = self._split_name(stage, dataloader_idx)
         emb, task, scores, costs = batch["emb"], batch["task"], batch["scores"], batch["costs"]
         rows = torch.arange(len(emb), device=emb.device)
+        self.eval_metrics[f"{stage}_{split}_model_cost"].update(costs)
         for w_c in self.eval_preferences:
             w = preference_tensor(w_c, len(emb), emb.device)
             all_rewards = reward(scores, costs, w, self.tau_value)
@@ -170,7 +174,7 @@ class RouterModule(L.LightningModule):
 
     def _log_eval(self, stage: str) -> None:
         for split in SPLITS:
-            router_rewards = []
+            router_rewards, points = [], []
             for w_c in self.eval_preferences:
                 prefix = f"{stage}/{split}/" if w_c == self.eval_w_c else f"{stage}/{split}/{pref_key(w_c)}/"
                 for policy in ("router",) + REFERENCES:
@@ -181,6 +185,7 @@ class RouterModule(L.LightningModule):
                     if policy == "router":
                         logged = {prefix + k: v for k, v in values.items()}
                         router_rewards.append(values["reward"])
+                        points.append((float(values["cost"]), float(values["score"])))
                     else:
                         logged = {f"{prefix}{policy}_{k}": values[k] for k in ("score", "cost", "reward")}
                     self.log_dict(logged, add_dataloader_idx=False)
@@ -188,6 +193,15 @@ class RouterModule(L.LightningModule):
             if router_rewards:
                 # one number for the whole trade-off range: what checkpoint selection should watch
                 self.log(f"{stage}/{split}/reward_avg", torch.stack(router_rewards).mean(), add_dataloader_idx=False)
+            model_cost = self.eval_metrics[f"{stage}_{split}_model_cost"]
+            if len(points) >= 2 and model_cost.update_called:
+                # the frontier's area over [0, the split's most expensive model's mean cost]: selecting on it
+                # favours the checkpoint with the best trade-offs over the whole cost range (see evaluation.aiq)
+                costs, scores = map(list, zip(*points))
+                high = max(float(model_cost.compute().max()), *costs)
+                if high > 0:
+                    self.log(f"{stage}/{split}/aiq", float(aiq(costs, scores, (0.0, high))), add_dataloader_idx=False)
+            model_cost.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, "val", dataloader_idx)

@@ -54,8 +54,12 @@ def test_fit_writes_config_checkpoint_and_metrics(fitted):
     assert Path(ckpt).is_file()
     assert (log_dir / "config.yaml").is_file()
     header = (log_dir / "metrics.csv").read_text().splitlines()[0].split(",")
-    for key in ("train/loss", "train/reward", "train/entropy", "val/id/reward", "val/id/wc=0.9/reward", "val/id/reward_avg"):
+    for key in ("train/loss", "train/reward", "train/entropy", "val/id/reward", "val/id/wc=0.9/reward", "val/id/reward_avg",
+                "val/id/aiq"):
         assert key in header, key
+    rows = [dict(zip(header, line.split(","))) for line in (log_dir / "metrics.csv").read_text().splitlines()[1:]]
+    aiqs = [float(r["val/id/aiq"]) for r in rows if r.get("val/id/aiq")]
+    assert aiqs and all(0.0 < a < 1.0 for a in aiqs)
     hparams = (log_dir / "hparams.yaml").read_text()
     assert "params/trainable" in hparams and "params/frozen" in hparams
 
@@ -120,6 +124,9 @@ def test_every_config_parses(path, capsys):
         (["--data.init_args.ood_tasks", "[no-such-task]"], ["data.ood_tasks", "no-such-task"]),
         (["--data.init_args.val_fraction", "0.9"], ["val_fraction", "0.9"]),
         (["--model.init_args.head", "transformer"], ["head", "transformer"]),
+        (["--model.init_args.samples_per_prompt", "1"], ["leave_one_out", "samples_per_prompt", "1"]),
+        (["--model.init_args.cost_power", "0"], ["model.cost_power", "0"]),
+        (["--model.init_args.preference_features", "sqrt"], ["preference_features", "sqrt"]),
     ],
 )
 def test_bad_config_fails_clearly(tmp_path, capsys, extra, fragments):

@@ -67,6 +67,25 @@ def test_sweep_writes_three_files_with_every_method(swept):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
 
 
+def test_comparison_methods_get_the_checkpoints_pull_budget(swept):
+    out, ckpt, dm = swept
+    summary = json.loads((out / "sweep" / "summary.json").read_text())
+    k = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]["samples_per_prompt"]
+    assert k == 4  # the recipe pulls each prompt 4 times per step ...
+    assert summary["meta"]["comparison_training"] == {  # ... so the bandits get 4 passes, in as many steps
+        "train_repeats": dm.hparams.train_repeats * k, "batch_size": dm.hparams.batch_size * k}
+
+
+def test_validation_and_test_aiq_match_the_sweeps(swept, tmp_path):
+    """The AIQ that ``barp test`` logs (and checkpoint selection watches) is the sweep's, on the same grid."""
+    out, ckpt, _ = swept
+    cli = main(["test", *tiny_args(tmp_path), "--ckpt_path", ckpt])
+    summary = json.loads((out / "sweep" / "summary.json").read_text())
+    for split in ("id", "ood"):
+        logged = float(cli.trainer.callback_metrics[f"test/{split}/aiq"])
+        assert logged == pytest.approx(summary["results"]["barp"][split]["aiq"], abs=1e-5)
+
+
 def test_oracle_is_never_beaten_on_reward(swept):
     rows = read_rows(swept[0] / "sweep" / "sweep.csv")
     best = defaultdict(lambda: -float("inf"))
@@ -108,7 +127,8 @@ def test_non_gradient_methods_fit_checkpoint_and_test_through_barp_fit(tmp_path,
     metrics = cli.trainer.callback_metrics
     assert "test/ood/reward" in metrics and "test/id/wc=0.9/reward" in metrics
     assert float(metrics["test/id/oracle_reward"]) >= float(metrics["test/id/reward"])
-    batches = -(-len(cli.datamodule.splits.train) * cli.datamodule.hparams.train_repeats // 256)
+    hp = cli.datamodule.hparams
+    batches = -(-len(cli.datamodule.splits.train) * hp.train_repeats // hp.batch_size)
     assert cli.trainer.global_step == batches  # counted like BaRP's steps, so ModelCheckpoint saves
     ckpt = cli.trainer.checkpoint_callback.best_model_path
     loaded = ModuleRouter.from_checkpoint(ckpt, cls, name)

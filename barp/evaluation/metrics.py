@@ -57,3 +57,23 @@ class RoutingMetrics(Metric):
                 for key in ("score", "cost", "reward"):
                     out[f"task={task}/{key}"] = getattr(self, f"{key}_sum")[i] / self.count[i]
         return {k: v.float() for k, v in out.items()}
+
+
+class ModelCostMetric(Metric):
+    """Mean cost per query of every candidate model on a split (the right end of the split's AIQ cost range)."""
+
+    full_state_update = False
+
+    def __init__(self, num_models: int) -> None:
+        super().__init__()
+        self.add_state("cost_sum", default=torch.zeros(num_models, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, costs: torch.Tensor) -> None:
+        """Add a batch of all models' costs, shape (B, K)."""
+        self.cost_sum += costs.double().sum(0)
+        self.count += costs.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        """Mean cost of each model, shape (K,)."""
+        return self.cost_sum / self.count.clamp_min(1.0)

@@ -150,7 +150,9 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
         methods: Methods to evaluate (default all); ``single_models`` expands to one ``single:<model>`` per model.
         w_c: Cost weights of the grid (default 0, 0.1, ..., 1).
         seed: Seed for training the comparison methods and for the random router.
-        max_epochs: Training epochs of each trainable comparison method.
+        max_epochs: Training epochs of each trainable comparison method. They train with the data's
+            ``train_repeats`` and ``batch_size`` multiplied by the checkpoint's ``samples_per_prompt``, so that they
+            see each training prompt as often, in as many steps, as the checkpoint did.
         method_configs: YAML files (like ``configs/model/knn.yaml``) whose model init_args override a method's
             defaults.
         module_class: The RouterModule class that wrote the checkpoint (default BaRPModule).
@@ -182,10 +184,21 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
         raise ConfigError("barp sweep: --ckpt_path is required to evaluate 'barp' (or leave it out of --methods)")
     else:
         tau = datamodule.train_environment().cost_percentile(95.0)
-    routers = build_routers(methods, checkpoint, datamodule, tau, seed, max_epochs, method_configs, progress)
+    # Same budget for everyone: a checkpoint that pulled each prompt k times per step (samples_per_prompt) saw k
+    # times the data's train_repeats; the comparison methods get those repeats, in as many steps.
+    pulls = int(getattr(checkpoint.module.hparams, "samples_per_prompt", 1)) if checkpoint is not None else 1
+    hp = datamodule.hparams
+    saved = hp.train_repeats, hp.batch_size
+    hp.train_repeats, hp.batch_size = saved[0] * pulls, saved[1] * pulls
+    try:
+        routers = build_routers(methods, checkpoint, datamodule, tau, seed, max_epochs, method_configs, progress)
+        budget = {"train_repeats": hp.train_repeats, "batch_size": hp.batch_size}
+    finally:
+        hp.train_repeats, hp.batch_size = saved
     splits = [split_data(datamodule, "id")] + ([split_data(datamodule, "ood")] if len(datamodule.splits.ood) else [])
     rows = evaluate(routers, splits, grid, tau, progress)
     meta = {"checkpoint": ckpt_path, "tau": tau, "w_c": grid, "seed": seed, "max_epochs": max_epochs,
+            "comparison_training": budget,
             "methods": [r.name for r in routers], "n": {s.name: len(s.emb) for s in splits}}
     summary = summarize(rows, meta)
     write_outputs(rows, summary, Path(output))
