@@ -1,8 +1,9 @@
 """The BaRP LightningModule: a preference-conditioned softmax policy trained by REINFORCE under bandit feedback.
 
-Each training step: draw a fresh preference w per prompt (uniform on the simplex), sample a model
-a ~ pi(.|x, w), pull only that arm from the bandit environment (score q and cost c of model a, nothing
-else), compute r = w_q q - w_c min(c / tau, 1), and minimise -(r - b) log pi(a|x, w) - beta H(pi).
+Each training step: draw a fresh preference w per pull (uniform on the simplex in the paper; ``cost_power``
+skews it), sample a model a ~ pi(.|x, w), pull only that arm from the bandit environment (score q and cost c of
+model a, nothing else), compute r = w_q q - w_c min(c / tau, 1), and minimise
+-(r - b) log pi(a|x, w) - beta H(pi). With ``samples_per_prompt = k`` each prompt gets k such pulls per step.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Literal
 
 import torch
 
+from barp.data.environment import Feedback
 from barp.errors import ConfigError
 from barp.policy import BaRPPolicy, Head, PreferenceFeatures
 from barp.rl import leave_one_out_baseline, preference_fit_baseline, reinforce_loss, reward, sample_preferences
@@ -100,7 +102,7 @@ class BaRPModule(RouterModule):
         frac = min(self.global_step / total, 1.0)
         return hp.beta + (hp.beta_final - hp.beta) * frac
 
-    def _baseline(self, rewards: torch.Tensor, w: torch.Tensor, feedback=None) -> torch.Tensor:
+    def _baseline(self, rewards: torch.Tensor, w: torch.Tensor, feedback: Feedback) -> torch.Tensor:
         kind = self.hparams.baseline
         if kind == "leave_one_out":
             return leave_one_out_baseline(
