@@ -8,7 +8,6 @@ model a, nothing else), compute r = w_q q - w_c min(c / tau, 1), and minimise
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -16,7 +15,14 @@ import torch
 from barp.data.environment import Feedback
 from barp.errors import ConfigError
 from barp.policy import BaRPPolicy, Head, PreferenceFeatures
-from barp.rl import leave_one_out_baseline, preference_fit_baseline, reinforce_loss, reward, sample_preferences
+from barp.rl import (
+    check_cost_power,
+    leave_one_out_baseline,
+    preference_fit_baseline,
+    reinforce_loss,
+    reward,
+    sample_preferences,
+)
 from barp.router_module import RouterModule
 
 
@@ -71,10 +77,7 @@ class BaRPModule(RouterModule):
             raise ConfigError(f"model.lr must be > 0, got {lr!r}")
         if beta < 0 or (beta_final is not None and beta_final < 0):
             raise ConfigError(f"model.beta and model.beta_final must be >= 0, got {beta!r}, {beta_final!r}")
-        if not (isinstance(cost_power, (int, float)) and math.isfinite(cost_power) and cost_power > 0):
-            raise ConfigError(f"model.cost_power must be a finite number > 0, got {cost_power!r}")
-        if preference_features not in ("raw", "log_ratio"):
-            raise ConfigError(f"model.preference_features must be raw or log_ratio, got {preference_features!r}")
+        check_cost_power(cost_power, "model.cost_power")
         if isinstance(samples_per_prompt, bool) or not isinstance(samples_per_prompt, int) or samples_per_prompt < 1:
             raise ConfigError(f"model.samples_per_prompt must be an integer >= 1, got {samples_per_prompt!r}")
         if baseline == "leave_one_out" and samples_per_prompt < 2:

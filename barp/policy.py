@@ -41,7 +41,7 @@ class PreferenceEncoder(nn.Module):
     def __init__(self, dim: int = 64, features: PreferenceFeatures = "raw") -> None:
         super().__init__()
         if features not in ("raw", "log_ratio"):
-            raise ValueError(f"preference features must be raw or log_ratio, got {features!r}")
+            raise ValueError(f"preference_features must be raw or log_ratio, got {features!r}")
         self.features = features
         in_dim = 3 if features == "log_ratio" else 2
         self.net = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU())

@@ -39,6 +39,13 @@ def preference_tensor(w_c: float, n: int, device: torch.device | str = "cpu") ->
     return torch.tensor([1.0 - w_c, w_c], device=device).expand(n, 2).contiguous()
 
 
+def check_cost_power(cost_power: float, option: str = "cost_power") -> float:
+    """Validate the preference-sampling power: a finite number > 0."""
+    if not (isinstance(cost_power, (int, float)) and math.isfinite(cost_power) and cost_power > 0):
+        raise ConfigError(f"{option} must be a finite number > 0, got {cost_power!r}")
+    return float(cost_power)
+
+
 def sample_preferences(
     n: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu", cost_power: float = 1.0
 ) -> torch.Tensor:
@@ -54,9 +61,7 @@ def sample_preferences(
         device: Device of the result.
         cost_power: The power p (> 0).
     """
-    if not (isinstance(cost_power, (int, float)) and math.isfinite(cost_power) and cost_power > 0):
-        raise ConfigError(f"cost_power must be a finite number > 0, got {cost_power!r}")
-    w_q = 1.0 - torch.rand(n, generator=generator, device=device) ** cost_power
+    w_q = 1.0 - torch.rand(n, generator=generator, device=device) ** check_cost_power(cost_power)
     return torch.stack([w_q, 1.0 - w_q], dim=-1)
 
 
