@@ -60,7 +60,12 @@ def test_sweep_writes_three_files_with_every_method(swept):
     assert set(summary["results"]) == expected and set(summary["splits"]) == {"id", "ood"}
     for split in ("id", "ood"):
         entry = summary["results"]["barp"][split]
-        assert set(entry) == {"aiq", "score_at_best_single_cost", "cost_to_best_single_score", "mean_regret"}
+        assert set(entry) == {"aiq", "score_at_best_single_cost", "cost_to_best_single_score", "mean_regret",
+                              "aiq_ci"}  # the checkpoint is the bootstrap reference: no difference to itself
+        assert entry["aiq_ci"][0] <= entry["aiq"] <= entry["aiq_ci"][1]
+        knn = summary["results"]["knn"][split]
+        assert knn["aiq_diff_ci"][0] <= knn["aiq"] - entry["aiq"] <= knn["aiq_diff_ci"][1]
+        assert 0 <= knn["p_diff_positive"] <= 1
         assert summary["splits"][split]["cost_range"][0] == 0.0
         assert summary["results"]["oracle"][split]["aiq"] >= max(e[split]["aiq"] for e in summary["results"].values())
     png = (folder / "pareto.png").read_bytes()
@@ -110,11 +115,13 @@ def test_rerun_gives_identical_numbers_whatever_the_method_subset(swept, tmp_pat
     assert all(first[(r["method"], r["w_c"], r["split"], r["task"])] == r for r in again)
 
 
-def test_sweep_rejects_unknown_method_and_writes_nothing(swept, tmp_path, capsys):
+@pytest.mark.parametrize("option, value, named", [("--methods", "[nope]", "nope"),
+                                                   ("--bootstrap", "-1", "--bootstrap must be an integer >= 0")])
+def test_sweep_rejects_bad_options_and_writes_nothing(swept, tmp_path, capsys, option, value, named):
     with pytest.raises(SystemExit) as info:
-        main(["sweep", *SMALL, "--ckpt_path", swept[1], "--output", str(tmp_path / "o"), "--methods", "[nope]"])
+        main(["sweep", *SMALL, "--ckpt_path", swept[1], "--output", str(tmp_path / "o"), option, value])
     assert info.value.code not in (0, None)
-    assert "nope" in capsys.readouterr().err
+    assert named in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -8,6 +8,7 @@ from collections import defaultdict
 import numpy as np
 
 from barp.evaluation.aiq import aiq, cost_to_reach, mean_regret, score_at_cost
+from barp.evaluation.bootstrap import PerPrompt, bootstrap_aiq
 
 SINGLE_PREFIX = "single:"
 
@@ -23,6 +24,11 @@ DEFINITIONS = {
     "cost_to_best_single_score": "least cost (USD per query) at which the method's hull reaches the best single "
                                  "model's score (null if it never does)",
     "mean_regret": "mean over the w_c grid of (oracle reward - method reward), split means",
+    "aiq_ci": "95% percentile interval of the AIQ under a bootstrap over the split's test prompts (the same resample "
+              "for every method, cost range recomputed per resample); test-prompt variation only, not training seeds",
+    "aiq_diff_ci": "95% interval of (this method's AIQ - the reference's) under the same paired bootstrap; the "
+                   "reference is meta.bootstrap_reference (the checkpoint's method)",
+    "p_diff_positive": "share of bootstrap resamples in which this method's AIQ is above the reference's",
 }
 
 
@@ -42,19 +48,28 @@ def _clean(x: float | None) -> float | None:
     return None if x is None else float(x)
 
 
-def summarize(rows: list[dict], meta: dict | None = None) -> dict:
+def summarize(rows: list[dict], meta: dict | None = None,
+              per_prompt: dict[tuple[str, str], PerPrompt] | None = None, resamples: int = 1000, seed: int = 0,
+              reference: str | None = None) -> dict:
     """Build the summary from sweep rows (``method, w_c, split, task, n, score, cost, reward``).
 
     Args:
         rows: The sweep rows; the ``task == "all"`` rows are used.
         meta: Extra fields to record (tau, grid, seed, checkpoint, ...).
+        per_prompt: Per (split, method), the per-prompt choices behind the rows (in the rows' w_c order); when given,
+            each entry gets bootstrap intervals (:func:`barp.evaluation.bootstrap.bootstrap_aiq`).
+        resamples: Bootstrap resamples.
+        seed: Bootstrap seed.
+        reference: Method the paired AIQ differences are taken against.
 
     Returns:
         ``{"definitions", "meta", "splits": {split: {cost_range, best_single_model}}, "results": {method: {split:
         {aiq, score_at_best_single_cost, cost_to_best_single_score, mean_regret}}}}``.
     """
     splits = list(dict.fromkeys(r["split"] for r in rows))
-    summary: dict = {"definitions": DEFINITIONS, "meta": meta or {}, "splits": {}, "results": {}}
+    summary: dict = {"definitions": DEFINITIONS, "meta": dict(meta or {}), "splits": {}, "results": {}}
+    if per_prompt is not None:
+        summary["meta"]["bootstrap_reference"] = reference
     for split in splits:
         pts = _points(rows, split)
         cost_range = (0.0, max(float(p["cost"].max()) for p in pts.values()))
@@ -77,23 +92,38 @@ def summarize(rows: list[dict], meta: dict | None = None) -> dict:
                 o = {w: r for w, r in zip(oracle["w_c"], oracle["reward"])}
                 entry["mean_regret"] = mean_regret(np.array([o[w] for w in p["w_c"][matched]]), p["reward"][matched])
             summary["results"].setdefault(method, {})[split] = entry
+        if per_prompt is not None and cost_range[1] > 0:
+            chosen = {m: per_prompt[(split, m)] for m in pts}  # AIQ does not depend on the points' order
+            for method, extra in bootstrap_aiq(chosen, resamples, seed, reference).items():
+                summary["results"][method][split].update(extra)
     return summary
 
 
 def format_summary(summary: dict) -> str:
-    """A Markdown table of AIQ and mean regret per method (rows) and split (columns)."""
+    """A Markdown table per method (rows) and split: AIQ with its bootstrap interval, the paired AIQ difference to the
+    reference method with its interval (when the sweep bootstrapped), and mean regret."""
     splits = list(summary["splits"])
-    head = "| method | " + " | ".join(f"AIQ {s} | regret {s}" for s in splits) + " |"
-    lines = [head, "|" + "---|" * (1 + 2 * len(splits))]
+    ref = summary["meta"].get("bootstrap_reference")
+    diff = ref is not None and any("aiq_diff_ci" in e for m in summary["results"].values() for e in m.values())
+    cols = [f"AIQ {s}" + (f" | {s}: minus {ref}" if diff else "") + f" | regret {s}" for s in splits]
+    lines = ["| method | " + " | ".join(cols) + " |", "|" + "---|" * (1 + (3 if diff else 2) * len(splits))]
 
     def fmt(x: float | None) -> str:
         return "-" if x is None else f"{x:.4f}"
+
+    def interval(ci: list[float] | None, signed: bool = False) -> str:
+        return "" if ci is None else " [" + ", ".join(f"{v:+.3f}" if signed else f"{v:.3f}" for v in ci) + "]"
 
     order = sorted(summary["results"], key=lambda m: -(summary["results"][m].get(splits[0], {}).get("aiq") or 0))
     for method in order:
         cells = []
         for s in splits:
             e = summary["results"][method].get(s, {})
-            cells += [fmt(e.get("aiq")), fmt(e.get("mean_regret"))]
+            cells.append(fmt(e.get("aiq")) + interval(e.get("aiq_ci")))
+            if diff:
+                base = summary["results"].get(ref, {}).get(s, {}).get("aiq")
+                d = None if method == ref or e.get("aiq") is None or base is None else e["aiq"] - base
+                cells.append("-" if d is None else f"{d:+.4f}" + interval(e.get("aiq_diff_ci"), signed=True))
+            cells.append(fmt(e.get("mean_regret")))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from barp.callbacks import atomic_write_text
 from barp.errors import ConfigError
+from barp.evaluation.bootstrap import PerPrompt
 from barp.evaluation.pareto import plot_pareto
 from barp.evaluation.summary import SINGLE_PREFIX, summarize
 from barp.rl import check_w_c, preference_tensor, reward
@@ -56,7 +57,7 @@ def split_data(datamodule, split: Literal["id", "ood"]) -> SplitData:
 
 
 def evaluate(routers: list[Router], splits: list[SplitData], grid: list[float], tau: float,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, per_prompt: dict[tuple[str, str], PerPrompt] | None = None) -> list[dict]:
     """Route every split at every preference with every router; rows of ``method, w_c, split, task, n, score, cost,
     reward`` (the split mean under ``task = all``, then one row per task).
 
@@ -66,6 +67,7 @@ def evaluate(routers: list[Router], splits: list[SplitData], grid: list[float], 
         grid: Cost weights w_c (w = (1 - w_c, w_c)).
         tau: Cost scale of the reward.
         progress: Show a progress bar (stderr).
+        per_prompt: If given, filled with each (split, method)'s per-prompt scores and costs over the grid.
     """
     out: list[dict] = []
     with tqdm(total=len(routers) * len(splits) * len(grid), desc="barp sweep: evaluating", file=sys.stderr,
@@ -76,6 +78,7 @@ def evaluate(routers: list[Router], splits: list[SplitData], grid: list[float], 
             groups = [("all", np.ones(n, dtype=bool))] + [(t, tasks == t) for t in sorted(set(sp.tasks))]
             rows_idx = torch.arange(n)
             for router in routers:
+                chosen_q, chosen_c = [], []
                 for w_c in grid:
                     w = preference_tensor(w_c, n)
                     given = Outcomes(sp.scores, sp.costs) if router.needs_outcomes else None
@@ -87,11 +90,15 @@ def evaluate(routers: list[Router], splits: list[SplitData], grid: list[float], 
                     q = sp.scores[rows_idx, action].double().numpy()
                     c = sp.costs[rows_idx, action].double().numpy()
                     r = reward(sp.scores, sp.costs, w, tau)[rows_idx, action].double().numpy()
+                    chosen_q.append(q)
+                    chosen_c.append(c)
                     for task, mask in groups:
                         out.append({"method": router.name, "w_c": float(w_c), "split": sp.name, "task": task,
                                     "n": int(mask.sum()), "score": float(q[mask].mean()),
                                     "cost": float(c[mask].mean()), "reward": float(r[mask].mean())})
                     bar.update()
+                if per_prompt is not None:
+                    per_prompt[(sp.name, router.name)] = PerPrompt(np.stack(chosen_q), np.stack(chosen_c))
     return out
 
 
@@ -139,7 +146,7 @@ def checkpoint_name(module_class: type[RouterModule]) -> str:
 def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] | None = None,
           w_c: list[float] | None = None, seed: int = 0, max_epochs: int = 40,
           method_configs: list[str] | None = None, module_class: type[RouterModule] | None = None,
-          wandb_logger: dict | None = None, progress: bool = True) -> dict:
+          wandb_logger: dict | None = None, progress: bool = True, bootstrap: int = 1000) -> dict:
     """Evaluate BaRP and the comparison methods over a preference grid on the ID and OOD test splits.
 
     Args:
@@ -159,6 +166,8 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
         wandb_logger: A ``trainer.logger`` config section; when it is a WandbLogger, the table and figure are
             logged to a W&B run too (offline unless WANDB_MODE=online).
         progress: Show progress bars.
+        bootstrap: Resamples of the test prompts for the 95% intervals of each AIQ and of its difference to the
+            checkpoint's (paired bootstrap, seeded by ``seed``); 0 skips them.
 
     Returns:
         The summary (as written to ``summary.json``).
@@ -166,6 +175,8 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
     from barp.module import BaRPModule
 
     methods = list(methods or ALL_METHODS)
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be an integer >= 0 (0: no intervals), got {bootstrap!r}")
     grid = [check_w_c(x, "--w_c") for x in (w_c if w_c is not None else DEFAULT_GRID)]
     if not grid:
         raise ConfigError("--w_c: the preference grid is empty")
@@ -196,11 +207,13 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
     finally:
         hp.train_repeats, hp.batch_size = saved
     splits = [split_data(datamodule, "id")] + ([split_data(datamodule, "ood")] if len(datamodule.splits.ood) else [])
-    rows = evaluate(routers, splits, grid, tau, progress)
+    per_prompt: dict[tuple[str, str], PerPrompt] = {}
+    rows = evaluate(routers, splits, grid, tau, progress, per_prompt)
     meta = {"checkpoint": ckpt_path, "tau": tau, "w_c": grid, "seed": seed, "max_epochs": max_epochs,
-            "comparison_training": budget,
+            "comparison_training": budget, "bootstrap": bootstrap,
             "methods": [r.name for r in routers], "n": {s.name: len(s.emb) for s in splits}}
-    summary = summarize(rows, meta)
+    reference = checkpoint.name if checkpoint is not None and checkpoint in routers else None
+    summary = summarize(rows, meta, per_prompt if bootstrap else None, bootstrap, seed, reference)
     write_outputs(rows, summary, Path(output))
     if wandb_logger and str(wandb_logger.get("class_path", "")).endswith("WandbLogger"):
         log_to_wandb(wandb_logger, rows, summary, Path(output) / "pareto.png")

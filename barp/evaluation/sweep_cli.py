@@ -77,7 +77,7 @@ def run_sweep_cli(argv: list[str]) -> dict | None:
             init.data, cfg.ckpt_path, cfg.output, methods=cfg.methods, w_c=cfg.w_c, seed=int(seed),
             max_epochs=max_epochs, method_configs=cfg.method_configs, module_class=model_class,
             wandb_logger=trainer.get("logger") if isinstance(trainer.get("logger"), dict) else None,
-            progress=cfg.progress,
+            progress=cfg.progress, bootstrap=cfg.bootstrap,
         )
     print("\n" + format_summary(summary) + f"\n\nwrote {cfg.output}/sweep.csv, summary.json, pareto.png", flush=True)
     return summary
