@@ -4,6 +4,8 @@ Each training step: draw a fresh preference w per pull (uniform on the simplex i
 skews it), sample a model a ~ pi(.|x, w), pull only that arm from the bandit environment (score q and cost c of
 model a, nothing else), compute r = w_q q - w_c min(c / tau, 1), and minimise
 -(r - b) log pi(a|x, w) - beta H(pi). With ``samples_per_prompt = k`` each prompt gets k such pulls per step.
+With ``critic="neighbours"`` the policy instead follows a critic built from the pulled outcomes of each prompt's
+nearest training prompts (:mod:`barp.critic`, :func:`barp.rl.critic_policy_loss`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from typing import Literal
 
 import torch
 
+from barp.critic import NeighbourCritic
 from barp.data.environment import Feedback
 from barp.errors import ConfigError
 from barp.policy import BaRPPolicy, Head, PreferenceFeatures
 from barp.rl import (
     check_cost_power,
+    critic_policy_loss,
     leave_one_out_baseline,
     preference_fit_baseline,
     reinforce_loss,
@@ -52,6 +56,15 @@ class BaRPModule(RouterModule):
             draws more small cost weights, where most of the cost range lies).
         preference_features: Inputs of phi: ``raw`` (w_q, w_c) (the paper) or ``log_ratio``, which adds
             log(w_c / w_q) so that the policy resolves small cost weights (see :class:`~barp.policy.PreferenceEncoder`).
+        critic: ``none`` (REINFORCE with ``baseline``; the paper) or ``neighbours`` (ours): the policy follows a
+            critic that estimates every model's score and cost on a prompt from the outcomes pulled on its
+            ``critic_neighbours`` nearest training prompts (:mod:`barp.critic`), so it does not fit each prompt's
+            own noisy outcomes. With a critic, ``baseline`` is not used (the critic's value of the pulled model is
+            the baseline of the correction term).
+        critic_neighbours: Neighbours per training prompt.
+        critic_prior: Pseudo-observations at each model's global mean in the critic's estimates.
+        critic_residual: Weight of the observed-reward correction (:func:`~barp.rl.critic_policy_loss`): 0 learns
+            from the critic's estimates only, 1 is unbiased (doubly robust).
         **kwargs: Evaluation and linking options of :class:`~barp.router_module.RouterModule`.
     """
 
@@ -69,6 +82,10 @@ class BaRPModule(RouterModule):
         samples_per_prompt: int = 1,
         cost_power: float = 1.0,
         preference_features: PreferenceFeatures = "raw",
+        critic: Literal["none", "neighbours"] = "none",
+        critic_neighbours: int = 40,
+        critic_prior: float = 1.0,
+        critic_residual: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -84,11 +101,45 @@ class BaRPModule(RouterModule):
             raise ConfigError(
                 f"model.baseline=leave_one_out needs model.samples_per_prompt >= 2, got {samples_per_prompt!r}"
             )
+        if isinstance(critic_neighbours, bool) or not isinstance(critic_neighbours, int) or critic_neighbours < 1:
+            raise ConfigError(f"model.critic_neighbours must be an integer >= 1, got {critic_neighbours!r}")
+        if not (isinstance(critic_prior, (int, float)) and 0 <= critic_prior < float("inf")):
+            raise ConfigError(f"model.critic_prior must be a finite number >= 0, got {critic_prior!r}")
+        if not (isinstance(critic_residual, (int, float)) and 0 <= critic_residual < float("inf")):
+            raise ConfigError(f"model.critic_residual must be a finite number >= 0, got {critic_residual!r}")
         if not 0 <= baseline_momentum < 1:
             raise ConfigError(f"model.baseline_momentum must be in [0, 1), got {baseline_momentum!r}")
         self.policy = BaRPPolicy(self.embed_dim, len(self.model_names), head, hidden_dim, pref_dim, preference_features)
         self.register_buffer("baseline_value", torch.tensor(float("nan")))
         self._total_steps: int | None = None
+        self.critic: NeighbourCritic | None = None
+        self._critic_state: dict | None = None  # a checkpoint's critic memory, until the critic is built
+
+    def setup(self, stage: str) -> None:
+        """Also build the neighbour critic (when configured) from the training embeddings at fit start."""
+        super().setup(stage)
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if stage != "fit" or self.hparams.critic == "none" or dm is None or not hasattr(dm, "train_embeddings"):
+            return
+        emb = torch.as_tensor(dm.train_embeddings(), dtype=torch.float32)
+        self.critic = NeighbourCritic(emb, len(self.model_names), self.hparams.critic_neighbours,
+                                      self.hparams.critic_prior)
+        if self._critic_state is not None:
+            self.critic.load_state_dict(self._critic_state)
+            self._critic_state = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.critic is not None:
+            checkpoint["neighbour_critic"] = self.critic.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("neighbour_critic")
+        if state is None:
+            return
+        if self.critic is not None:
+            self.critic.load_state_dict(state)
+        else:
+            self._critic_state = state
 
     def route(self, emb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Policy logits (B, K)."""
@@ -138,9 +189,17 @@ class BaRPModule(RouterModule):
         actions = torch.distributions.Categorical(logits=logits).sample()
         feedback = self.env.pull(rows, actions)
         r = reward(feedback.score, feedback.cost, w, self.tau_value)
-        b = self._baseline(r, w, feedback)
         beta = self.current_beta()
-        terms = reinforce_loss(logits, actions, r, b, beta)
+        if self.hparams.critic != "none":
+            if self.critic is None:
+                raise RuntimeError("BaRPModule(critic=...) needs a datamodule with train_embeddings() to train")
+            self._observe(rows, actions, feedback)
+            values = self.critic.values(rows, w)
+            terms = critic_policy_loss(logits, values, actions, r, self.hparams.critic_residual, beta)
+            b = r - terms.advantage  # the critic's value of the pulled model
+        else:
+            b = self._baseline(r, w, feedback)
+            terms = reinforce_loss(logits, actions, r, b, beta)
         self.log_dict(
             {"train/loss": terms.loss, "train/policy_loss": terms.policy_loss, "train/entropy": terms.entropy,
              "train/reward": r.mean(), "train/score": feedback.score.mean(), "train/cost": feedback.cost.mean(),
@@ -148,6 +207,14 @@ class BaRPModule(RouterModule):
             on_step=False, on_epoch=True, batch_size=len(emb),
         )
         return terms.loss
+
+    def _observe(self, rows: torch.Tensor, actions: torch.Tensor, feedback: Feedback) -> None:
+        """Add this step's pulls to the critic's memory; under DDP every process adds every process's pulls."""
+        cost_norm = torch.clamp(feedback.cost / self.tau_value, max=1.0)
+        parts = (rows, actions, feedback.score, cost_norm)
+        if self.trainer.world_size > 1:
+            parts = tuple(x.reshape(-1) for x in self.all_gather(tuple(p.to(self.device) for p in parts)))
+        self.critic.observe(*parts)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.policy.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

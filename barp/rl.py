@@ -177,3 +177,36 @@ def reinforce_loss(
     policy_loss = -(advantage * logp_a).mean()
     ent = entropy(logits).mean()
     return ReinforceTerms(loss=policy_loss - beta * ent, policy_loss=policy_loss, entropy=ent, advantage=advantage)
+
+
+def critic_policy_loss(
+    logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+    residual_weight: float, beta: float,
+) -> ReinforceTerms:
+    """Policy loss with a critic's per-model value estimates (ours; see :mod:`barp.critic`), averaged over the batch.
+
+    ``loss = -sum_a pi(a) Q_hat(a) - residual_weight * (r - Q_hat(a_pulled)) log pi(a_pulled) - beta * H``.
+    The first term is the exact expectation over models of the critic's values (no sampling noise); the second
+    corrects it with the pulled model's observed reward. With ``residual_weight = 1`` the gradient is unbiased for
+    any critic (a doubly robust estimator with Q_hat as a per-model baseline); with 0 the policy learns only from the
+    critic's smoothed estimates.
+
+    Args:
+        logits: Policy logits, shape (B, K).
+        values: Critic values Q_hat_w(x, a), shape (B, K); treated as constants.
+        actions: Pulled model indices, shape (B,).
+        rewards: Observed rewards of the pulled models, shape (B,).
+        residual_weight: Weight of the observed-reward correction (>= 0).
+        beta: Entropy coefficient.
+
+    Returns:
+        :class:`ReinforceTerms`; ``advantage`` is the correction ``r - Q_hat(a_pulled)``.
+    """
+    values = values.detach()
+    logp = torch.log_softmax(logits, dim=-1)
+    a = actions.long().unsqueeze(-1)
+    direct = -(logp.exp() * values).sum(-1).mean()
+    advantage = (rewards - values.gather(-1, a).squeeze(-1)).detach()
+    policy_loss = direct - residual_weight * (advantage * logp.gather(-1, a).squeeze(-1)).mean()
+    ent = entropy(logits).mean()
+    return ReinforceTerms(loss=policy_loss - beta * ent, policy_loss=policy_loss, entropy=ent, advantage=advantage)

@@ -127,6 +127,9 @@ def test_every_config_parses(path, capsys):
         (["--model.init_args.samples_per_prompt", "1"], ["leave_one_out", "samples_per_prompt", "1"]),
         (["--model.init_args.cost_power", "0"], ["model.cost_power", "0"]),
         (["--model.init_args.preference_features", "sqrt"], ["preference_features", "sqrt"]),
+        (["--model.init_args.critic", "knn"], ["critic", "knn"]),
+        (["--model.init_args.critic", "neighbours", "--model.init_args.critic_neighbours", "1000"],
+         ["model.critic_neighbours", "1000"]),
     ],
 )
 def test_bad_config_fails_clearly(tmp_path, capsys, extra, fragments):

@@ -30,15 +30,16 @@ def routing_problem(seed: int = 0) -> OutcomeTable:
                         scores, costs, source="routing_problem")
 
 
-@pytest.mark.parametrize("baseline", ["batch_mean", "batch_linear", "leave_one_out"])
+@pytest.mark.parametrize("baseline", ["batch_mean", "batch_linear", "leave_one_out", "neighbour_critic"])
 def test_greedy_policy_learns_to_route(tmp_path, baseline):
     L.seed_everything(0)
-    k = 4 if baseline == "leave_one_out" else 1  # same pulls per prompt and per step in every case
+    k = 1 if baseline in ("batch_mean", "batch_linear") else 4  # same pulls per prompt and per step in every case
     dm = RoutingDataModule(ood_tasks=[], batch_size=32 // k, train_repeats=8 // k, val_fraction=0.1, test_fraction=0.3)
     dm._table = routing_problem()
+    learner = {"critic": "neighbours", "critic_neighbours": 10} if baseline == "neighbour_critic" else {
+        "baseline": baseline}
     module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim,
-                        lr=3e-3, tau=2e-3, baseline=baseline, samples_per_prompt=k, eval_w_c=0.5,
-                        extra_eval_w_c=[0.0])
+                        lr=3e-3, tau=2e-3, samples_per_prompt=k, eval_w_c=0.5, extra_eval_w_c=[0.0], **learner)
     trainer = L.Trainer(max_epochs=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)

@@ -181,6 +181,11 @@ class RoutingDataModule(L.LightningDataModule):
         """The bandit environment over the training split (row numbers match training batches' ``row``)."""
         return BanditEnvironment(self.table.subset(self.splits.train))
 
+    def train_embeddings(self) -> np.ndarray:
+        """Embeddings of the training split, shape (N, D), row i = training batches' ``row == i`` (no outcomes)."""
+        assert self._embeddings is not None, "call setup() first"
+        return self._embeddings[self.splits.train]
+
     # ------------------------------------------------------------------ embeddings
     def _cache(self) -> EmbeddingCache:
         hp = self.hparams

@@ -1,0 +1,108 @@
+"""A neighbour critic built from bandit feedback only (ours; ``BaRPModule(critic="neighbours")``).
+
+Why: a training prompt is pulled many times over training, so plain REINFORCE ends up fitting that prompt's own
+outcomes, noise included (a 0/1 score says little about the next, similar prompt). The critic instead estimates each
+model's score and cost on a prompt from what was OBSERVED on its nearest training prompts:
+
+- a memory holds every (training prompt, model) outcome the learner has pulled so far, and nothing else; each cell
+  counts once, since the table holds one outcome per cell;
+- the neighbours are the ``k`` training prompts with the most similar embeddings (cosine), never the prompt itself,
+  fixed at the start of training from the embeddings alone;
+- ``q_hat(x, a)`` = (sum of the neighbours' observed scores of model a + ``prior`` * model a's mean observed score
+  over all prompts) / (number of those observations + ``prior``), and likewise ``c_hat`` for the normalised cost
+  ``min(c / tau, 1)``; the prior keeps a model that no neighbour has tried at its global mean;
+- since the reward is linear in the preference, ``Q_hat_w(x, a) = w_q * q_hat - w_c * c_hat`` at any w.
+
+The policy then follows :func:`barp.rl.critic_policy_loss`. Only the policy is used to route: the critic exists
+during training only, and its memory is saved in checkpoints under ``"neighbour_critic"`` so a resumed fit continues.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from barp.errors import ConfigError
+
+
+def nearest_neighbours(emb: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+    """Indices of each row's ``k`` most cosine-similar other rows, shape (N, k), computed ``chunk`` rows at a time.
+
+    Args:
+        emb: Embeddings, shape (N, D).
+        k: Neighbours per row (1 <= k < N).
+        chunk: Rows per block of the similarity matrix (memory is chunk x N).
+    """
+    n = len(emb)
+    if not 1 <= k < n:
+        raise ConfigError(f"model.critic_neighbours must be in [1, {n - 1}] (training prompts - 1), got {k!r}")
+    x = F.normalize(emb.float(), dim=-1)
+    out = torch.empty(n, k, dtype=torch.long)
+    for start in range(0, n, chunk):
+        sim = x[start:start + chunk] @ x.T
+        block = torch.arange(len(sim))
+        sim[block, start + block] = -float("inf")  # never the prompt itself
+        out[start:start + chunk] = sim.topk(k, dim=-1).indices
+    return out
+
+
+class NeighbourCritic:
+    """Per-model score and normalised-cost estimates of a training prompt from its neighbours' pulled outcomes.
+
+    Args:
+        embeddings: Training prompts' embeddings (N, D); row i is the training batches' ``row == i``.
+        num_models: Number of models K.
+        neighbours: Neighbours per prompt.
+        prior: Pseudo-observations at each model's global observed mean (>= 0).
+    """
+
+    def __init__(self, embeddings: torch.Tensor, num_models: int, neighbours: int, prior: float) -> None:
+        self.neighbours = nearest_neighbours(embeddings, neighbours)
+        self.prior = float(prior)
+        n = len(embeddings)
+        self.score = torch.zeros(n, num_models, dtype=torch.float64)
+        self.cost = torch.zeros(n, num_models, dtype=torch.float64)
+        self.seen = torch.zeros(n, num_models, dtype=torch.bool)
+
+    def observe(self, rows: torch.Tensor, actions: torch.Tensor, score: torch.Tensor, cost_norm: torch.Tensor) -> None:
+        """Record pulled outcomes: prompt ``rows[i]`` got model ``actions[i]`` with ``score[i]``, ``cost_norm[i]``.
+
+        ``cost_norm`` is ``min(cost / tau, 1)``. A cell already in memory keeps its first outcome.
+        """
+        r, a = rows.detach().long().cpu(), actions.detach().long().cpu()
+        new = ~self.seen[r, a]
+        r, a = r[new], a[new]
+        self.score[r, a] = score.detach().cpu().double()[new]
+        self.cost[r, a] = cost_norm.detach().cpu().double()[new]
+        self.seen[r, a] = True
+
+    def estimates(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(q_hat, c_hat)`` of every model for the prompts ``rows``, each shape (B, K) (float64, CPU)."""
+        seen = self.seen.double()
+        total = seen.sum(0)
+        global_q = self.score.sum(0) / total.clamp(min=1)
+        global_c = self.cost.sum(0) / total.clamp(min=1)
+        nb = self.neighbours[rows.detach().long().cpu()]  # (B, k)
+        count = seen[nb].sum(1) + self.prior
+        if bool((count == 0).any()):  # prior 0 and no neighbour has tried the model: nothing to estimate from
+            count = count.clamp(min=1)
+        q_hat = (self.score[nb].sum(1) + self.prior * global_q) / count
+        c_hat = (self.cost[nb].sum(1) + self.prior * global_c) / count
+        return q_hat, c_hat
+
+    def values(self, rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``Q_hat_w(x, a) = w_q q_hat - w_c c_hat`` for every model, shape (B, K), on ``w``'s device and dtype."""
+        q_hat, c_hat = self.estimates(rows)
+        q_hat, c_hat = q_hat.to(w.device, w.dtype), c_hat.to(w.device, w.dtype)
+        return w[:, :1] * q_hat - w[:, 1:] * c_hat
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The memory (for checkpoints); the neighbour lists are recomputed from the embeddings."""
+        return {"score": self.score.clone(), "cost": self.cost.clone(), "seen": self.seen.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a memory saved by :meth:`state_dict` (same training split)."""
+        if tuple(state["seen"].shape) != tuple(self.seen.shape):
+            raise ConfigError(f"checkpoint's neighbour critic covers {tuple(state['seen'].shape)} (prompts, models), "
+                              f"the training data {tuple(self.seen.shape)}: resume on the data it was trained on")
+        self.score, self.cost, self.seen = state["score"].double(), state["cost"].double(), state["seen"].bool()
