@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,4 +33,9 @@ def test_ddp_two_processes_train_and_test(tmp_path):
     shares = [v for k, v in metrics.items() if k.startswith("test/id/share/")]
     assert abs(sum(shares) - 1.0) < 1e-4
     # both ranks trained on the same model: one checkpoint, written once
-    assert len(list(tmp_path.rglob("last.ckpt"))) == 1
+    ckpts = list(tmp_path.rglob("last.ckpt"))
+    assert len(ckpts) == 1
+    # The recipe's neighbour critic adds every process's pulls: in one epoch each process sees only its half of
+    # the training prompts, yet the saved memory (rank 0's) has outcomes for every prompt.
+    seen = torch.load(ckpts[0], map_location="cpu", weights_only=False)["neighbour_critic"]["seen"]
+    assert bool(seen.any(dim=1).all()), f"{int((~seen.any(dim=1)).sum())} of {len(seen)} prompts never observed"
