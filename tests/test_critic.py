@@ -99,8 +99,7 @@ def _module_and_data(**kwargs):
 
 def test_critic_memory_holds_exactly_the_pulled_cells_and_survives_a_checkpoint(tmp_path):
     L.seed_everything(0)
-    dm, module = _module_and_data(critic="neighbours", critic_neighbours=10, samples_per_prompt=4,
-                                  baseline="leave_one_out", lr=3e-3)
+    dm, module = _module_and_data(critic="neighbours", critic_neighbours=10, samples_per_prompt=4, lr=3e-3)
     pulled: set[tuple[int, int]] = set()
 
     class Spy(L.Callback):
@@ -127,7 +126,8 @@ def test_critic_memory_holds_exactly_the_pulled_cells_and_survives_a_checkpoint(
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)["neighbour_critic"]
     assert torch.equal(saved["seen"], module.critic.seen)
     served = BaRPModule.load_from_checkpoint(ckpt)  # routing needs only the policy
-    assert served.critic is None and served.route(torch.zeros(1, dm.embed_dim), torch.tensor([[1.0, 0.0]])).shape == (1, 3)
+    logits = served.route(torch.zeros(1, dm.embed_dim), torch.tensor([[1.0, 0.0]]))
+    assert served.critic is None and logits.shape == (1, 3)
 
     resumed_counts = []
 
@@ -135,11 +135,10 @@ def test_critic_memory_holds_exactly_the_pulled_cells_and_survives_a_checkpoint(
         def on_train_start(self, trainer, pl_module):
             resumed_counts.append(int(pl_module.critic.seen.sum()))
 
-    _, fresh = _module_and_data(critic="neighbours", critic_neighbours=10, samples_per_prompt=4,
-                                baseline="leave_one_out", lr=3e-3)
-    L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
-              enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[Check()], limit_val_batches=0).fit(fresh, datamodule=dm,
-                                                                                      ckpt_path=ckpt)
+    _, fresh = _module_and_data(critic="neighbours", critic_neighbours=10, samples_per_prompt=4, lr=3e-3)
+    resume = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                       enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[Check()], limit_val_batches=0)
+    resume.fit(fresh, datamodule=dm, ckpt_path=ckpt)
     assert resumed_counts == [len(pulled)]
 
 

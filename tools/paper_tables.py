@@ -10,7 +10,7 @@ checkpoint (every method) and on the other heads (BaRP only), under ``<output>/s
 sweep outputs it finds there (``--reuse``), so the tables can be re-rendered from existing sweeps without training.
 Tables: per-task ID and OOD scores at one preference (BaRP vs the smallest and largest model vs the offline
 routers); BaRP's cost and score for w_c = 0.2 ... 0.8; the decision-head ablation; the learning-algorithm
-ablation (REINFORCE vs LinUCB vs linear Thompson sampling vs epsilon-greedy).
+ablation (BaRP's policy gradient vs LinUCB vs linear Thompson sampling vs epsilon-greedy).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ Table = Literal["per_task", "cost", "heads", "algorithms"]
 HEADS = ("mlp", "linear", "bilinear")
 PER_TASK_METHODS = {"cheapest": "smallest LLM", "most_expensive": "largest LLM", "knn": "kNN (offline)",
                     "mlp": "MLP (offline)", "mf": "MF (offline)", "barp": "BaRP"}
-ALGORITHMS = {"barp": "REINFORCE (BaRP)", "linucb": "LinUCB", "linear_ts": "linear TS",
+ALGORITHMS = {"barp": "policy gradient (BaRP, as configured)", "linucb": "LinUCB", "linear_ts": "linear TS",
               "epsilon_greedy": "epsilon-greedy"}
 
 
