@@ -22,6 +22,7 @@ from barp.rl import (
     check_cost_power,
     critic_policy_loss,
     leave_one_out_baseline,
+    normalized_cost,
     preference_fit_baseline,
     reinforce_loss,
     reward,
@@ -210,7 +211,7 @@ class BaRPModule(RouterModule):
 
     def _observe(self, rows: torch.Tensor, actions: torch.Tensor, feedback: Feedback) -> None:
         """Add this step's pulls to the critic's memory; under DDP every process adds every process's pulls."""
-        cost_norm = torch.clamp(feedback.cost / self.tau_value, max=1.0)
+        cost_norm = normalized_cost(feedback.cost, self.tau_value)
         parts = (rows, actions, feedback.score, cost_norm)
         if self.trainer.world_size > 1:
             parts = tuple(x.reshape(-1) for x in self.all_gather(tuple(p.to(self.device) for p in parts)))

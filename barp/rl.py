@@ -65,6 +65,13 @@ def sample_preferences(
     return torch.stack([w_q, 1.0 - w_q], dim=-1)
 
 
+def normalized_cost(cost: torch.Tensor, tau: float) -> torch.Tensor:
+    """The reward's cost term ``min(c / tau, 1)`` (tau > 0, USD); costs above tau count as 1."""
+    if not tau > 0:
+        raise ConfigError(f"tau must be > 0, got {tau!r}")
+    return torch.clamp(cost / tau, max=1.0)
+
+
 def reward(score: torch.Tensor, cost: torch.Tensor, w: torch.Tensor, tau: float) -> torch.Tensor:
     """BaRP's reward ``w_q * q - w_c * min(c / tau, 1)``.
 
@@ -77,12 +84,10 @@ def reward(score: torch.Tensor, cost: torch.Tensor, w: torch.Tensor, tau: float)
         w: Preferences (w_q, w_c).
         tau: Cost scale (> 0); costs above tau count as 1.
     """
-    if not tau > 0:
-        raise ConfigError(f"tau must be > 0, got {tau!r}")
     w_q, w_c = w[:, 0], w[:, 1]
     if score.dim() == 2:
         w_q, w_c = w_q.unsqueeze(-1), w_c.unsqueeze(-1)
-    return w_q * score - w_c * torch.clamp(cost / tau, max=1.0)
+    return w_q * score - w_c * normalized_cost(cost, tau)
 
 
 def preference_fit_baseline(rewards: torch.Tensor, w: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
@@ -133,7 +138,7 @@ def leave_one_out_baseline(
     if score.numel() % group_size:
         raise ValueError(f"{score.numel()} pulls do not split into groups of {group_size}")
     q = score.detach().reshape(-1, group_size)
-    c = torch.clamp(cost.detach() / tau, max=1.0).reshape(-1, group_size)
+    c = normalized_cost(cost.detach(), tau).reshape(-1, group_size)
     others_q = (q.sum(-1, keepdim=True) - q) / (group_size - 1)
     others_c = (c.sum(-1, keepdim=True) - c) / (group_size - 1)
     w = w.detach().reshape(-1, group_size, 2)

@@ -9,6 +9,7 @@ policy was trained on; the frozen encoder is rebuilt from them, never stored in 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,6 @@ class TrainedRouter:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         class_path = ckpt.get("hyper_parameters", {}).get("_class_path", "barp.module.BaRPModule")
         module_name, _, class_name = class_path.rpartition(".")
-        import importlib
-
         module_class = getattr(importlib.import_module(module_name), class_name)
         module = module_class.load_from_checkpoint(path, map_location=device)
         data_hp = ckpt.get("datamodule_hyper_parameters", {})

@@ -25,6 +25,7 @@ from barp.errors import ConfigError
 #: Split names in the order predict batches number them (``batch["split"]``).
 SPLIT_ORDER = ("train", "val", "test", "ood")
 
+
 class _Rows(Dataset):
     """Batches of rows from in-memory tensors, gathered in one indexing operation per batch."""
 
