@@ -7,6 +7,7 @@ evaluation (and the reference policies) may look at every model's outcome.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -55,18 +56,29 @@ class RoutingDataModule(L.LightningDataModule):
     from a seed (see :mod:`barp.data.synthetic`); with ``path`` it is read from a file.
 
     Args:
-        path: Data file (or glob, or ``hf://...``); None uses the built-in synthetic benchmark.
+        path: Data file (or glob, comma-separated files, ``hf://...`` file, ``datasets`` folder or
+            ``hf-dataset://OWNER/NAME@REVISION#SPLIT``); None uses the built-in synthetic benchmark. With
+            ``test_path`` (or ``val_path``) these are the training rows.
+        test_path: A published test split to keep as it is: its rows are exactly the ID test split (those of an
+            ``ood_tasks`` family go to the OOD test instead); ``test_fraction`` is then not used. Same forms as
+            ``path``, read with the same options.
+        val_path: A published validation split, likewise; without it validation is cut from ``path``'s rows by
+            ``val_fraction``.
         format: File format; ``auto`` detects it from the content.
         num_prompts: Size of the built-in synthetic benchmark.
         synthetic_seed: Seed of the built-in synthetic benchmark.
         on_missing: Rows with missing score cells in a file: ``drop`` them (with one warning) or ``error``.
         trust_pickle: Load a pickle whose SHA-256 is not a pinned official file (pickles can run code).
         task_map: Extra mapping from a file's task/eval names (exact or prefix) to task families.
-        default_task: Family for RouterBench eval names no rule maps.
+        default_task: Family for RouterBench eval names no rule maps, and for rows without a task.
+        task_column: Column (records: key) holding each row's task family in generic tables and score records,
+            e.g. ``cluster_id`` for LLMRouter's files.
         prices: Price table (model -> USD per 1M input/output tokens) for record files without costs.
         ood_tasks: Task families held out of training and evaluated as the out-of-distribution test split.
-        val_fraction: Share of each in-distribution task used for validation.
-        test_fraction: Share of each in-distribution task used for the ID test.
+        val_fraction: Share of each in-distribution task used for validation (default 0.1; refused with
+            ``val_path``).
+        test_fraction: Share of each in-distribution task used for the ID test (default 0.2; not used, and
+            refused if set, with ``test_path``).
         split_seed: Seed of the split.
         encoder: Frozen sentence encoder (HF name or local directory); the default resolves to the packaged
             all-MiniLM-L6-v2.
@@ -86,6 +98,8 @@ class RoutingDataModule(L.LightningDataModule):
     def __init__(
         self,
         path: str | None = None,
+        test_path: str | None = None,
+        val_path: str | None = None,
         format: str = "auto",
         num_prompts: int = 3000,
         synthetic_seed: int = 0,
@@ -93,10 +107,11 @@ class RoutingDataModule(L.LightningDataModule):
         trust_pickle: bool = False,
         task_map: dict[str, str] | None = None,
         default_task: str = "other",
+        task_column: str = "task",
         prices: str | dict | None = None,
         ood_tasks: list[str] | None = None,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
+        val_fraction: float | None = None,
+        test_fraction: float | None = None,
         split_seed: int = 42,
         encoder: str = DEFAULT_ENCODER,
         max_length: int = 256,
@@ -121,9 +136,20 @@ class RoutingDataModule(L.LightningDataModule):
             from barp.data.synthetic import DEFAULT_OOD_TASKS
 
             ood_tasks = list(DEFAULT_OOD_TASKS) if path is None else []
+        if (test_path or val_path) and path is None:
+            raise ConfigError("data.test_path / data.val_path need data.path (the training rows) as well")
+        for fixed, fraction, name in ((test_path, test_fraction, "test"), (val_path, val_fraction, "val")):
+            if fixed and fraction is not None:
+                raise ConfigError(
+                    f"data.{name}_fraction ({fraction}) cannot be used with data.{name}_path ({fixed}): the {name} "
+                    f"split is that file's rows; remove data.{name}_fraction (or pass --data.{name}_fraction null)"
+                )
+        self.val_fraction = 0.0 if val_path else (0.1 if val_fraction is None else val_fraction)
+        self.test_fraction = 0.0 if test_path else (0.2 if test_fraction is None else test_fraction)
         self.ood_tasks = list(ood_tasks)
         self.predict_splits = list(predict_splits or ["test", "ood"])
         self._table: OutcomeTable | None = None
+        self._roles: list[str] | None = None  # per row: "pool", "val" or "test" (fixed split files)
         self._splits: Splits | None = None
         self._embeddings: np.ndarray | None = None
 
@@ -138,21 +164,46 @@ class RoutingDataModule(L.LightningDataModule):
 
                 self._table = generate_synthetic(num_prompts=hp.num_prompts, seed=hp.synthetic_seed)
             else:
-                from barp.data.sources import load_table
-
-                self._table = load_table(
-                    hp.path, hp.format, on_missing=hp.on_missing, trust_pickle=hp.trust_pickle,
-                    task_map=hp.task_map, default_task=hp.default_task, prices=hp.prices,
-                    cache_dir=hp.cache_dir,
-                )
+                self._table, self._roles = self._load_files()
         return self._table
+
+    def _load_files(self) -> tuple[OutcomeTable, list[str] | None]:
+        """The table of ``path`` (and of ``val_path`` / ``test_path``, with each row's split role)."""
+        from barp.data.sources import load_table
+        from barp.data.sources.assemble import concat
+
+        hp = self.hparams
+        options = dict(format=hp.format, on_missing=hp.on_missing, trust_pickle=hp.trust_pickle,
+                       task_map=hp.task_map, default_task=hp.default_task, prices=hp.prices,
+                       cache_dir=hp.cache_dir, task_column=hp.task_column)
+        parts = [(role, p) for role, p in (("pool", hp.path), ("val", hp.val_path), ("test", hp.test_path)) if p]
+        tables = [load_table(p, **options) for _, p in parts]
+        if len(tables) == 1:
+            return tables[0], None
+        source = ", ".join(f"{role if role != 'pool' else 'train'}={p}" for role, p in parts)
+        table = concat(tables, source=source, pools=[role for role, _ in parts])
+        roles = [role for (role, _), t in zip(parts, tables) for _ in range(len(t))]
+        assert len(roles) == len(table), "rows of different roles are never dropped as copies"
+        training = set(tables[0].prompts)
+        for (role, p), t in zip(parts[1:], tables[1:]):
+            shared = [text for text in t.prompts if text in training]
+            if shared:
+                warnings.warn(
+                    f"{p}: {len(set(shared))} of its {len(set(t.prompts))} prompts also occur in data.path "
+                    f"({hp.path}); they are kept as published (the {role} split is the file's rows), so they "
+                    "are both trained and evaluated on",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        return table, roles
 
     @property
     def splits(self) -> Splits:
         """Row indices of each split."""
         if self._splits is None:
             hp = self.hparams
-            self._splits = make_splits(self.table, self.ood_tasks, hp.val_fraction, hp.test_fraction, hp.split_seed)
+            self._splits = make_splits(self.table, self.ood_tasks, self.val_fraction, self.test_fraction, hp.split_seed,
+                                       roles=self._roles)
         return self._splits
 
     @property

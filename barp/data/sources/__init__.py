@@ -1,7 +1,7 @@
 """Data sources: turn logged routing files (RouterBench, users' own tables, score records) into an OutcomeTable.
 
 :func:`load_table` is the single entry point: it resolves the path (a file, a glob, comma-separated files, or an
-``hf://`` hub path), reads each file safely (pickles only when pinned or trusted), detects or applies the layout,
+``hf://`` hub path, or a ``datasets`` folder or hub dataset), reads each file safely (pickles only when pinned or trusted), detects or applies the layout,
 validates every value with errors naming the file, column and row, and concatenates the files.
 """
 
@@ -14,6 +14,7 @@ from typing import get_args
 
 from barp.data.sources.assemble import LoadOptions, OnMissing, concat
 from barp.data.sources.files import read_file
+from barp.data.sources.hf_datasets import is_dataset_path, read_dataset
 from barp.data.sources.hub import is_hub_path, resolve_hub_path
 from barp.data.sources.layouts import FORMATS, Format, read_layout
 from barp.data.table import OutcomeTable
@@ -24,8 +25,11 @@ __all__ = ["FORMATS", "Format", "OnMissing", "expand_path", "load_table"]
 _GLOB_CHARS = ("*", "?", "[")
 
 
-def expand_path(path: str, cache_dir: str | None = None) -> list[Path]:
-    """The files ``path`` names: a file, a glob, comma-separated files/globs, or ``hf://`` paths.
+def expand_path(path: str, cache_dir: str | None = None) -> list[Path | str]:
+    """The sources ``path`` names: files, globs, comma-separated files/globs, ``hf://`` files, and datasets.
+
+    Files come back as :class:`~pathlib.Path`; ``datasets`` sources (``hf-dataset://...`` or a ``save_to_disk``
+    folder, with an optional ``#SPLIT``) as the text that names them, read by :func:`.hf_datasets.read_dataset`.
 
     Args:
         path: The path specification.
@@ -38,9 +42,11 @@ def expand_path(path: str, cache_dir: str | None = None) -> list[Path]:
     if not spec:
         raise DataValidationError("data path is empty: give a file, a glob, or comma-separated files")
     parts = [spec] if os.path.exists(spec) else [p.strip() for p in spec.split(",") if p.strip()]
-    files: list[Path] = []
+    files: list[Path | str] = []
     for part in parts:
-        if is_hub_path(part):
+        if is_dataset_path(part):
+            files.append(part)
+        elif is_hub_path(part):
             files.append(resolve_hub_path(part, cache_dir))
         elif any(ch in part for ch in _GLOB_CHARS) and not os.path.exists(part):
             matches = sorted(glob.glob(os.path.expanduser(part)))
@@ -62,13 +68,16 @@ def load_table(
     default_task: str = "other",
     prices: str | dict | None = None,
     cache_dir: str | None = None,
+    task_column: str = "task",
 ) -> OutcomeTable:
     """Load logged routing outcomes from one or more files into a validated :class:`OutcomeTable`.
 
     Args:
-        path: A file, a glob, several comma-separated files or globs (concatenated; same models, distinct ids),
-            or ``hf://withmartian/routerbench/routerbench_0shot.pkl`` (pinned revision; downloaded into
-            ``cache_dir`` only when ``HF_HUB_OFFLINE`` is unset).
+        path: A file, a glob, several comma-separated files or globs (concatenated; same models; repeated ids
+            and rows handled as :mod:`.duplicates` says), ``hf://withmartian/routerbench/routerbench_0shot.pkl``
+            (pinned revision; downloaded into ``cache_dir`` only when ``HF_HUB_OFFLINE`` is unset), a folder
+            written by ``datasets``' ``save_to_disk`` or ``hf-dataset://OWNER/NAME@REVISION`` (each with an
+            optional ``#SPLIT``; see :mod:`.hf_datasets`).
         format: The layout: ``"routerbench"`` (wide), ``"routerbench_long"`` (raw), ``"wide"`` / ``"long"``
             (barp's generic tables), ``"records"`` (JSON score records + ``prices``), ``"parquet"`` (barp's
             canonical parquet), or ``"auto"`` to detect it from the content. The container (CSV, TSV, JSON,
@@ -82,6 +91,7 @@ def load_table(
         prices: For ``records``: a dict or JSON/YAML file, model -> ``[usd_per_1M_input, usd_per_1M_output]``.
         cache_dir: barp's cache folder; ``hf://`` files go to ``<cache_dir>/hub/OWNER/DATASET/FILE`` (default
             ``$BARP_CACHE``, else ``~/.cache/barp``).
+        task_column: The column (records: key) with each row's task family in generic tables and records.
 
     Returns:
         The table; its ``source`` is the file (or ``path`` when several files were concatenated).
@@ -95,7 +105,11 @@ def load_table(
         raise DataValidationError(f"{path}: on_missing must be 'drop' or 'error', got {on_missing!r}")
     if not str(default_task).strip():
         raise DataValidationError(f"{path}: default_task must be a non-empty task name")
-    options = LoadOptions(on_missing=on_missing, task_map=task_map, default_task=default_task, prices=prices)
-    files = expand_path(path, cache_dir)
-    tables = [read_layout(read_file(f, trust_pickle), format, options) for f in files]
+    if not str(task_column).strip():
+        raise DataValidationError(f"{path}: task_column must be a non-empty column name")
+    options = LoadOptions(on_missing=on_missing, task_map=task_map, default_task=default_task, prices=prices,
+                          task_column=task_column)
+    sources = expand_path(path, cache_dir)
+    raws = (read_dataset(s, cache_dir) if isinstance(s, str) else read_file(s, trust_pickle) for s in sources)
+    tables = [read_layout(raw, format, options) for raw in raws]
     return tables[0] if len(tables) == 1 else concat(tables, source=str(path))

@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from barp.data.sources.duplicates import unique_rows, warn_duplicates
 from barp.data.table import OutcomeTable
 from barp.errors import DataValidationError
 
@@ -44,12 +45,15 @@ class LoadOptions:
         task_map: Name or prefix -> task family overrides.
         default_task: Family of RouterBench names no rule covers, and of generic rows without a task.
         prices: Price table for the records layout (a JSON/YAML path or a dict).
+        task_column: The column (records: the key) holding each row's task family, in the generic layouts
+            and records (RouterBench files always use ``eval_name``).
     """
 
     on_missing: OnMissing = "drop"
     task_map: dict[str, str] | None = None
     default_task: str = "other"
     prices: str | dict | None = None
+    task_column: str = "task"
 
 
 @dataclass
@@ -150,19 +154,12 @@ def prompt_text(value: object) -> str | None:
 
 
 def _check_ids(cells: Cells) -> list[str]:
+    """The ids as text; a missing id is an error (repeated ids are resolved by :mod:`.duplicates`)."""
     ids: list[str] = []
-    seen: dict[str, int] = {}
     for i, pid in enumerate(cells.ids):
         if is_missing(pid) or not str(pid).strip():
             raise DataValidationError(f"{cells.where(cells.id_column, i)}: the prompt id is missing")
-        text = str(pid)
-        if text in seen:
-            first = cells.rows[seen[text]]
-            raise DataValidationError(
-                f"{cells.where(cells.id_column, i)}: duplicate prompt id {text!r} (first at row {first})"
-            )
-        seen[text] = i
-        ids.append(text)
+        ids.append(str(pid))
     return ids
 
 
@@ -228,26 +225,32 @@ def assemble(cells: Cells, on_missing: OnMissing = "drop") -> OutcomeTable:
         if not text.strip():
             raise DataValidationError(f"{cells.where(cells.prompt_column, int(i))}: the prompt is empty")
         prompts.append(text)
+    kept_ids = [ids[i] for i in keep]
+    unique = unique_rows(kept_ids, prompts, scores[keep], costs[keep])
+    rows = keep[unique.keep]
+    prompts = [prompts[i] for i in unique.keep]
+    warn_duplicates(cells.source, unique, prompts, scores[rows])
     return OutcomeTable(
-        prompt_ids=[ids[i] for i in keep],
+        prompt_ids=unique.ids,
         prompts=prompts,
-        tasks=[cells.tasks[i] for i in keep],
+        tasks=[cells.tasks[i] for i in rows],
         models=list(cells.models),
-        scores=scores[keep],
-        costs=costs[keep],
+        scores=scores[rows],
+        costs=costs[rows],
         source=cells.source,
     )
 
 
-def concat(tables: Sequence[OutcomeTable], source: str) -> OutcomeTable:
-    """Stack the tables of several files (same models, distinct prompt ids) into one.
+def concat(tables: Sequence[OutcomeTable], source: str, pools: Sequence[object] | None = None) -> OutcomeTable:
+    """Stack the tables of several files (same models) into one, applying :mod:`.duplicates`' rules across files.
 
     Args:
         tables: One table per file, each with its file as ``source``.
         source: The combined source (the path pattern the user gave).
+        pools: Per table, the pool it belongs to (e.g. its split role): exact copies are dropped only within a
+            pool. None: all tables form one pool (the files of one glob).
     """
     first = tables[0]
-    owner: dict[str, str] = {}
     for table in tables:
         if set(table.models) != set(first.models):
             extra = sorted(set(table.models) ^ set(first.models))
@@ -255,20 +258,24 @@ def concat(tables: Sequence[OutcomeTable], source: str) -> OutcomeTable:
                 f"{table.source}: its models differ from those of {first.source} (models in only one of them: "
                 f"{extra}); files loaded together must have the same model columns"
             )
-        for pid in table.prompt_ids:
-            if pid in owner:
-                raise DataValidationError(
-                    f"{table.source}: column 'prompt_id': id {pid!r} also appears in {owner[pid]}"
-                )
-            owner[pid] = table.source
     order = [[t.models.index(m) for m in first.models] for t in tables]
+    ids = [p for t in tables for p in t.prompt_ids]
+    prompts = [p for t in tables for p in t.prompts]
+    scores = np.concatenate([t.scores[:, o] for t, o in zip(tables, order)])
+    costs = np.concatenate([t.costs[:, o] for t, o in zip(tables, order)])
+    files = [k for k, t in enumerate(tables) for _ in range(len(t))]
+    row_pools = None if pools is None else [pools[k] for k in files]
+    unique = unique_rows(ids, prompts, scores, costs, row_pools)
+    keep = unique.keep
+    warn_duplicates(f"{source} (across its {len(tables)} files)", unique, [], scores[:0])
+    tasks = [x for t in tables for x in t.tasks]
     return OutcomeTable(
-        prompt_ids=[p for t in tables for p in t.prompt_ids],
-        prompts=[p for t in tables for p in t.prompts],
-        tasks=[x for t in tables for x in t.tasks],
+        prompt_ids=unique.ids,
+        prompts=[prompts[i] for i in keep],
+        tasks=[tasks[i] for i in keep],
         models=list(first.models),
-        scores=np.concatenate([t.scores[:, o] for t, o in zip(tables, order)]),
-        costs=np.concatenate([t.costs[:, o] for t, o in zip(tables, order)]),
+        scores=scores[keep],
+        costs=costs[keep],
         source=source,
     )
 

@@ -7,6 +7,7 @@ only then from the extension, so a mis-named file is still read correctly. Every
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import pandas as pd
 from barp.data.sources.safety import PICKLE_SUFFIXES, check_pickle
 from barp.errors import DataValidationError
 
-Container = Literal["csv", "parquet", "pickle", "json"]
+Container = Literal["csv", "parquet", "pickle", "json", "datasets"]
 
 #: Columns always read from CSV as text, so a prompt such as "NA" or "42" is kept as written.
 TEXT_COLUMNS = ("prompt", "question", "sample_id", "prompt_id", "id", "eval_name", "task", "model", "model_name")
@@ -32,12 +33,19 @@ class RawFile:
         container: How it was stored.
         frame: The table (CSV, parquet, pickle, and JSON lists of row objects).
         objects: The JSON objects, for JSON and JSONL files (``frame`` is built from them on demand).
+        name: How messages name the source, when not by ``path`` (a hub dataset's address).
     """
 
     path: Path
     container: Container
     frame: pd.DataFrame | None = None
     objects: list[dict] | None = None
+    name: str | None = None
+
+    @property
+    def source(self) -> str:
+        """The file (or dataset) as named in every message."""
+        return self.name or str(self.path)
 
     def table(self) -> pd.DataFrame:
         """The content as a DataFrame (JSON objects become rows)."""
@@ -65,14 +73,30 @@ def sniff(path: Path, head: bytes) -> Container:
     return "csv"
 
 
+class _RepeatedKey(ValueError):
+    """A JSON object names one key twice (``json`` would silently keep the last value)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _RepeatedKey(key)
+        out[key] = value
+    return out
+
+
 def _read_json(path: Path) -> list[dict]:
     text = path.read_text(encoding="utf-8-sig")
     stripped = text.lstrip()
+    repeated = "an object names the key {!r} twice (JSON would keep only the last value); remove one"
     if stripped.startswith("["):
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise _fail(path, f"is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+        except _RepeatedKey as exc:
+            raise _fail(path, repeated.format(exc.args[0])) from None
         where = "item"
     else:  # JSON lines: one object per line
         data = []
@@ -80,9 +104,11 @@ def _read_json(path: Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                data.append(json.loads(line))
+                data.append(json.loads(line, object_pairs_hook=_unique_keys))
             except json.JSONDecodeError as exc:
                 raise _fail(path, f"line {lineno} is not a JSON object (JSON lines file): {exc.msg}") from exc
+            except _RepeatedKey as exc:
+                raise _fail(path, f"line {lineno}: " + repeated.format(exc.args[0])) from None
         where = "line-object"
     for i, item in enumerate(data):
         if not isinstance(item, dict):
@@ -90,9 +116,22 @@ def _read_json(path: Path) -> list[dict]:
     return data
 
 
+def _check_header(path: Path, sep: str) -> None:
+    """Refuse a header that names one column twice (pandas would silently rename the second ``name.1``)."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle, delimiter=sep), [])
+    seen: dict[str, int] = {}
+    for position, name in enumerate(header):
+        if name and name in seen:
+            raise _fail(path, f"the header names column {name!r} twice (positions {seen[name]} and {position}, "
+                              "counted from 0); rename or remove one of them")
+        seen[name] = position
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     try:
+        _check_header(path, sep)
         return pd.read_csv(path, sep=sep, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError as exc:
         raise _fail(path, "is empty (no header and no rows)") from exc

@@ -16,7 +16,7 @@ import pandas as pd
 
 from barp.data.sources.assemble import Cells, LoadOptions, assemble, is_missing
 from barp.data.sources.files import RawFile
-from barp.data.sources.tasks import user_task
+from barp.data.sources.tasks import task_values
 from barp.data.table import OutcomeTable
 from barp.errors import DataValidationError
 
@@ -28,6 +28,11 @@ def frame_of(raw: RawFile) -> pd.DataFrame:
     frame = raw.table()
     frame.columns = [str(c) for c in frame.columns]
     return frame
+
+
+def column_or_none(frame: pd.DataFrame, column: str) -> list:
+    """The cells of ``column``, or None for every row when the file has no such column."""
+    return frame[column].tolist() if column in frame.columns else [None] * len(frame)
 
 
 def require(frame: pd.DataFrame, columns: Sequence[str], source: str, layout: str) -> None:
@@ -92,15 +97,12 @@ def read_wide(raw: RawFile, options: LoadOptions, *, canonical: bool = False) ->
         options: Loading options (``task_map``, ``default_task``, ``on_missing``).
         canonical: Require every column of the canonical parquet (``prompt_id``, ``prompt``, ``task``).
     """
-    frame, source = frame_of(raw), str(raw.path)
+    frame, source = frame_of(raw), raw.source
     layout = "canonical parquet" if canonical else "generic wide"
     require(frame, ["prompt_id", "prompt", "task"] if canonical else ["prompt"], source, layout)
     rows = list(range(len(frame)))
     ids = frame["prompt_id"].tolist() if "prompt_id" in frame.columns else [str(r) for r in rows]
-    if "task" in frame.columns:
-        tasks = [user_task(t, options.task_map, options.default_task) for t in frame["task"].tolist()]
-    else:
-        tasks = [options.default_task] * len(rows)
+    tasks = task_values(column_or_none(frame, options.task_column), source, options)
     cells = wide_cells(frame, source, ids=ids, prompts=frame["prompt"].tolist(), tasks=tasks, rows=rows)
     return assemble(cells, options.on_missing)
 
@@ -186,12 +188,9 @@ def read_long(raw: RawFile, options: LoadOptions) -> OutcomeTable:
         raw: The file's content.
         options: Loading options.
     """
-    frame, source = frame_of(raw), str(raw.path)
+    frame, source = frame_of(raw), raw.source
     require(frame, ["prompt_id", "prompt", "model", "score", "cost"], source, "generic long")
-    if "task" in frame.columns:
-        tasks = [user_task(t, options.task_map, options.default_task) for t in frame["task"].tolist()]
-    else:
-        tasks = [options.default_task] * len(frame)
+    tasks = task_values(column_or_none(frame, options.task_column), source, options)
     cells = pivot_long(
         frame,
         source,

@@ -58,7 +58,7 @@ def detect(raw: RawFile) -> str:
     found = sorted(columns)
     shown = ", ".join(map(repr, found[:12])) + (", ..." if len(found) > 12 else "")
     raise DataValidationError(
-        f"{raw.path}: cannot detect the format (header row, columns {shown}): expected {_EXPECTED}. "
+        f"{raw.source}: cannot detect the format (header row, columns {shown}): expected {_EXPECTED}. "
         f"Fix the column names, or name the format with format=... (--data.format), one of {list(FORMATS[1:])}"
     )
 
@@ -73,11 +73,11 @@ def read_layout(raw: RawFile, fmt: str, options: LoadOptions) -> OutcomeTable:
     """
     if fmt == "parquet" and raw.container != "parquet":
         raise DataValidationError(
-            f"{raw.path}: format 'parquet' needs barp's canonical parquet file, got a {raw.container} file"
+            f"{raw.source}: format 'parquet' needs barp's canonical parquet file, got a {raw.container} file"
         )
     if fmt == "records" and raw.objects is None:
         raise DataValidationError(
-            f"{raw.path}: format 'records' needs a JSON list of {{question, scores}} objects, "
+            f"{raw.source}: format 'records' needs a JSON list of {{question, scores}} objects, "
             f"got a {raw.container} file"
         )
     layout = detect(raw) if fmt == "auto" else fmt

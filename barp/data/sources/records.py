@@ -12,7 +12,14 @@ This is an estimate, not what the calls cost. Optional per-record keys: ``task``
 ``id``. A model missing from a record's ``scores`` is a missing score cell.
 
 The price table is a dict or a JSON/YAML file mapping model -> ``[usd_per_1M_input, usd_per_1M_output]``,
-``[in, out, output_tokens]`` or ``{input: .., output: .., output_tokens: ..}``.
+``[in, out, output_tokens]``, ``{input: .., output: .., output_tokens: ..}``, an LLMRouter ``llm_candidates``
+entry ``{input_price, output_price, size, feature, ...}`` (USD per 1M tokens), or a LiteLLM price-map entry
+``{input_cost_per_token, output_cost_per_token, ...}`` (USD per token). Models it prices but no record scores are
+ignored.
+
+Records without an id are named ``<file stem>:<position>`` (``train:0``), so two record files (a training and a
+test file) never share an id. ``task_key`` names the key that holds the task family (default ``task``; for
+example ``cluster_id`` in LLMRouter's files); its values are turned into text (``0`` -> ``"0"``).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from pathlib import Path
 
 from barp.data.sources.assemble import Cells, LoadOptions, assemble, is_missing, prompt_text
 from barp.data.sources.files import RawFile
-from barp.data.sources.tasks import user_task
+from barp.data.sources.tasks import task_values
 from barp.data.table import OutcomeTable
 from barp.errors import DataValidationError
 
@@ -57,27 +64,62 @@ def estimate_cost(text: str, price: Price) -> float:
     return (estimate_tokens(text) * price.usd_per_1m_input + price.output_tokens * price.usd_per_1m_output) / 1e6
 
 
+#: Dict layouts of a price entry: (input key, output key, USD per how many tokens, whether other keys are allowed).
+#: barp's own ``{input, output, output_tokens}`` is strict; LLMRouter's ``llm_candidates`` entries
+#: (``{input_price, output_price, size, feature, model, service}``, USD per 1M tokens) and LiteLLM's price map
+#: (``{input_cost_per_token, output_cost_per_token, ...}``, USD per token) carry metadata, which is ignored.
+PRICE_LAYOUTS = (
+    ("input", "output", 1e6, False),
+    ("input_price", "output_price", 1e6, True),
+    ("input_cost_per_token", "output_cost_per_token", 1.0, True),
+)
+
+
+def _number(value: object, key: str, entry: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise DataValidationError(f"{where}: {key} {value!r} is not a finite number >= 0 (in {_short(entry)})")
+    return float(value)
+
+
+def _short(entry: object) -> str:
+    text = repr(entry)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def _price(entry: object, where: str) -> Price:
+    """One model's price entry in any accepted layout (see the module docstring)."""
     if isinstance(entry, dict):
-        unknown = set(entry) - {"input", "output", "output_tokens"}
-        if unknown or not {"input", "output"} <= set(entry):
-            raise DataValidationError(
-                f"{where}: expected keys input, output (and optional output_tokens), got {sorted(entry)}"
-            )
-        values = [entry["input"], entry["output"]] + ([entry["output_tokens"]] if "output_tokens" in entry else [])
-    elif isinstance(entry, (list, tuple)) and len(entry) in (2, 3):
-        values = list(entry)
-    else:
+        for in_key, out_key, per, metadata_ok in PRICE_LAYOUTS:
+            if {in_key, out_key} <= set(entry):
+                unknown = set(entry) - {in_key, out_key, "output_tokens"}
+                if unknown and not metadata_ok:
+                    break
+                scale = 1e6 / per  # to USD per 1M tokens
+                usd_in = _number(entry[in_key], in_key, entry, where) * scale
+                usd_out = _number(entry[out_key], out_key, entry, where) * scale
+                tokens = entry.get("output_tokens", DEFAULT_OUTPUT_TOKENS)
+                return Price(usd_in, usd_out, _tokens(tokens, entry, where))
         raise DataValidationError(
-            f"{where}: expected [usd_per_1M_input, usd_per_1M_output] or [in, out, output_tokens], got {entry!r}"
+            f"{where}: expected {{input, output}} (USD per 1M tokens; optional output_tokens), LLMRouter's "
+            f"{{input_price, output_price, ...}} (USD per 1M tokens) or LiteLLM's {{input_cost_per_token, "
+            f"output_cost_per_token, ...}} (USD per token); got keys {sorted(map(str, entry))}"
         )
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise DataValidationError(f"{where}: {v!r} is not a finite number >= 0 (in {entry!r})")
-    if len(values) == 3 and float(values[2]) != int(values[2]):
-        raise DataValidationError(f"{where}: output_tokens {values[2]!r} is not a whole number")
-    tokens = int(values[2]) if len(values) == 3 else DEFAULT_OUTPUT_TOKENS
-    return Price(float(values[0]), float(values[1]), tokens)
+    if isinstance(entry, (list, tuple)) and len(entry) in (2, 3):
+        usd_in, usd_out = (_number(v, k, entry, where) for v, k in zip(entry, ("input", "output")))
+        tokens = entry[2] if len(entry) == 3 else DEFAULT_OUTPUT_TOKENS
+        return Price(usd_in, usd_out, _tokens(tokens, entry, where))
+    raise DataValidationError(
+        f"{where}: expected [usd_per_1M_input, usd_per_1M_output], [in, out, output_tokens] or a dict "
+        f"({{input, output}}, {{input_price, output_price}}, {{input_cost_per_token, output_cost_per_token}}), "
+        f"got {_short(entry)}"
+    )
+
+
+def _tokens(value: object, entry: object, where: str) -> int:
+    number = _number(value, "output_tokens", entry, where)
+    if number != int(number):
+        raise DataValidationError(f"{where}: output_tokens {value!r} is not a whole number")
+    return int(number)
 
 
 def load_prices(prices: str | dict) -> tuple[dict[str, Price], str]:
@@ -123,7 +165,7 @@ def read_records(raw: RawFile, options: LoadOptions) -> OutcomeTable:
         raw: The file's content (JSON objects).
         options: Loading options; ``prices`` is required.
     """
-    source = str(raw.path)
+    source = raw.source
     objects = raw.objects
     if objects is None:
         raise DataValidationError(f"{source}: the records layout needs a JSON list of {{question, scores}} objects")
@@ -157,9 +199,9 @@ def read_records(raw: RawFile, options: LoadOptions) -> OutcomeTable:
     scored = [{str(m): s for m, s in obj["scores"].items()} for obj in objects]
     cells = Cells(
         source=source,
-        ids=[obj.get(id_key, str(r)) if not is_missing(obj.get(id_key)) else str(r) for r, obj in enumerate(objects)],
+        ids=[f"{raw.path.stem}:{r}" if is_missing(obj.get(id_key)) else obj[id_key] for r, obj in enumerate(objects)],
         prompts=prompts,
-        tasks=[user_task(obj.get("task"), options.task_map, options.default_task) for obj in objects],
+        tasks=task_values([obj.get(options.task_column) for obj in objects], source, options),
         rows=list(range(len(objects))),
         scores={m: [s.get(m) for s in scored] for m in models},
         costs={m: [estimate_cost(t, prices[m]) for t in texts] for m in models},

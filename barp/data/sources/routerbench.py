@@ -68,7 +68,7 @@ def read_wide(raw: RawFile, options: LoadOptions) -> OutcomeTable:
         raw: The file's content.
         options: Loading options (``task_map``, ``default_task``, ``on_missing``).
     """
-    frame, source = frame_of(raw), str(raw.path)
+    frame, source = frame_of(raw), raw.source
     require(frame, ["sample_id", "prompt", "eval_name"], source, "RouterBench wide")
     families = _families(frame, source, options)
     rows = [r for r, f in enumerate(families) if f is not None]
@@ -91,7 +91,7 @@ def read_long(raw: RawFile, options: LoadOptions) -> OutcomeTable:
         raw: The file's content.
         options: Loading options.
     """
-    frame, source = frame_of(raw), str(raw.path)
+    frame, source = frame_of(raw), raw.source
     cost_col = next((c for c in LONG_COST_COLUMNS if c in frame.columns), LONG_COST_COLUMNS[0])
     require(
         frame, ["sample_id", "model_name", "eval_name", "prompt", "performance", cost_col], source, "RouterBench long"

@@ -9,7 +9,10 @@ others as they are.
 
 from __future__ import annotations
 
-from barp.data.sources.assemble import is_missing
+import warnings
+from collections.abc import Sequence
+
+from barp.data.sources.assemble import LoadOptions, is_missing
 
 #: Names RouterBench keeps as their own family.
 ROUTERBENCH_KEPT = ("hellaswag", "arc-challenge", "winogrande", "mbpp")
@@ -77,3 +80,26 @@ def user_task(value: object, task_map: dict[str, str] | None, default_task: str)
         return default_task
     mapped = match_task_map(name, task_map)
     return name if mapped is None else mapped
+
+
+def task_values(values: Sequence[object], source: str, options: LoadOptions) -> list[str]:
+    """Task family per row from the file's task column (``options.task_column``), renamed by ``task_map``.
+
+    Args:
+        values: The column's cells (all None when the file has no such column).
+        source: The file, for the warning.
+        options: Loading options (``task_column``, ``task_map``, ``default_task``).
+
+    A file without the column gives every row ``default_task``; when the column was named by the user
+    (anything but ``task``), that is said in one warning, so a misspelt name does not pass unnoticed.
+    """
+    if all(is_missing(v) for v in values):
+        if options.task_column != "task":
+            warnings.warn(
+                f"{source}: no row has the task column {options.task_column!r} (--data.task_column): every row "
+                f"gets the task {options.default_task!r} (--data.default_task)",
+                UserWarning,
+                stacklevel=4,
+            )
+        return [options.default_task] * len(values)
+    return [user_task(v, options.task_map, options.default_task) for v in values]
