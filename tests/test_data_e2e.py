@@ -50,6 +50,34 @@ def test_routerbench_csv_with_index_and_missing_cells_end_to_end(files, tmp_path
     assert set(cli.datamodule.ood_tasks) == {"arc-challenge", "mbpp"}
 
 
+def test_routerbench_csv_with_repeated_ids_trains_and_tests(files, tmp_path):
+    """Published RouterBench 5-shot CSVs reuse sample_ids for different prompts: they train and test as they are."""
+    with pytest.warns(UserWarning, match=r"made 3 repeated prompt ids unique by a '#N' suffix"):
+        cli = main(["fit", *args_for(files["routerbench_repeated_ids_csv"], tmp_path, "--test_after_fit", "true")])
+    table = cli.datamodule.table
+    assert len(table) == 43 and "mmlu-astronomy.val.0#3" in table.prompt_ids
+    results = json.loads(next(Path(cli.trainer.log_dir).glob("test_results.json")).read_text())
+    assert {r["split"] for r in results["rows"]} == {"id", "ood"}
+
+
+def test_published_test_file_through_the_recipe(files, tmp_path):
+    """A given test file is the ID test split through `barp fit --data.test_path` (recipe's test_fraction unset)."""
+    import pandas as pd
+
+    frame = pd.read_csv(files["routerbench_csv"], dtype=str, keep_default_na=False)
+    rows = list(range(1, 42, 3))
+    frame.drop(index=rows).to_csv(tmp_path / "train.csv", index=False)
+    frame.iloc[rows].to_csv(tmp_path / "test.csv", index=False)
+    argv = [a for a in args_for(tmp_path / "train.csv", tmp_path, "--data.init_args.test_path",
+                                str(tmp_path / "test.csv"), "--test_after_fit", "true")]
+    i = argv.index("--data.init_args.test_fraction")
+    cli = main(["fit", *argv[:i], *argv[i + 2:]])
+    dm = cli.datamodule
+    published = [s for s, e in zip(frame["sample_id"].iloc[rows], frame["eval_name"].iloc[rows])
+                 if e not in ("arc-challenge", "mbpp", "test-match")]
+    assert [dm.table.prompt_ids[i] for i in dm.splits.test] == published
+
+
 FORMATS = ["routerbench_pkl", "routerbench_csv_index", "routerbench_csv", "routerbench_parquet",
            "routerbench_long_pkl", "routerbench_long_csv", "wide_csv", "wide_jsonl", "wide_parquet", "long_csv",
            "long_jsonl", "records_json", "canonical_parquet"]
