@@ -202,7 +202,7 @@ def test_sweep_help_shows_the_docstrings(capsys):
 
 @pytest.mark.slow
 def test_paper_tables_train_every_head_and_method(tmp_path):
-    text = _load_paper_tables().paper_tables(config=RECIPE, output=str(tmp_path), num_seeds=1, num_prompts=240,
+    text = _load_paper_tables().paper_tables(recipe=RECIPE, output=str(tmp_path), num_seeds=1, num_prompts=240,
                                              max_epochs=1)
     for title in ("Per-task scores (%), ID", "Per-task scores (%), OOD", "cost table", "Decision-head ablation",
                   "Learning-algorithm ablation"):

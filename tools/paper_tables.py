@@ -2,7 +2,7 @@
 
 Example::
 
-    python tools/paper_tables.py --config configs/experiments/synthetic.yaml --output runs/paper_tables
+    python tools/paper_tables.py --recipe configs/experiments/synthetic.yaml --output runs/paper_tables
     python tools/paper_tables.py --num_prompts 600 --max_epochs 5 --num_seeds 2 --output /tmp/tables   # quick
 
 For each seed it trains BaRP with each decision head (``barp fit``), then runs ``barp sweep`` on the MLP-head
@@ -27,7 +27,7 @@ from jsonargparse import auto_cli
 
 from barp.callbacks import atomic_write_text
 
-Table = Literal["per_task", "cost", "heads", "algorithms"]
+Table = Literal["per_task", "cost", "heads", "algorithms", "summary"]
 HEADS = ("mlp", "linear", "bilinear")
 PER_TASK_METHODS = {"cheapest": "smallest LLM", "most_expensive": "largest LLM", "knn": "kNN (offline)",
                     "mlp": "MLP (offline)", "mf": "MF (offline)", "barp": "BaRP"}
@@ -35,7 +35,7 @@ ALGORITHMS = {"barp": "policy gradient (BaRP, as configured)", "linucb": "LinUCB
               "epsilon_greedy": "epsilon-greedy"}
 
 
-def _fit_and_sweep(config: str, out: Path, seed: int, head: str, methods: list[str], grid: list[float],
+def _fit_and_sweep(recipe: str, out: Path, seed: int, head: str, methods: list[str], grid: list[float],
                    num_prompts: int | None, max_epochs: int | None, reuse: bool) -> Path:
     """Train BaRP with ``head`` for ``seed`` and sweep it; returns the sweep folder."""
     from barp.cli import main
@@ -44,7 +44,7 @@ def _fit_and_sweep(config: str, out: Path, seed: int, head: str, methods: list[s
     if reuse and (sweep_dir / "sweep.csv").is_file():
         return sweep_dir
     run_dir = out / f"seed{seed}" / f"head_{head}"
-    common = ["--config", config]
+    common = ["--config", recipe]
     if num_prompts is not None:
         common += ["--data.init_args.num_prompts", str(num_prompts)]
     fit = ["fit", *common, "--model.init_args.head", head, "--seed_everything", str(seed),
@@ -138,8 +138,26 @@ def ablation_table(runs_by_label: dict[str, tuple[list, str]], w_c: float) -> st
     return _markdown(["method", *head], body)
 
 
+def summary_table(runs, methods: list[str], points: list[float]) -> str:
+    """Per method: AIQ (ID, and OOD when there is an OOD split) and score (%) and cost at each ``points`` w_c."""
+    splits = [s for s in ("id", "ood") if any(s in summ["results"].get("oracle", {}) for _, summ in runs)]
+    body = []
+    for method in methods:
+        row = [method]
+        for split in splits:
+            row.append(_pm(_aiq(runs, method, split), 1, 3))
+            for w in points:
+                row += [_pm(_cell(runs, method, split, w, "all", "score"), 100),
+                        _pm_cost(_cell(runs, method, split, w, "all", "cost"))]
+        body.append(row)
+    head = [h for split in splits
+            for h in [f"{split.upper()} AIQ"] + [f"{split.upper()} {k} at w_c={w:g}" for w in points
+                                                  for k in ("score (%)", "cost (USD)")]]
+    return _markdown(["method", *head], body)
+
+
 def paper_tables(
-    config: str = "configs/experiments/synthetic.yaml",
+    recipe: str = "configs/experiments/synthetic.yaml",
     output: str = "runs/paper_tables",
     num_seeds: int = 3,
     first_seed: int = 0,
@@ -149,20 +167,27 @@ def paper_tables(
     num_prompts: int | None = None,
     max_epochs: int | None = None,
     reuse: bool = True,
+    methods: list[str] | None = None,
+    summary_points: list[float] | None = None,
 ) -> str:
     """Train, sweep and render the paper's tables as Markdown (printed and written to ``<output>/paper_tables.md``).
 
     Args:
-        config: Experiment config (as for ``barp fit``).
+        recipe: Experiment config, as given to ``barp fit --config`` (named ``recipe`` here because ``--config``
+            is the tool's own option for reading its arguments from a file).
         output: Folder for the runs, the sweeps and ``paper_tables.md``.
         num_seeds: Number of seeds (each trains BaRP and every comparison method anew).
         first_seed: Seeds are ``first_seed``, ``first_seed + 1``, ...
         w_c: Preference of the per-task and ablation tables.
         cost_grid: Preferences of the cost table (default 0.2, 0.3, ..., 0.8).
-        tables: Which tables (default all): per_task, cost, heads, algorithms.
+        tables: Which tables (default per_task, cost, heads, algorithms); ``summary``: AIQ and score/cost at
+            ``summary_points`` per method of ``methods``, the table the README reports for each dataset.
         num_prompts: Override the benchmark's size (quick runs).
         max_epochs: Override the training epochs of BaRP and of the comparison methods (quick runs).
         reuse: Reuse sweep outputs already under ``output`` instead of retraining.
+        methods: Methods to sweep with the MLP-head checkpoint (``barp sweep --methods``; default all). With
+            ``summary`` these are its rows, ``single_models`` standing for ``single:<model>`` of each model.
+        summary_points: Preferences at which the summary table gives score and cost (default 0 and ``w_c``).
 
     Returns:
         The Markdown text.
@@ -172,18 +197,18 @@ def paper_tables(
     grid = sorted({*(round(0.1 * i, 1) for i in range(11)), *grid_cost, float(w_c)})
     out = Path(output)
     seeds = [first_seed + i for i in range(num_seeds)]
-    all_methods = ["barp", "single_models", "cheapest", "most_expensive", "oracle", "knn", "mlp", "mf", "linucb",
-                   "linear_ts", "epsilon_greedy"]
+    all_methods = list(methods or ["barp", "single_models", "cheapest", "most_expensive", "oracle", "knn", "mlp",
+                                   "mf", "linucb", "linear_ts", "epsilon_greedy"])
     runs_by_head: dict[str, list] = defaultdict(list)
     heads = HEADS if "heads" in tables else HEADS[:1]
     for seed in seeds:
         for head in heads:
             methods = all_methods if head == "mlp" else ["barp", "single_models", "oracle"]
-            d = _fit_and_sweep(config, out, seed, head, methods, grid, num_prompts, max_epochs, reuse)
+            d = _fit_and_sweep(recipe, out, seed, head, methods, grid, num_prompts, max_epochs, reuse)
             runs_by_head[head] += _read([d])
     main_runs = runs_by_head["mlp"]
     parts = [f"# BaRP paper tables ({len(seeds)} seeds: {seeds}; mean ± std)\n",
-             f"Config: `{config}`; preference of the per-task and ablation tables: w_c = {w_c:g}.\n"]
+             f"Config: `{recipe}`; preference of the per-task and ablation tables: w_c = {w_c:g}.\n"]
     if "per_task" in tables:
         for split in ("id", "ood"):
             parts += [f"## Per-task scores (%), {split.upper()} test, w_c = {w_c:g}\n",
@@ -196,6 +221,12 @@ def paper_tables(
     if "algorithms" in tables:
         parts += [f"## Learning-algorithm ablation (same bandit feedback), w_c = {w_c:g}\n",
                   ablation_table({label: (main_runs, m) for m, label in ALGORITHMS.items()}, w_c), ""]
+    if "summary" in tables:
+        points = [0.0, float(w_c)] if summary_points is None else list(summary_points)
+        names = sorted({r["method"] for rows, _ in main_runs for r in rows})
+        rows = [n for m in all_methods for n in ([x for x in names if x.startswith("single:")]
+                                                  if m == "single_models" else [m]) if n in names]
+        parts += [f"## AIQ and operating points ({recipe})\n", summary_table(main_runs, rows, points), ""]
     text = "\n".join(parts)
     atomic_write_text(out / "paper_tables.md", text)
     print(text)
