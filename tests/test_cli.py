@@ -129,6 +129,8 @@ def test_every_config_parses(path, capsys):
         (["--model.init_args.cost_power", "0"], ["model.cost_power", "0"]),
         (["--model.init_args.preference_features", "sqrt"], ["preference_features", "sqrt"]),
         (["--model.init_args.critic", "knn"], ["critic", "knn"]),
+        (["--data.init_args.path", "a.csv", "--data.init_args.test_path", "b.csv", "--data.init_args.test_fraction",
+          "0.25"], ["data.test_fraction", "0.25", "data.test_path", "b.csv"]),
         (["--model.init_args.critic", "neighbours", "--model.init_args.critic_neighbours", "1000"],
          ["model.critic_neighbours", "1000"]),
     ],
