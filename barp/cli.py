@@ -3,14 +3,44 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
 from barp import __version__
-from barp.errors import exit_on_user_error
+from barp.errors import ConfigError, exit_on_user_error
 
 
 EVAL_TIME_OPTIONS = ("eval_w_c", "extra_eval_w_c", "predict_w_c")
+#: Subcommands that evaluate or apply a trained router: they need a checkpoint.
+NEEDS_CHECKPOINT = ("validate", "test", "predict")
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Parse every ``--config`` file named in ``argv`` as YAML first, so that a syntax error names its file.
+
+    Args:
+        argv: Command-line arguments.
+
+    Raises:
+        ConfigError: A config file is not valid YAML (the message names the file, line and column).
+    """
+    import yaml
+
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        if not Path(path).is_file():
+            continue
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"--config {path}: not valid YAML{at}: {problem}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"--config {path}: cannot be read as text ({type(err).__name__})") from None
 
 
 class BarpCLI(LightningCLI):
@@ -33,13 +63,32 @@ class BarpCLI(LightningCLI):
         Lightning lets a checkpoint's hyperparameters override the command line. For the preferences a
         router is evaluated or served at, the operator's current choice must win: that is BaRP's point.
         """
+        from barp.checkpoints import load_checkpoint
+
         sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if sub in NEEDS_CHECKPOINT and not ckpt_path:
+            raise ConfigError(f"barp {sub} needs --ckpt_path, a checkpoint written by barp fit: without one the "
+                              "router is untrained and its results mean nothing")
+        if ckpt_path:
+            load_checkpoint(ckpt_path)  # missing, folder, truncated, foreign or code-carrying: one clear error
+        if sub == "fit":
+            self._check_training_budget(self.config[sub].get("trainer") or {})
         init = self.config[sub]["model"].get("init_args") if sub else None
         kept = {k: init[k] for k in EVAL_TIME_OPTIONS if init is not None and k in init}
         super()._parse_ckpt_path()
         if kept:
             for key, value in kept.items():
                 self.config[sub]["model"]["init_args"][key] = value
+
+    @staticmethod
+    def _check_training_budget(trainer: dict) -> None:
+        """Refuse a fit that would take no training step (its results would be an untrained policy's)."""
+        for key in ("max_epochs", "max_steps", "limit_train_batches"):
+            value = trainer.get(key)
+            if value is not None and not isinstance(value, bool) and value == 0:
+                raise ConfigError(f"trainer.{key}={value!r} trains nothing: barp fit would report an untrained "
+                                  "policy. Give it at least one training step.")
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
@@ -73,6 +122,7 @@ def main(args: list[str] | None = None) -> BarpCLI | None:
         run_sweep_cli(argv[1:])
         return None
     with exit_on_user_error("barp"):
+        check_config_files(argv)
         return BarpCLI(
             RouterModule,
             RoutingDataModule,

@@ -69,6 +69,35 @@ def encoder_identity(name: str) -> str:
     return path
 
 
+def check_max_length(name: str, max_length: int, option: str = "data.max_length") -> int:
+    """Validate a max token count against the encoder's position embeddings (read from its config only).
+
+    Args:
+        name: Encoder name or local directory.
+        max_length: Requested maximum tokens per prompt.
+        option: The option name to show in the error.
+
+    Returns:
+        ``max_length``.
+
+    Raises:
+        ConfigError: ``max_length`` is not an integer >= 1 or exceeds the encoder's positions.
+    """
+    from transformers import AutoConfig
+
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ConfigError(f"{option} must be an integer >= 1, got {max_length!r}")
+    try:
+        config = AutoConfig.from_pretrained(resolve_encoder_path(name))
+    except (OSError, ValueError):
+        return max_length  # the encoder itself fails to load later, with its own message
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and max_length > positions:
+        raise ConfigError(f"{option}={max_length} exceeds the {positions} token positions of encoder {name!r}; "
+                          f"use at most {positions}")
+    return max_length
+
+
 def count_parameters(name: str) -> int:
     """Number of parameters of an encoder, counted on the meta device (no weights are loaded)."""
     from transformers import AutoConfig, AutoModel
@@ -107,8 +136,7 @@ class SentenceEncoder(nn.Module):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
-        if max_length < 1:
-            raise ConfigError(f"encoder max_length must be >= 1, got {max_length}")
+        check_max_length(name, max_length, "encoder max_length")
         self.name = name
         self.max_length = max_length
         self.truncation_side = truncation_side

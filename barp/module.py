@@ -91,10 +91,13 @@ class BaRPModule(RouterModule):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters()
-        if lr <= 0:
-            raise ConfigError(f"model.lr must be > 0, got {lr!r}")
-        if beta < 0 or (beta_final is not None and beta_final < 0):
-            raise ConfigError(f"model.beta and model.beta_final must be >= 0, got {beta!r}, {beta_final!r}")
+        if not (isinstance(lr, (int, float)) and 0 < lr < float("inf")):
+            raise ConfigError(f"model.lr must be a finite number > 0, got {lr!r}")
+        if not (isinstance(weight_decay, (int, float)) and 0 <= weight_decay < float("inf")):
+            raise ConfigError(f"model.weight_decay must be a finite number >= 0, got {weight_decay!r}")
+        for name, value in (("beta", beta), ("beta_final", beta_final)):
+            if value is not None and not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
+                raise ConfigError(f"model.{name} must be a finite number >= 0, got {value!r}")
         check_cost_power(cost_power, "model.cost_power")
         if isinstance(samples_per_prompt, bool) or not isinstance(samples_per_prompt, int) or samples_per_prompt < 1:
             raise ConfigError(f"model.samples_per_prompt must be an integer >= 1, got {samples_per_prompt!r}")
@@ -130,10 +133,12 @@ class BaRPModule(RouterModule):
             self._critic_state = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         if self.critic is not None:
             checkpoint["neighbour_critic"] = self.critic.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("neighbour_critic")
         if state is None:
             return

@@ -8,9 +8,20 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from barp.checkpoints import (
+    RECORD_KEY,
+    RNG_KEY,
+    capture_rng,
+    check_encoder,
+    check_same_training,
+    check_unseen,
+    data_record,
+    model_order,
+    restore_rng,
+)
 from barp.data.environment import BanditEnvironment
 from barp.encoders import DEFAULT_ENCODER, count_parameters
 from barp.errors import ConfigError
@@ -82,15 +93,23 @@ class RouterModule(L.LightningModule):
         self.register_buffer("tau", torch.tensor(float(tau) if tau is not None else float("nan")))
         self.register_buffer("reference_models", torch.tensor([-1, -1], dtype=torch.long))
         self.env: BanditEnvironment | None = None
-        self.eval_metrics = nn.ModuleDict()
+        self.eval_metrics = self._build_metrics()
+        self._column_order: torch.Tensor | None = None  # data column of each arm, when the orders differ
+        self._data_record: dict | None = None  # what checkpoints record about the training data
+        self._rng_state: dict | None = None  # a resumed fit's random generators, restored at train start
+        self._trained = False  # set by a training step or a trained checkpoint; evaluation refuses otherwise
+
+    def _build_metrics(self) -> nn.ModuleDict:
+        metrics = nn.ModuleDict()
         for stage in ("val", "test"):
             for split in SPLITS:
                 for w_c in self.eval_preferences:
                     for policy in ("router",) + REFERENCES:
-                        self.eval_metrics[self._metric_key(stage, split, w_c, policy)] = RoutingMetrics(
+                        metrics[self._metric_key(stage, split, w_c, policy)] = RoutingMetrics(
                             self.model_names, self.task_names
                         )
-                self.eval_metrics[f"{stage}_{split}_model_cost"] = ModelCostMetric(len(self.model_names))
+                metrics[f"{stage}_{split}_model_cost"] = ModelCostMetric(len(self.model_names))
+        return metrics
 
     # ------------------------------------------------------------------ to implement
     def route(self, emb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -120,26 +139,98 @@ class RouterModule(L.LightningModule):
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None or not hasattr(dm, "train_environment"):
             return
-        if list(dm.model_names) != self.model_names:
+        if stage == "fit" and list(dm.model_names) != self.model_names:
             raise ConfigError(f"data models {dm.model_names} differ from the model's model_names {self.model_names}")
+        order = model_order(self.model_names, list(dm.model_names), "the data")
+        self._column_order = None if order is None else torch.as_tensor(order)
         env = dm.train_environment()
         if stage == "fit":
             self.env = env
+            if hasattr(dm, "splits") and hasattr(dm, "hparams"):
+                self._data_record = data_record(dm, self.model_names, self.task_names)
         if torch.isnan(self.tau):
             self.tau.fill_(env.cost_percentile(self.tau_percentile))
         if self.reference_models[0] < 0:
             mean_cost = torch.as_tensor(env.mean_cost_per_model())
+            if order is not None:
+                mean_cost = mean_cost[order]
             self.reference_models.copy_(torch.stack([mean_cost.argmin(), mean_cost.argmax()]))
         self.eval_split_names = dm.eval_splits
 
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record the training data (models, tasks, encoder, training prompts) and every random generator's state."""
+        if self._data_record is not None:
+            checkpoint[RECORD_KEY] = self._data_record
+        checkpoint[RNG_KEY] = capture_rng()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Check the checkpoint against the data it is applied to (models, encoder, split) before its weights load.
+
+        Models in another order are mapped by name (with a warning) for evaluation; any other mismatch, a training
+        prompt in an evaluated split, or a resumed fit on other training prompts stops with a ConfigError.
+        """
+        self._trained = int(checkpoint.get("global_step", 0)) > 0
+        self._data_record = checkpoint.get(RECORD_KEY) or self._data_record
+        trainer = self._trainer
+        dm = trainer.datamodule if trainer is not None else None
+        if dm is None or not hasattr(dm, "splits") or not hasattr(dm, "hparams"):
+            return
+        where = f"--ckpt_path {str(trainer.ckpt_path)!r}"
+        fn = str(getattr(trainer.state.fn, "value", trainer.state.fn))
+        names = list(checkpoint["hyper_parameters"]["model_names"])
+        order = model_order(names, list(dm.model_names), where)
+        if order is not None and fn == "fit":
+            raise ConfigError(f"{where}: the checkpoint orders the models {names}, the data {dm.model_names}: "
+                              "resume on data with the models in the checkpoint's order")
+        check_encoder(checkpoint, dict(dm.hparams), where)
+        if fn == "fit":
+            check_same_training(checkpoint, dm, where)
+            self._rng_state = checkpoint.get(RNG_KEY)
+            if self._rng_state is not None:  # again at fit start (see on_fit_start), whichever comes last
+                restore_rng(self._rng_state)
+        elif fn in ("validate", "test"):
+            splits = {"val": dm.splits.val} if fn == "validate" else {"test": dm.splits.test, "ood": dm.splits.ood}
+            check_unseen(checkpoint, dm, splits, where)
+        if order is not None:
+            rank_zero_warn(f"barp: {where} orders the models {names}, the data {list(dm.model_names)}: "
+                           "mapped by name")
+            self.model_names = names
+            self._column_order = torch.as_tensor(order)
+            self.eval_metrics = self._build_metrics().to(self.device)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._trained = True
+
+    def _refuse_untrained(self) -> None:
+        if not self._trained:
+            raise ConfigError("the router has not been trained: pass --ckpt_path with a checkpoint written by "
+                              "barp fit (or fit it first); an untrained policy's results mean nothing")
+
+    def on_validation_start(self) -> None:
+        if self._trainer is not None and str(getattr(self.trainer.state.fn, "value", "")) == "validate":
+            self._refuse_untrained()
+
+    def on_test_start(self) -> None:
+        self._refuse_untrained()
+
+    def on_predict_start(self) -> None:
+        self._refuse_untrained()
+
     def on_fit_start(self) -> None:
-        """Log trainable and frozen parameter counts."""
+        """Log trainable and frozen parameter counts; a resumed fit restores its random generators."""
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         frozen = count_parameters(self.encoder_name)
         rank_zero_info(f"barp: {trainable:,} trainable parameters; frozen encoder {frozen:,} parameters; "
                        f"tau = {self.tau_value:.3g} USD")
         for logger in self.loggers:
             logger.log_hyperparams({"params/trainable": trainable, "params/frozen": frozen, "tau": self.tau_value})
+        if self._rng_state is not None:
+            # A resumed fit continues with the random generators of the moment its checkpoint was written. This is
+            # the last hook before the training loop draws (its data loader's shuffling seed, then preferences and
+            # actions); the checkpoint may also load after it (strategies that restore after setup).
+            restore_rng(self._rng_state)
+            self._rng_state = None
 
     # ------------------------------------------------------------------ evaluation
     def _split_name(self, stage: str, dataloader_idx: int) -> str:
@@ -149,6 +240,9 @@ class RouterModule(L.LightningModule):
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int) -> None:
         split = self._split_name(stage, dataloader_idx)
         emb, task, scores, costs = batch["emb"], batch["task"], batch["scores"], batch["costs"]
+        if self._column_order is not None:  # the data's columns in the router's arm order
+            order = self._column_order.to(scores.device)
+            scores, costs = scores[:, order], costs[:, order]
         rows = torch.arange(len(emb), device=emb.device)
         self.eval_metrics[f"{stage}_{split}_model_cost"].update(costs)
         for w_c in self.eval_preferences:

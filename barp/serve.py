@@ -4,21 +4,22 @@
     router.route(["Write a haiku about rain."], w_c=0.3)   # -> [Decision(model=..., probability=...)]
 
 The checkpoint holds the policy, tau and the encoder settings (name, max length, truncation side) the
-policy was trained on; the frozen encoder is rebuilt from them, never stored in the checkpoint.
+policy was trained on; the frozen encoder is rebuilt from them, never stored in the checkpoint. Checkpoints are read
+without running code from them (:func:`barp.checkpoints.load_checkpoint`).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from barp.checkpoints import check_encoder, load_checkpoint, module_class
 from barp.encoders import SentenceEncoder
 from barp.errors import ConfigError
-from barp.rl import preference_tensor
+from barp.rl import check_w_c, preference_tensor
 from barp.router_module import RouterModule
 
 
@@ -51,14 +52,13 @@ class TrainedRouter:
             device: Device for the policy and the encoder.
         """
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"checkpoint {str(path)!r} does not exist")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        class_path = ckpt.get("hyper_parameters", {}).get("_class_path", "barp.module.BaRPModule")
-        module_name, _, class_name = class_path.rpartition(".")
-        module_class = getattr(importlib.import_module(module_name), class_name)
-        module = module_class.load_from_checkpoint(path, map_location=device)
+        ckpt = load_checkpoint(path, "checkpoint")
+        router_class = module_class(ckpt, "checkpoint")
+        module = router_class.load_from_checkpoint(path, map_location=device, weights_only=True)
+        if not module._trained:
+            raise ConfigError(f"checkpoint {str(path)!r} holds an untrained router (no training step)")
         data_hp = ckpt.get("datamodule_hyper_parameters", {})
+        check_encoder(ckpt, data_hp, f"checkpoint {str(path)!r}")  # e.g. the encoder's weights changed since
         encoder = SentenceEncoder(
             data_hp.get("encoder", module.encoder_name),
             max_length=data_hp.get("max_length", 256),
@@ -73,10 +73,29 @@ class TrainedRouter:
         """Candidate model names, in the policy's order."""
         return list(self.module.model_names)
 
+    @staticmethod
+    def _check_prompts(prompts: Sequence[str]) -> list[str]:
+        """The prompts as a list of strings; a bare string or a non-string item is refused."""
+        if isinstance(prompts, (str, bytes)):
+            raise ConfigError(f"prompts must be a list of prompt texts, got one {type(prompts).__name__} "
+                              f"({prompts[:40]!r}): pass [prompt] to route one prompt")
+        try:
+            items = list(prompts)
+        except TypeError:
+            raise ConfigError(f"prompts must be a list of prompt texts, got {type(prompts).__name__}") from None
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise ConfigError(f"prompts[{i}] must be a string, got {type(item).__name__} ({item!r:.40})")
+        return items
+
     @torch.inference_mode()
     def probabilities(self, prompts: Sequence[str], w_c: float) -> torch.Tensor:
         """The policy's distribution over models per prompt at preference ``(1 - w_c, w_c)``, shape (N, K)."""
-        emb = torch.as_tensor(self.encoder.encode(list(prompts)), device=self.module.device)
+        prompts = self._check_prompts(prompts)
+        if not prompts:
+            check_w_c(w_c)
+            return torch.zeros(0, len(self.models))
+        emb = torch.as_tensor(self.encoder.encode(prompts), device=self.module.device)
         w = preference_tensor(w_c, len(emb), emb.device)
         return torch.softmax(self.module.route(emb, w), dim=-1)
 
@@ -84,7 +103,7 @@ class TrainedRouter:
         """Greedy routing: the most probable model per prompt at cost weight ``w_c``.
 
         Args:
-            prompts: Prompt texts.
+            prompts: Prompt texts (a list, even for one prompt).
             w_c: Cost weight in [0, 1] (quality weight is ``1 - w_c``).
         """
         probs = self.probabilities(prompts, w_c)

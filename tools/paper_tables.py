@@ -59,7 +59,8 @@ def _fit_and_sweep(recipe: str, out: Path, seed: int, head: str, methods: list[s
         ckpt = str(run_dir / "final.ckpt")
         cli.trainer.save_checkpoint(ckpt)
     sweep = ["sweep", *common, "--ckpt_path", ckpt, "--output", str(sweep_dir), "--seed", str(seed),
-             "--methods", json.dumps(methods), "--w_c", json.dumps(grid), "--progress", "false"]
+             "--methods", json.dumps(methods), "--w_c", json.dumps(grid), "--progress", "false",
+             "--overwrite", "true"]  # reached only to redo this sweep (no --reuse, or an incomplete one)
     if max_epochs is not None:
         sweep += ["--max_epochs", str(max_epochs)]
     main(sweep)

@@ -20,7 +20,13 @@ from barp.data.embedding_cache import EmbeddingCache, default_cache_dir
 from barp.data.environment import BanditEnvironment
 from barp.data.splits import Splits, make_splits
 from barp.data.table import OutcomeTable
-from barp.encoders import DEFAULT_ENCODER, SentenceEncoder, encoder_identity, resolve_encoder_path
+from barp.encoders import (
+    DEFAULT_ENCODER,
+    SentenceEncoder,
+    check_max_length,
+    encoder_identity,
+    resolve_encoder_path,
+)
 from barp.errors import ConfigError
 
 #: Split names in the order predict batches number them (``batch["split"]``).
@@ -241,6 +247,7 @@ class RoutingDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ embeddings
     def _cache(self) -> EmbeddingCache:
         hp = self.hparams
+        check_max_length(hp.encoder, hp.max_length, "data.max_length")
         root = Path(hp.cache_dir).expanduser() if hp.cache_dir else default_cache_dir()
         return EmbeddingCache(root / "embeddings", encoder_identity(hp.encoder), hp.max_length,
                               hp.truncation_side, hp.encoder_dtype)

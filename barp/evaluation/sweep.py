@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from barp.callbacks import atomic_write_text
+from barp.checkpoints import check_encoder, check_unseen, load_checkpoint, model_order
+from barp.checkpoints import module_class as checkpoint_class
 from barp.errors import ConfigError
 from barp.evaluation.bootstrap import PerPrompt
 from barp.evaluation.pareto import plot_pareto
@@ -34,6 +37,71 @@ Method = Literal["barp", "single_models", "cheapest", "most_expensive", "random"
 ALL_METHODS: list[str] = list(get_args(Method))
 COLUMNS = ["method", "w_c", "split", "task", "n", "score", "cost", "reward"]
 DEFAULT_GRID = [round(0.1 * i, 1) for i in range(11)]
+OUTPUT_FILES = ("sweep.csv", "summary.json", "pareto.png")
+
+
+def check_output(output: str, overwrite: bool = False) -> Path:
+    """Check ``--output`` before any work: a folder (or a path one can be made at) that is writable and holds no
+    earlier sweep unless ``overwrite``. Nothing is created.
+
+    Raises:
+        ConfigError: ``output`` is a file, lies under a file, is not writable, or already holds a sweep.
+    """
+    out = Path(output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {output!r} is a file; barp sweep writes a folder ({', '.join(OUTPUT_FILES)})")
+    existing = [f for f in OUTPUT_FILES if (out / f).exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"--output {output!r} already holds a sweep ({', '.join(existing)}): choose another "
+                          "folder, or pass --overwrite true to replace it")
+    base = out
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"--output {output!r}: {str(base)!r} is a file, so the folder cannot be made")
+    try:
+        tempfile.TemporaryFile(dir=base).close()
+    except OSError as err:
+        raise ConfigError(f"--output {output!r}: cannot write in {str(base)!r} ({err.strerror or err})") from None
+    return out
+
+
+class NameMappedRouter(ModuleRouter):
+    """A checkpoint's router over data whose model columns are in another order: arm i is data column ``order[i]``."""
+
+    def __init__(self, module: RouterModule, name: str, order: list[int]) -> None:
+        super().__init__(module, name)
+        self.order = torch.as_tensor(order, dtype=torch.long)
+
+    def choose(self, emb: torch.Tensor, w: torch.Tensor, outcomes: Outcomes | None = None) -> torch.Tensor:
+        return self.order[super().choose(emb, w, outcomes)]
+
+
+def load_checkpoint_router(ckpt_path: str, module_class: type[RouterModule], datamodule) -> ModuleRouter:
+    """Read ``ckpt_path`` safely, check it against the set-up data (models, encoder, unseen test prompts) and wrap it.
+
+    Raises:
+        ConfigError: An unusable checkpoint, another router class than ``module_class``, other models, another
+            encoder setting, or test prompts the checkpoint was trained on.
+    """
+    where = f"--ckpt_path {ckpt_path!r}"
+    ckpt = load_checkpoint(ckpt_path)
+    saved = checkpoint_class(ckpt)
+    if not issubclass(saved, module_class):
+        raise ConfigError(f"{where} holds a {saved.__name__}, but model.class_path names {module_class.__name__}: "
+                          "pass the config the checkpoint was trained with")
+    order = model_order(list(ckpt["hyper_parameters"]["model_names"]), list(datamodule.model_names), where)
+    check_encoder(ckpt, dict(datamodule.hparams), where)
+    check_unseen(ckpt, datamodule, {"test": datamodule.splits.test, "ood": datamodule.splits.ood}, where)
+    module = saved.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    if not module._trained:
+        raise ConfigError(f"{where} holds an untrained router (no training step)")
+    name = checkpoint_name(saved)
+    if order is None:
+        return ModuleRouter(module, name)
+    warnings.warn(f"barp sweep: {where} orders the models {module.model_names}, the data "
+                  f"{datamodule.model_names}: mapped by name", stacklevel=2)
+    return NameMappedRouter(module, name, order)
 
 
 @dataclass(frozen=True)
@@ -146,7 +214,8 @@ def checkpoint_name(module_class: type[RouterModule]) -> str:
 def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] | None = None,
           w_c: list[float] | None = None, seed: int = 0, max_epochs: int = 40,
           method_configs: list[str] | None = None, module_class: type[RouterModule] | None = None,
-          wandb_logger: dict | None = None, progress: bool = True, bootstrap: int = 1000) -> dict:
+          wandb_logger: dict | None = None, progress: bool = True, bootstrap: int = 1000,
+          overwrite: bool = False) -> dict:
     """Evaluate BaRP and the comparison methods over a preference grid on the ID and OOD test splits.
 
     Args:
@@ -168,6 +237,8 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
         progress: Show progress bars.
         bootstrap: Resamples of the test prompts for the 95% intervals of each AIQ and of its difference to the
             checkpoint's (paired bootstrap, seeded by ``seed``); 0 skips them.
+        overwrite: Replace a sweep already in ``output`` (by default an existing sweep stops the run before any
+            work).
 
     Returns:
         The summary (as written to ``summary.json``).
@@ -180,16 +251,18 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
     grid = [check_w_c(x, "--w_c") for x in (w_c if w_c is not None else DEFAULT_GRID)]
     if not grid:
         raise ConfigError("--w_c: the preference grid is empty")
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown:
+        raise ConfigError(f"--methods: unknown {unknown}; expected some of {ALL_METHODS}")
+    check_output(output, overwrite)
+    if ckpt_path is not None:
+        load_checkpoint(ckpt_path)  # an unusable checkpoint stops the run before the data are embedded
     L.seed_everything(seed, verbose=False)
     datamodule.prepare_data()
     datamodule.setup("fit")
     checkpoint = None
     if ckpt_path is not None:
-        cls = module_class or BaRPModule
-        checkpoint = ModuleRouter.from_checkpoint(ckpt_path, cls, checkpoint_name(cls))
-        if checkpoint.module.model_names != datamodule.model_names:
-            raise ConfigError(f"--ckpt_path {ckpt_path}: models {checkpoint.module.model_names} differ from the "
-                              f"data's {datamodule.model_names}")
+        checkpoint = load_checkpoint_router(ckpt_path, module_class or BaRPModule, datamodule)
         tau = checkpoint.module.tau_value
     elif "barp" in methods:
         raise ConfigError("barp sweep: --ckpt_path is required to evaluate 'barp' (or leave it out of --methods)")

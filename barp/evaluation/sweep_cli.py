@@ -63,6 +63,10 @@ def run_sweep_cli(argv: list[str]) -> dict | None:
     Returns:
         The summary written to ``summary.json``.
     """
+    from barp.cli import check_config_files
+
+    with exit_on_user_error("barp sweep"):
+        check_config_files(argv)
     parser = sweep_parser()
     cfg = parser.parse_args(argv)
     trainer = cfg.trainer or {}
@@ -77,7 +81,7 @@ def run_sweep_cli(argv: list[str]) -> dict | None:
             init.data, cfg.ckpt_path, cfg.output, methods=cfg.methods, w_c=cfg.w_c, seed=int(seed),
             max_epochs=max_epochs, method_configs=cfg.method_configs, module_class=model_class,
             wandb_logger=trainer.get("logger") if isinstance(trainer.get("logger"), dict) else None,
-            progress=cfg.progress, bootstrap=cfg.bootstrap,
+            progress=cfg.progress, bootstrap=cfg.bootstrap, overwrite=cfg.overwrite,
         )
     print("\n" + format_summary(summary) + f"\n\nwrote {cfg.output}/sweep.csv, summary.json, pareto.png", flush=True)
     return summary

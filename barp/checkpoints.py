@@ -1,0 +1,249 @@
+"""Checkpoints: read them without running code, record the data they were trained on, check that record.
+
+A checkpoint written by ``barp fit`` carries, under ``"barp"``, the model names (in the policy's order), the task
+names, the encoder's identity and settings, and a fingerprint of every training prompt; Lightning adds the data
+module's hyperparameters (``"datamodule_hyper_parameters"``), the split settings among them. Whoever applies a
+checkpoint to data (``test``, ``validate``, ``predict``, a resumed ``fit``, ``barp sweep``, ``TrainedRouter``) reads
+it with :func:`load_checkpoint` and checks it with the functions below, which raise one
+:class:`~barp.errors.ConfigError` naming the checkpoint, the setting and both values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import pickle
+import re
+import sys
+import warnings
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from barp.encoders import encoder_identity
+from barp.errors import ConfigError
+
+RECORD_KEY = "barp"
+RNG_KEY = "barp_rng"
+#: Data-module options that decide how prompts are embedded (the frozen encoder's input).
+ENCODER_OPTIONS = ("encoder", "max_length", "truncation_side", "encoder_dtype")
+
+
+def load_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict[str, Any]:
+    """Read a checkpoint written by ``barp fit`` without running any code from it (``weights_only`` unpickling).
+
+    Args:
+        path: The ``.ckpt`` file.
+        option: The option that named it, for error messages.
+
+    Returns:
+        The checkpoint dictionary.
+
+    Raises:
+        ConfigError: The path is missing or a folder, the file is truncated or not a checkpoint, it holds objects a
+            barp checkpoint never contains (a crafted file could run code when unpickled), or it was not written
+            by barp.
+    """
+    where = f"{option} {str(path)!r}"
+    p = Path(path).expanduser()
+    if p.is_dir():
+        found = sorted(q.name for q in p.glob("*.ckpt"))[:3]
+        hint = f" (it holds {', '.join(found)})" if found else ""
+        raise ConfigError(f"{where} is a folder, not a checkpoint file{hint}: name the .ckpt file")
+    if not p.is_file():
+        raise ConfigError(f"{where} does not exist")
+    try:
+        with warnings.catch_warnings():  # torch's own advice (e.g. on pickle protocols) is not for barp's users
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:  # not a pickle that names code: a damaged or foreign file
+            raise ConfigError(f"{where} is not a readable checkpoint (truncated, or not written by barp fit)") from None
+        named = f" ({found.group(1)})"
+        raise ConfigError(
+            f"{where}: refused to load: it holds Python objects{named} that a barp checkpoint never contains, and "
+            "unpickling them could run code. Only checkpoints written by barp fit are loaded."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError):
+        raise ConfigError(f"{where} is not a readable checkpoint (truncated, or not written by barp fit)") from None
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    names = hp.get("model_names") if isinstance(hp, dict) else None
+    if not (isinstance(ckpt.get("state_dict"), dict) and isinstance(names, list) and names
+            and all(isinstance(n, str) for n in names)):
+        raise ConfigError(f"{where} is not a barp checkpoint (no router weights and model names): use a checkpoint "
+                          "written by barp fit")
+    return ckpt
+
+
+def module_class(ckpt: dict[str, Any], option: str = "--ckpt_path") -> type:
+    """The :class:`~barp.router_module.RouterModule` subclass that wrote a checkpoint (from its ``_class_path``).
+
+    Only barp's own modules, or modules the process has already imported, are looked up: a checkpoint never makes
+    barp import arbitrary code.
+    """
+    from barp.router_module import RouterModule
+
+    class_path = str(ckpt["hyper_parameters"].get("_class_path", "barp.module.BaRPModule"))
+    module_name, _, class_name = class_path.rpartition(".")
+    cls = None
+    if module_name == "barp" or module_name.startswith("barp."):
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name, None)
+        except ImportError:
+            cls = None
+    elif module_name in sys.modules:
+        cls = getattr(sys.modules[module_name], class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, RouterModule)):
+        raise ConfigError(f"{option}: the checkpoint's router class {class_path!r} is not a barp router class")
+    return cls
+
+
+# ---------------------------------------------------------------------------------------------- the record
+def row_fingerprints(prompt_ids: Sequence[str], prompts: Sequence[str]) -> torch.Tensor:
+    """One 64-bit fingerprint per (prompt id, prompt text) row, sorted (int64)."""
+    values = [int.from_bytes(hashlib.sha1(f"{pid}\x1f{text}".encode()).digest()[:8], "little", signed=True)
+              for pid, text in zip(prompt_ids, prompts)]
+    return torch.as_tensor(np.sort(np.asarray(values, dtype=np.int64)))
+
+
+def split_fingerprints(datamodule, rows: np.ndarray) -> torch.Tensor:
+    """Fingerprints of a set-up datamodule's table rows ``rows``."""
+    table = datamodule.table
+    return row_fingerprints([table.prompt_ids[i] for i in rows], [table.prompts[i] for i in rows])
+
+
+def encoder_settings(data_hparams: dict[str, Any]) -> dict[str, Any]:
+    """The embedding settings among a data module's hyperparameters, plus the encoder's identity (name + weights)."""
+    settings = {k: data_hparams[k] for k in ENCODER_OPTIONS if k in data_hparams}
+    if "encoder" in settings:
+        settings["identity"] = encoder_identity(str(settings["encoder"]))
+    return settings
+
+
+def data_record(datamodule, model_names: list[str], task_names: list[str]) -> dict[str, Any]:
+    """What a checkpoint must know about its data: models, tasks, encoder, the training prompts and the prompts its
+    own evaluation splits held (a published test file may share rows with the training file)."""
+    splits = datamodule.splits
+    evaluated = np.concatenate([np.asarray(splits.val), np.asarray(splits.test), np.asarray(splits.ood)])
+    return {
+        "version": 1,
+        "model_names": list(model_names),
+        "task_names": list(task_names),
+        "encoder": encoder_settings(dict(datamodule.hparams)),
+        "train_rows": split_fingerprints(datamodule, splits.train),
+        "eval_rows": split_fingerprints(datamodule, evaluated.astype(np.int64)),
+    }
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every random generator a fit draws from (torch CPU and CUDA, numpy, Python), as checkpointable values."""
+    import random
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (kind, torch.as_tensor(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Restore generators saved by :func:`capture_rng`."""
+    import random
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------- the checks
+def model_order(ckpt_models: list[str], data_models: list[str], where: str) -> list[int] | None:
+    """The data column of each of the checkpoint's arms; None when both orders agree.
+
+    Raises:
+        ConfigError: The data's models are not the checkpoint's (by name).
+    """
+    if list(ckpt_models) == list(data_models):
+        return None
+    missing = [m for m in ckpt_models if m not in data_models]
+    extra = [m for m in data_models if m not in ckpt_models]
+    if missing or extra or len(ckpt_models) != len(data_models):
+        raise ConfigError(
+            f"{where}: the checkpoint routes to models {list(ckpt_models)}, the data has {list(data_models)} "
+            f"(not in the data: {missing}; not in the checkpoint: {extra}). A router only chooses among the models "
+            "it was trained on: use data with exactly these models (same names)."
+        )
+    return [list(data_models).index(m) for m in ckpt_models]
+
+
+def check_encoder(ckpt: dict[str, Any], data_hparams: dict[str, Any], where: str) -> None:
+    """Refuse data embedded differently from the checkpoint's training data (encoder, max length, truncation side,
+    dtype)."""
+    record = ckpt.get(RECORD_KEY) or {}
+    saved = record.get("encoder") or encoder_settings(ckpt.get("datamodule_hyper_parameters") or {})
+    now = encoder_settings(data_hparams)
+    diffs = []
+    for key in ENCODER_OPTIONS:
+        if key in saved and key in now and saved[key] != now[key]:
+            if key == "encoder" and saved.get("identity") == now.get("identity"):
+                continue  # another name for the same weights
+            diffs.append(f"data.{key}: checkpoint {saved[key]!r}, now {now[key]!r}")
+    if not diffs and saved.get("identity") and now.get("identity") and saved["identity"] != now["identity"]:
+        diffs.append(f"data.encoder weights: checkpoint {saved['identity']!r}, now {now['identity']!r}")
+    if diffs:
+        raise ConfigError(f"{where}: the data would be embedded differently from the checkpoint's training data ("
+                          + "; ".join(diffs) + "). Use the checkpoint's settings.")
+
+
+def _setting_diffs(ckpt: dict[str, Any], data_hparams: dict[str, Any]) -> str:
+    saved = ckpt.get("datamodule_hyper_parameters") or {}
+    diffs = [f"data.{k}: checkpoint {saved[k]!r}, now {data_hparams[k]!r}" for k in sorted(saved)
+             if not k.startswith("_") and k in data_hparams and saved[k] != data_hparams[k]]
+    return "; ".join(diffs) if diffs else "no data option differs; the data file itself does"
+
+
+def check_unseen(ckpt: dict[str, Any], datamodule, splits: dict[str, np.ndarray], where: str) -> None:
+    """Refuse to evaluate on prompts the checkpoint was trained on.
+
+    Args:
+        ckpt: The checkpoint.
+        datamodule: The set-up data module.
+        splits: Evaluated split name -> table rows.
+        where: Prefix of error messages (the checkpoint option and path).
+    """
+    record = ckpt.get(RECORD_KEY) or {}
+    if record.get("train_rows") is None:
+        return
+    trained, evaluated = record["train_rows"].numpy(), record.get("eval_rows", torch.zeros(0, dtype=torch.int64))
+    for name, rows in splits.items():
+        if not len(rows):
+            continue
+        now = split_fingerprints(datamodule, rows).numpy()
+        seen = np.isin(now, trained) & ~np.isin(now, evaluated.numpy())  # evaluated at fit time too: as published
+        if seen.any():
+            raise ConfigError(
+                f"{where}: {int(seen.sum())} of {len(rows)} {name} prompts were training prompts of this checkpoint, "
+                f"so the results would not measure unseen prompts. Data settings that differ from the checkpoint's: "
+                f"{_setting_diffs(ckpt, dict(datamodule.hparams))}. Use the split the checkpoint was trained with."
+            )
+
+
+def check_same_training(ckpt: dict[str, Any], datamodule, where: str) -> None:
+    """Refuse to resume a fit on other training prompts than the checkpoint's."""
+    trained = (ckpt.get(RECORD_KEY) or {}).get("train_rows")
+    if trained is None:
+        return
+    now = split_fingerprints(datamodule, datamodule.splits.train)
+    if not torch.equal(now, trained):
+        raise ConfigError(
+            f"{where}: the training prompts differ from the checkpoint's ({len(trained)} then, {len(now)} now; "
+            f"{_setting_diffs(ckpt, dict(datamodule.hparams))}): resume on the data and split it was trained on."
+        )

@@ -1,0 +1,316 @@
+"""Checkpoints know their data and never run code: every unusable checkpoint or mismatched data stops with one
+clear error (exit 2), before anything is written. Issue 11, items 1, 2, 3, 5, 6 and the tracebacks it lists."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from barp.cli import main
+from barp.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = str(ROOT / "configs" / "experiments" / "routerbench.yaml")
+MODELS = ["big", "mid", "small"]
+
+
+def write_table(path: Path, models: list[str] = MODELS, n: int = 36, seed: int = 0) -> Path:
+    """A wide CSV of ``n`` short prompts in 3 tasks; the first model is the best and the most expensive."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    data: dict[str, object] = {"prompt_id": [f"q{i}" for i in range(n)],
+                               "prompt": [f"Question {i}: what is {i} plus {i % 7}?" for i in range(n)],
+                               "task": [("math", "trivia", "code")[i % 3] for i in range(n)]}
+    for j, m in enumerate(models):
+        data[m] = rng.random(n) * (1 - 0.2 * j)
+    for j, m in enumerate(models):
+        data[f"{m}|total_cost"] = np.full(n, 1e-3 / 10 ** min(j, 2))
+    pd.DataFrame(data).to_csv(path, index=False)
+    return path
+
+
+def run_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--config", RECIPE, "--data.init_args.path", str(data), "--data.init_args.ood_tasks", "[]",
+            "--data.init_args.batch_size", "8", "--model.init_args.critic_neighbours", "5",
+            "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(out),
+            "--trainer.logger.init_args.save_dir", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A checkpoint fitted on a 36-prompt table with models [big, mid, small]."""
+    out = tmp_path_factory.mktemp("ckpt")
+    data = write_table(out / "data.csv")
+    cli = main(["fit", *run_args(data, out / "run", "--test_after_fit", "false")])
+    return data, Path(cli.trainer.checkpoint_callback.best_model_path), out
+
+
+def fails(capsys, args: list[str]) -> str:
+    """Run barp with ``args``; assert exit code 2 and one error line, no traceback; return stderr."""
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err[-3000:]
+    assert "Traceback" not in err and re.search(r"^barp( sweep)?: error: ", err, re.M), err[-3000:]
+    return err
+
+
+def test_checkpoint_records_models_tasks_encoder_and_training_prompts(trained):
+    _, ckpt, _ = trained
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    record = saved["barp"]
+    assert record["model_names"] == MODELS and record["task_names"] == ["code", "math", "trivia"]
+    assert record["encoder"]["max_length"] == 256 and record["encoder"]["truncation_side"] == "left"
+    assert "@" in record["encoder"]["identity"]  # name plus weights fingerprint
+    assert record["train_rows"].dtype == torch.int64 and len(record["train_rows"]) > 0
+    assert saved["datamodule_hyper_parameters"]["split_seed"] == 42  # split settings, generically
+    assert {"torch", "numpy", "python"} <= set(saved["barp_rng"])
+
+
+# ------------------------------------------------------------------ item 1: another model list
+@pytest.mark.parametrize("models, named", [(["zeta", "mid", "small"], "zeta"),
+                                           (["big", "mid", "small", "tiny"], "tiny")])
+def test_other_models_are_refused_not_misrouted(trained, tmp_path, capsys, models, named):
+    _, ckpt, _ = trained
+    other = write_table(tmp_path / "other.csv", models=models)
+    err = fails(capsys, ["test", *run_args(other, tmp_path / "run"), "--ckpt_path", str(ckpt)])
+    assert "routes to models ['big', 'mid', 'small']" in err and named in err
+    assert "size mismatch" not in err
+    assert not list(tmp_path.rglob("test_results.json"))
+
+
+def test_models_in_another_order_are_mapped_by_name(tiny_model_pair):
+    """Same models, other column order: evaluation maps arms to columns by name and gets the same numbers."""
+    import lightning as L
+
+    module, dm, shuffled = tiny_model_pair
+    results = []
+    for data in (dm, shuffled):
+        trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+        fresh = type(module)(model_names=data.model_names, task_names=data.task_names, embed_dim=data.embed_dim,
+                             extra_eval_w_c=[0.0])
+        with pytest.warns(UserWarning, match="mapped by name") if data is shuffled else nullcontext():
+            trainer.test(fresh, datamodule=data, ckpt_path=module.ckpt_file, verbose=False)
+        results.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+    assert "test/id/share/m0" in results[0] and results[0] == pytest.approx(results[1])
+
+
+@pytest.fixture(scope="module")
+def tiny_model_pair(tmp_path_factory):
+    """A trained BaRP checkpoint on a 40-prompt table, and the same table with its model columns reversed."""
+    import lightning as L
+
+    from barp.data.datamodule import RoutingDataModule
+    from barp.data.table import OutcomeTable
+    from barp.module import BaRPModule
+    from conftest import make_table
+
+    out = tmp_path_factory.mktemp("order")
+    table = make_table(n=40, k=3, seed=3)
+    dm = RoutingDataModule(ood_tasks=[], batch_size=8, val_fraction=0.2, test_fraction=0.3)
+    dm._table = table
+    rev = RoutingDataModule(ood_tasks=[], batch_size=8, val_fraction=0.2, test_fraction=0.3)
+    rev._table = OutcomeTable(table.prompt_ids, table.prompts, table.tasks, table.models[::-1],
+                              table.scores[:, ::-1], table.costs[:, ::-1], source="reversed")
+    L.seed_everything(0)
+    module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim,
+                        extra_eval_w_c=[0.0])
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=out)
+    trainer.fit(module, datamodule=dm)
+    module.ckpt_file = out / "order.ckpt"
+    trainer.save_checkpoint(module.ckpt_file)
+    rev.prepare_data()
+    rev.setup("test")
+    return module, dm, rev
+
+
+# ------------------------------------------------------------------ item 2: the checkpoint's data settings
+def test_another_split_seed_that_would_test_on_training_prompts_is_refused(trained, tmp_path, capsys):
+    data, ckpt, _ = trained
+    err = fails(capsys, ["test", *run_args(data, tmp_path), "--ckpt_path", str(ckpt),
+                         "--data.init_args.split_seed", "7"])
+    assert "were training prompts of this checkpoint" in err
+    assert "data.split_seed: checkpoint 42, now 7" in err
+
+
+@pytest.mark.parametrize("option, value", [("max_length", "128"), ("truncation_side", "right")])
+def test_other_encoder_settings_are_refused(trained, tmp_path, capsys, option, value):
+    data, ckpt, _ = trained
+    err = fails(capsys, ["test", *run_args(data, tmp_path), "--ckpt_path", str(ckpt),
+                         f"--data.init_args.{option}", value])
+    assert f"data.{option}: checkpoint" in err and "embedded differently" in err
+
+
+def test_the_checkpoints_own_settings_test_fine(trained, tmp_path):
+    data, ckpt, _ = trained
+    cli = main(["test", *run_args(data, tmp_path), "--ckpt_path", str(ckpt)])
+    assert "test/id/reward" in cli.trainer.callback_metrics
+
+
+# ------------------------------------------------------------------ item 3: untrained results
+def test_test_without_a_checkpoint_is_refused(trained, tmp_path, capsys):
+    data, _, _ = trained
+    for sub in ("test", "validate", "predict"):
+        err = fails(capsys, [sub, *run_args(data, tmp_path)])
+        assert "needs --ckpt_path" in err
+    assert not list(tmp_path.rglob("*.json")) and not list(tmp_path.rglob("*.csv"))
+
+
+def test_fit_with_zero_epochs_is_refused_before_any_output(trained, tmp_path, capsys):
+    data, _, _ = trained
+    err = fails(capsys, ["fit", *run_args(data, tmp_path), "--trainer.max_epochs", "0"])
+    assert "trainer.max_epochs=0 trains nothing" in err
+    assert not list(tmp_path.rglob("*"))
+
+
+def test_an_untrained_module_is_never_tested(tiny_datamodule):
+    import lightning as L
+
+    from barp.module import BaRPModule
+
+    dm = tiny_datamodule
+    module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ConfigError, match="has not been trained"):
+        trainer.test(module, datamodule=dm, verbose=False)
+
+
+# ------------------------------------------------------------------ item 5: TrainedRouter input
+def test_trained_router_refuses_a_bare_string_and_non_strings(trained):
+    from barp.serve import TrainedRouter
+
+    router = TrainedRouter.from_checkpoint(trained[1])
+    with pytest.raises(ConfigError, match=r"list of prompt texts.*\[prompt\]"):
+        router.route("hello world")
+    with pytest.raises(ConfigError, match=r"prompts\[1\] must be a string, got int"):
+        router.route(["fine", 42])
+    assert router.route([]) == []
+    assert len(router.route(["hello world"])) == 1
+
+
+# ------------------------------------------------------------------ item 6 and the unusable checkpoints
+class _Payload:
+    """Unpickling this creates a file: what a hostile checkpoint would do."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+def _crafted(tmp_path: Path, trained_ckpt: Path) -> tuple[Path, Path]:
+    target = tmp_path / "pwned"
+    saved = torch.load(trained_ckpt, map_location="cpu", weights_only=True)
+    saved["hyper_parameters"]["evil"] = _Payload(target)
+    path = tmp_path / "crafted.ckpt"
+    torch.save(saved, path)
+    return path, target
+
+
+def test_a_crafted_checkpoint_never_runs_code(trained, tmp_path, capsys):
+    from barp.serve import TrainedRouter
+
+    data, ckpt, _ = trained
+    crafted, target = _crafted(tmp_path, ckpt)
+    with pytest.raises(ConfigError, match="refused to load.*getattr.*barp fit"):
+        TrainedRouter.from_checkpoint(crafted)
+    err = fails(capsys, ["test", *run_args(data, tmp_path / "run"), "--ckpt_path", str(crafted)])
+    assert "refused to load" in err and "weights_only" not in err
+    err = fails(capsys, ["sweep", "--config", RECIPE, "--data.init_args.path", str(data), "--ckpt_path",
+                         str(crafted), "--output", str(tmp_path / "sweep")])
+    assert "refused to load" in err
+    assert not target.exists()
+
+
+def _unusable(kind: str, tmp_path: Path, ckpt: Path) -> Path:
+    path = tmp_path / f"{kind}.ckpt"
+    if kind == "missing":
+        return path
+    if kind == "folder":
+        path.mkdir()
+        return path
+    if kind == "truncated":
+        path.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    elif kind == "text":
+        path.write_text("model: not a checkpoint\n")
+    elif kind == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "plain_pickle":
+        path.write_bytes(pickle.dumps({"state_dict": {}}))
+    return path
+
+
+@pytest.mark.parametrize("kind, named", [("missing", "does not exist"), ("folder", "is a folder"),
+                                         ("truncated", "not a readable checkpoint"),
+                                         ("text", "not a readable checkpoint"),
+                                         ("foreign", "not a barp checkpoint"),
+                                         ("plain_pickle", "not a readable checkpoint")])
+def test_every_unusable_checkpoint_gets_one_message(trained, tmp_path, capsys, kind, named):
+    from barp.serve import TrainedRouter
+
+    data, ckpt, _ = trained
+    path = _unusable(kind, tmp_path, ckpt)
+    err = fails(capsys, ["test", *run_args(data, tmp_path / "run"), "--ckpt_path", str(path)])
+    assert named in err and str(path) in err and "weights_only" not in err
+    with pytest.raises(ConfigError, match=named):
+        TrainedRouter.from_checkpoint(path)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_on_other_training_prompts_is_refused(trained, tmp_path, capsys):
+    data, ckpt, _ = trained
+    err = fails(capsys, ["fit", *run_args(data, tmp_path), "--ckpt_path", str(ckpt), "--trainer.max_epochs", "3",
+                         "--data.init_args.split_seed", "3"])
+    assert "training prompts differ from the checkpoint's" in err and "data.split_seed" in err
+
+
+# ------------------------------------------------------------------ config values that used to crash
+@pytest.mark.parametrize("yaml_text, named", [("model:\n  init_args:\n    lr: .nan\n", "model.lr"),
+                                              ("model:\n  init_args:\n    beta: .nan\n", "model.beta"),
+                                              ("data:\n  init_args:\n    max_length: 1000\n", "data.max_length=1000")])
+def test_nan_rates_and_too_long_max_length_are_named(trained, tmp_path, capsys, yaml_text, named):
+    data, _, _ = trained
+    config = tmp_path / "override.yaml"
+    config.write_text(yaml_text)
+    err = fails(capsys, ["fit", *run_args(data, tmp_path / "run"), "--config", str(config)])
+    assert named in err
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
+
+
+def test_max_length_is_checked_against_the_encoder():
+    from barp.encoders import SentenceEncoder, check_max_length
+
+    assert check_max_length("all-MiniLM-L6-v2", 512) == 512
+    with pytest.raises(ConfigError, match="513 exceeds the 512 token positions"):
+        SentenceEncoder(max_length=513)
+
+
+def test_a_yaml_syntax_error_names_its_file(tmp_path, capsys):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("model:\n  init_args:\n    lr: [0.1\n")
+    err = fails(capsys, ["fit", "--config", RECIPE, "--config", str(bad)])
+    assert f"--config {bad}: not valid YAML at line" in err
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", "--config", str(bad), "--output", str(tmp_path / "o")])
+    assert info.value.code == 2 and str(bad) in capsys.readouterr().err
+
+
+def test_checkpoint_loads_need_no_unsafe_types(trained):
+    """Every barp checkpoint loads with torch's weights-only unpickler (no allow-list needed)."""
+    _, ckpt, _ = trained
+    with zipfile.ZipFile(ckpt) as z:
+        assert any(name.endswith("data.pkl") for name in z.namelist())
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    json.dumps(saved["datamodule_hyper_parameters"])  # plain values only
