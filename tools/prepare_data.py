@@ -12,13 +12,15 @@ Converting once is the recommended path for large files and for pickles (the par
 
 from __future__ import annotations
 
+import glob
+import os
 import sys
 from pathlib import Path
 
 from jsonargparse import auto_cli
 
 from barp.data.sources import Format, OnMissing, load_table
-from barp.errors import BarpError
+from barp.errors import BarpError, ConfigError
 
 
 def format_summary(summary: dict) -> str:
@@ -35,6 +37,30 @@ def format_summary(summary: dict) -> str:
         f"best single model:  {summary['best_single_model']}",
     ]
     return "\n".join(lines)
+
+
+def check_output(path: str, output: str) -> None:
+    """Refuse, before reading anything, an ``output`` that is a folder or one of the input files.
+
+    Args:
+        path: The input specification (a file, a glob or comma-separated files).
+        output: The parquet file to write.
+
+    Raises:
+        ConfigError: ``output`` is a folder, or names an input file (it would be replaced by the parquet).
+    """
+    out = Path(output).expanduser()
+    if out.is_dir():
+        raise ConfigError(f"--output {output!r} is a folder: name the parquet file to write, e.g. {output}/data.parquet")
+    if not out.exists():
+        return
+    spec = str(path)
+    parts = [spec] if os.path.exists(spec) else [p.strip() for p in spec.split(",") if p.strip()]
+    for part in parts:
+        for candidate in sorted(glob.glob(os.path.expanduser(part))) or [part]:
+            if os.path.isfile(candidate) and os.path.samefile(candidate, out):
+                raise ConfigError(f"--output {output!r} is the input file {candidate!r}: it would be overwritten; "
+                                  "write the parquet to another path")
 
 
 def prepare(
@@ -64,6 +90,7 @@ def prepare(
     Returns:
         The table summary (see ``OutcomeTable.summary``) plus the output path.
     """
+    check_output(path, output)
     table = load_table(
         path,
         format,
