@@ -1,0 +1,203 @@
+"""``barp ope``: estimate a trained router's score, cost and reward from a served-request log, without serving it.
+
+    barp ope --log traffic.csv --ckpt_path best.ckpt --output runs/ope --w_c [0.2,0.5,0.8]
+
+Reads and validates the log (:mod:`barp.data.sources.logs`), loads the router and its frozen encoder from the
+checkpoint, embeds the log's prompts (through barp's embedding cache), and estimates the router's greedy policy (or
+its softmax at ``--temperature``) at each preference with IPS, self-normalised IPS and doubly robust
+(:mod:`barp.ope.estimators`). Writes ``ope.csv`` atomically into ``--output`` and prints a table; overlap problems
+are printed as warnings and kept in the CSV's ``warning`` column.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from jsonargparse import ArgumentParser
+
+from barp.errors import ConfigError, exit_on_user_error
+from barp.ope.estimators import ESTIMATORS, Estimate, estimate_policy
+
+OUTPUT_FILE = "ope.csv"
+
+
+def target_probabilities(
+    module: torch.nn.Module, embeddings: np.ndarray, w_c: float, temperature: float | None = None
+) -> np.ndarray:
+    """The router's policy at cost weight ``w_c`` on each embedded prompt, shape (n, K).
+
+    Args:
+        module: A router with ``route(emb, w) -> scores`` (e.g. BaRP's logits).
+        embeddings: Prompt embeddings, shape (n, D).
+        w_c: Cost weight (w = (1 - w_c, w_c)).
+        temperature: None: greedy (one-hot on the argmax, how barp evaluates and serves by default); a number > 0:
+            ``softmax(route / temperature)``.
+    """
+    emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32), device=module.device)
+    w = torch.tensor([1.0 - w_c, w_c], dtype=torch.float32, device=module.device).expand(len(emb), 2)
+    with torch.inference_mode():
+        scores = module.route(emb, w).double().cpu()
+    if temperature is None:
+        return torch.nn.functional.one_hot(scores.argmax(dim=-1), scores.shape[1]).double().numpy()
+    if not temperature > 0:
+        raise ConfigError(f"--temperature must be > 0 (or null for the greedy policy), got {temperature!r}")
+    return torch.softmax(scores / temperature, dim=-1).numpy()
+
+
+def embed_prompts(router, prompts: Sequence[str], cache_dir: str | None = None) -> np.ndarray:
+    """Embed ``prompts`` with the router's frozen encoder through barp's embedding cache (each text once).
+
+    Args:
+        router: A :class:`~barp.serve.TrainedRouter`.
+        prompts: The texts.
+        cache_dir: barp's cache folder (default ``$BARP_CACHE`` or ``~/.cache/barp``), as for training.
+    """
+    from barp.data.embedding_cache import EmbeddingCache, default_cache_dir
+    from barp.encoders import encoder_identity
+
+    encoder = router.encoder
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    dtype = str(next(encoder.model.parameters()).dtype).removeprefix("torch.")
+    cache = EmbeddingCache(root / "embeddings", encoder_identity(encoder.name), encoder.max_length,
+                           encoder.truncation_side, dtype)
+    vectors, _ = cache.get_or_compute(list(prompts), lambda texts: encoder.encode(texts, progress=True))
+    return vectors
+
+
+def ope(
+    log: str,
+    ckpt_path: str,
+    output: str,
+    w_c: list[float] | None = None,
+    estimators: list[Literal["ips", "snips", "dr"]] | None = None,
+    temperature: float | None = None,
+    clip: float | None = None,
+    bootstrap: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    folds: int = 2,
+    min_ess: float = 50.0,
+    tau: float | None = None,
+    cache_dir: str | None = None,
+) -> list[Estimate]:
+    """Off-policy evaluation of a trained router on a served-request log.
+
+    Args:
+        log: The log file (CSV, TSV, JSON lines or parquet; columns prompt, model, propensity, score, cost and
+            optionally w_c, timestamp, prompt_id, note; see docs/off_policy.md).
+        ckpt_path: Checkpoint of the router to evaluate (written by ``barp fit``).
+        output: Folder to write ``ope.csv`` into (created if needed; the file is replaced atomically).
+        w_c: Evaluation cost weights (default [0.2, 0.5, 0.8]).
+        estimators: Any of ips, snips, dr (default: all three).
+        temperature: Evaluate the router's softmax at this temperature instead of its greedy choice (null: greedy).
+        clip: Clip importance weights at this value (null: no clipping; clipping trades variance for bias).
+        bootstrap: Bootstrap resamples of the log rows for the intervals.
+        level: Coverage of the intervals.
+        seed: Seed of the cross-fitting folds and of the bootstrap.
+        folds: Cross-fitting folds of the doubly robust reward model (>= 2).
+        min_ess: Warn when the effective sample size is below this.
+        tau: Cost scale of the reward in USD (null: the checkpoint's tau).
+        cache_dir: barp's cache folder for the prompt embeddings (default $BARP_CACHE or ~/.cache/barp).
+
+    Returns:
+        The estimates, also written to ``<output>/ope.csv``.
+    """
+    from barp.data.sources.logs import read_log
+    from barp.serve import TrainedRouter
+
+    w_c = [0.2, 0.5, 0.8] if w_c is None else list(w_c)
+    estimators = list(ESTIMATORS) if estimators is None else list(estimators)
+    router = TrainedRouter.from_checkpoint(ckpt_path)
+    logged = read_log(log, models=router.models)
+    tau = router.module.tau_value if tau is None else tau
+    features = embed_prompts(router, logged.prompts, cache_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        results = estimate_policy(
+            logged, lambda pref: target_probabilities(router.module, features, pref, temperature), w_c, tau,
+            features, estimators=estimators, clip=clip, bootstrap=bootstrap, level=level, seed=seed, folds=folds,
+            min_ess=min_ess,
+        )
+    for item in caught:
+        print(f"barp ope: warning: {item.message}", file=sys.stderr)
+    write_csv(results, Path(output) / OUTPUT_FILE)
+    print(describe_log(logged, ckpt_path, tau, temperature) + "\n" + format_table(results, level), flush=True)
+    return results
+
+
+def write_csv(results: Sequence[Estimate], path: Path) -> Path:
+    """Write the estimates as CSV (one row per w_c, estimator and quantity) through a temporary file and a rename."""
+    from barp.callbacks import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(Estimate)], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(asdict(r) for r in results)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def describe_log(logged, ckpt_path: str, tau: float, temperature: float | None) -> str:
+    """One header line: the log, whether it is simulated, the router and the policy evaluated."""
+    kind = f"SIMULATED ({'; '.join(logged.notes)})" if logged.simulated else "logged traffic"
+    policy = "greedy" if temperature is None else f"softmax at temperature {temperature:g}"
+    return (f"log {logged.source}: {logged.num_rows} requests, {kind}\n"
+            f"router {ckpt_path} ({policy} policy), tau = {tau:.4g} USD")
+
+
+def format_table(results: Sequence[Estimate], level: float = 0.95) -> str:
+    """The estimates as a text table: one line per (w_c, estimator), each quantity with its interval."""
+    by_key: dict[tuple[float, str], dict[str, Estimate]] = {}
+    for r in results:
+        by_key.setdefault((r.w_c, r.estimator), {})[r.quantity] = r
+    pct = f"{level:.0%}"
+    lines = [f"{'w_c':>4} {'estimator':<9} {'score [' + pct + ' CI]':>26} {'cost($) [' + pct + ' CI]':>34} "
+             f"{'reward [' + pct + ' CI]':>27} {'ESS':>7}  warning"]
+    fmt = {"score": "{:.4f}", "cost": "{:.3e}", "reward": "{:.4f}"}
+    for (pref, name), row in by_key.items():
+        cells = []
+        for q, width in (("score", 26), ("cost", 34), ("reward", 27)):
+            e = row.get(q)
+            f = fmt[q]
+            text = "" if e is None else f"{f.format(e.estimate)} [{f.format(e.ci_low)}, {f.format(e.ci_high)}]"
+            cells.append(f"{text:>{width}}")
+        any_row = next(iter(row.values()))
+        flag = "yes (see above)" if any_row.warning else ""
+        lines.append(f"{pref:>4g} {name:<9} {' '.join(cells)} {any_row.ess:>7.1f}  {flag}")
+    return "\n".join(lines)
+
+
+def ope_parser() -> ArgumentParser:
+    """The ``barp ope`` argument parser (help text comes from :func:`ope`'s docstring)."""
+    parser = ArgumentParser(
+        prog="barp ope",
+        description="Estimate a trained router's mean score, cost and reward at each preference from a log of served "
+                    "requests (IPS, self-normalised IPS, doubly robust), with bootstrap intervals and effective "
+                    "sample sizes; write ope.csv into --output.",
+    )
+    parser.add_function_arguments(ope)
+    return parser
+
+
+def run_ope_cli(argv: list[str]) -> list[Estimate]:
+    """Run ``barp ope`` with command-line arguments ``argv`` (without the ``ope`` word).
+
+    Args:
+        argv: Arguments, e.g. ``["--log", "traffic.csv", "--ckpt_path", "best.ckpt", "--output", "runs/ope"]``.
+
+    Returns:
+        The estimates written to ``ope.csv``. A bad input (file, checkpoint, option) prints one error line and
+        exits with code 2.
+    """
+    parser = ope_parser()
+    cfg = parser.parse_args(argv)
+    with exit_on_user_error("barp ope"):
+        return ope(**{k: v for k, v in cfg.as_dict().items() if k != "__path__"})
