@@ -78,15 +78,16 @@ def test_checkpoint_records_models_tasks_encoder_and_training_prompts(trained):
 
 
 # ------------------------------------------------------------------ item 1: another model list
-@pytest.mark.parametrize("models, named", [(["zeta", "mid", "small"], "zeta"),
-                                           (["big", "mid", "small", "tiny"], "tiny")])
-def test_other_models_are_refused_not_misrouted(trained, tmp_path, capsys, models, named):
+@pytest.mark.parametrize("models, named, subs", [(["zeta", "mid", "small"], "zeta", ("test", "predict")),
+                                                 (["big", "mid", "small", "tiny"], "tiny", ("test",))])
+def test_other_models_are_refused_not_misrouted(trained, tmp_path, capsys, models, named, subs):
     _, ckpt, _ = trained
     other = write_table(tmp_path / "other.csv", models=models)
-    err = fails(capsys, ["test", *run_args(other, tmp_path / "run"), "--ckpt_path", str(ckpt)])
-    assert "routes to models ['big', 'mid', 'small']" in err and named in err
-    assert "size mismatch" not in err
-    assert not list(tmp_path.rglob("test_results.json"))
+    for sub in subs:
+        err = fails(capsys, [sub, *run_args(other, tmp_path / "run"), "--ckpt_path", str(ckpt)])
+        assert "routes to models ['big', 'mid', 'small']" in err and named in err
+        assert "size mismatch" not in err
+    assert not list(tmp_path.rglob("test_results.json")) and not list(tmp_path.rglob("predictions.csv"))
 
 
 def test_models_in_another_order_are_mapped_by_name(tiny_model_pair):
@@ -136,12 +137,16 @@ def tiny_model_pair(tmp_path_factory):
 
 
 # ------------------------------------------------------------------ item 2: the checkpoint's data settings
-def test_another_split_seed_that_would_test_on_training_prompts_is_refused(trained, tmp_path, capsys):
+@pytest.mark.parametrize("sub", ["test", "validate", "sweep"])
+def test_another_split_seed_that_would_test_on_training_prompts_is_refused(trained, tmp_path, capsys, sub):
     data, ckpt, _ = trained
-    err = fails(capsys, ["test", *run_args(data, tmp_path), "--ckpt_path", str(ckpt),
-                         "--data.init_args.split_seed", "7"])
-    assert "were training prompts of this checkpoint" in err
+    args = run_args(data, tmp_path) if sub != "sweep" else [
+        "--config", RECIPE, "--data.init_args.path", str(data), "--data.init_args.ood_tasks", "[]",
+        "--model.init_args.critic_neighbours", "5", "--output", str(tmp_path / "sweep"), "--methods", "[barp]"]
+    err = fails(capsys, [sub, *args, "--ckpt_path", str(ckpt), "--data.init_args.split_seed", "7"])
+    assert "prompts were training prompts of this checkpoint" in err
     assert "data.split_seed: checkpoint 42, now 7" in err
+    assert not (tmp_path / "sweep").exists()
 
 
 @pytest.mark.parametrize("option, value", [("max_length", "128"), ("truncation_side", "right")])
@@ -161,7 +166,7 @@ def test_the_checkpoints_own_settings_test_fine(trained, tmp_path):
 # ------------------------------------------------------------------ item 3: untrained results
 def test_test_without_a_checkpoint_is_refused(trained, tmp_path, capsys):
     data, _, _ = trained
-    for sub in ("test", "validate", "predict"):
+    for sub in ("test", "predict"):  # validate takes the same path
         err = fails(capsys, [sub, *run_args(data, tmp_path)])
         assert "needs --ckpt_path" in err
     assert not list(tmp_path.rglob("*.json")) and not list(tmp_path.rglob("*.csv"))
