@@ -284,3 +284,13 @@ def test_bad_input_is_one_error_and_exit_code_2(trained, tmp_path, capsys, make,
     assert exit_.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("barp ope: error:") and message in last and not (tmp_path / "o").exists()
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_ope_cli(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--log", "--ckpt_path", "--output", "--w_c", "--estimators", "--temperature", "--clip",
+                   "--bootstrap", "--folds", "--min_ess", "--tau"):
+        assert option in text
