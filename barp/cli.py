@@ -121,6 +121,11 @@ def main(args: list[str] | None = None) -> BarpCLI | None:
 
         run_sweep_cli(argv[1:])
         return None
+    if argv[:1] == ["ope"]:
+        from barp.ope.cli import run_ope_cli
+
+        run_ope_cli(argv[1:])
+        return None
     with exit_on_user_error("barp"):
         check_config_files(argv)
         return BarpCLI(

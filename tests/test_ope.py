@@ -287,8 +287,10 @@ def test_bad_input_is_one_error_and_exit_code_2(trained, tmp_path, capsys, make,
 
 
 def test_help_lists_every_option(capsys):
+    from barp.cli import main
+
     with pytest.raises(SystemExit) as exit_:
-        run_ope_cli(["--help"])
+        main(["ope", "--help"])  # the `barp ope` subcommand
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     for option in ("--log", "--ckpt_path", "--output", "--w_c", "--estimators", "--temperature", "--clip",
