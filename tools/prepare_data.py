@@ -73,11 +73,13 @@ def prepare(
     default_task: str = "other",
     prices: str | None = None,
     cache_dir: str | None = None,
+    task_column: str = "task",
 ) -> dict:
     """Convert ``path`` to barp's canonical parquet at ``output`` and print a summary.
 
     Args:
-        path: Input file(s): a file, a glob, comma-separated files, or an hf:// path.
+        path: Input file(s): a file, a glob, comma-separated files, an hf:// path, a ``datasets`` folder or an
+            ``hf-dataset://OWNER/NAME@REVISION#SPLIT`` hub dataset.
         output: The parquet file to write.
         format: Input layout (auto, routerbench, routerbench_long, wide, long, records, parquet).
         trust_pickle: Unpickle an input whose SHA-256 is not a pinned official RouterBench file.
@@ -86,6 +88,7 @@ def prepare(
         default_task: Family of unmapped RouterBench names and of rows without a task.
         prices: Price table (JSON/YAML) for the records layout; costs are then estimates.
         cache_dir: Download folder for hf:// paths.
+        task_column: Column (records: key) with each row's task family, e.g. ``cluster_id`` for LLMRouter's files.
 
     Returns:
         The table summary (see ``OutcomeTable.summary``) plus the output path.
@@ -100,6 +103,7 @@ def prepare(
         default_task=default_task,
         prices=prices,
         cache_dir=cache_dir,
+        task_column=task_column,
     )
     written = table.to_parquet(output)
     summary = table.summary()
