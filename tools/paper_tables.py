@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 from jsonargparse import auto_cli
 
-from barp.callbacks import atomic_write_text
+from barp.atomic import atomic_write_text
 
 Table = Literal["per_task", "cost", "heads", "algorithms", "summary"]
 HEADS = ("mlp", "linear", "bilinear")

@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from barp.atomic import atomic_path
 
 #: Texts embedded per shard: an interrupted run loses at most this many texts' work.
 CHUNK_SIZE = 1024
@@ -101,17 +102,10 @@ class EmbeddingCache:
             meta.write_text(json.dumps(self.setting, indent=2))
         digest = hashlib.sha1(b"".join(keys)).hexdigest()[:16]
         final = self.folder / f"shard-{digest}.npz"
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".shard-", suffix=".npz")
-        os.close(fd)
-        try:
-            with open(tmp, "wb") as fh:
-                # raw 20-byte keys as uint8 rows ("S20" would drop trailing zero bytes)
-                keys_u8 = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 20)
-                np.savez(fh, keys=keys_u8, vectors=vectors.astype(np.float32))
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(final) as tmp, open(tmp, "wb") as fh:
+            # raw 20-byte keys as uint8 rows ("S20" would drop trailing zero bytes)
+            keys_u8 = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 20)
+            np.savez(fh, keys=keys_u8, vectors=vectors.astype(np.float32))
         return final
 
     def get_or_compute(

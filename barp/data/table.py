@@ -8,13 +8,13 @@ evaluation) consumes only this form.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from barp.atomic import atomic_path
 from barp.errors import DataValidationError
 
 
@@ -176,14 +176,6 @@ class OutcomeTable:
 
     def to_parquet(self, path: str | os.PathLike) -> Path:
         """Write barp's canonical parquet file atomically (temporary name, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             self.to_frame().to_parquet(tmp, index=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return Path(path)

@@ -3,8 +3,6 @@ split. Single models are grey labelled points; routers are curves ordered by w_c
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from barp.atomic import atomic_path  # noqa: E402
 from barp.evaluation.summary import SINGLE_PREFIX  # noqa: E402
 
 # cheapest / most_expensive coincide with a single model's point; the grey points already show them.
@@ -19,15 +18,8 @@ _SKIP = {"cheapest", "most_expensive"}
 
 
 def _save_atomic(fig: plt.Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp.png") as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata={"Software": None})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plot_pareto(rows: list[dict], path: str | Path, summary: dict | None = None) -> Path:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from barp.callbacks import atomic_write_text
+from barp.atomic import atomic_write_text
 from barp.checkpoints import check_encoder, check_unseen, load_checkpoint, model_order
 from barp.checkpoints import module_class as checkpoint_class
 from barp.errors import ConfigError

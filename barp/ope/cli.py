@@ -136,7 +136,7 @@ def ope(
 
 def write_csv(results: Sequence[Estimate], path: Path) -> Path:
     """Write the estimates as CSV (one row per w_c, estimator and quantity) through a temporary file and a rename."""
-    from barp.callbacks import atomic_write_text
+    from barp.atomic import atomic_write_text
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(Estimate)], lineterminator="\n")

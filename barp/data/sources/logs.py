@@ -26,7 +26,6 @@ naming the file, the column, the row (0-based, header excluded) and the value.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +33,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from barp.atomic import atomic_path
 from barp.data.sources.assemble import NA_TEXT, describe, is_missing, prompt_text
 from barp.data.sources.files import read_file
+from barp.data.sources.generic import require
 from barp.errors import DataValidationError
 
 REQUIRED_COLUMNS = ("prompt", "model", "propensity", "score", "cost")
@@ -190,22 +191,15 @@ class LoggedFeedback:
             path: The file; its suffix chooses the container (anything else is written as CSV).
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
         frame = self.to_frame()
         suffix = path.suffix.lower()
-        try:
+        with atomic_path(path) as tmp:
             if suffix in (".parquet", ".pq"):
                 frame.to_parquet(tmp, index=False)
             elif suffix in (".jsonl", ".json"):
                 frame.to_json(tmp, orient="records", lines=True, force_ascii=False, double_precision=15)
             else:
                 frame.to_csv(tmp, index=False, sep="\t" if suffix in (".tsv", ".tab") else ",")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
 
@@ -274,13 +268,7 @@ def _actions(names: list[str], models: list[str] | None, source: str) -> tuple[l
 
 
 def _check_columns(frame: pd.DataFrame, source: str) -> None:
-    for column in REQUIRED_COLUMNS:
-        if column not in frame.columns:
-            found = ", ".join(map(repr, list(frame.columns)[:12])) + (", ..." if frame.shape[1] > 12 else "")
-            raise DataValidationError(
-                f"{source}: column {column!r} is missing (every row); a served-request log needs columns "
-                f"{list(REQUIRED_COLUMNS)} (optional: {list(OPTIONAL_COLUMNS)}); the file has {found}"
-            )
+    require(frame, REQUIRED_COLUMNS, source, f"served-request log (optional columns: {list(OPTIONAL_COLUMNS)})")
 
 
 def read_log(path: str | os.PathLike, models: Sequence[str] | None = None, trust_pickle: bool = False) -> LoggedFeedback:
