@@ -6,6 +6,12 @@ model a, nothing else), compute r = w_q q - w_c min(c / tau, 1), and minimise
 -(r - b) log pi(a|x, w) - beta H(pi). With ``samples_per_prompt = k`` each prompt gets k such pulls per step.
 With ``critic="neighbours"`` the policy instead follows a critic built from the pulled outcomes of each prompt's
 nearest training prompts (:mod:`barp.critic`, :func:`barp.rl.critic_policy_loss`).
+
+Trained from a log of served requests (``data.train_log``; :class:`~barp.data.environment.LoggedEnvironment`), the
+step is off-policy: the logged model and its outcome replace the sampled pull, and the policy-gradient terms are
+weighted by clipped, self-normalised importance weights pi(a|x, w) / mu(a|x) (:func:`barp.rl.importance_weights`),
+with a fresh preference w per example (the logged score and cost give the reward at any w). The critic's memory
+holds the mean logged outcome of each (prompt, model) the log served, and nothing else.
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ from typing import Literal
 import torch
 
 from barp.critic import NeighbourCritic
-from barp.data.environment import Feedback
+from barp.data.environment import Feedback, LoggedEnvironment
 from barp.errors import ConfigError
 from barp.policy import BaRPPolicy, Head, PreferenceFeatures
 from barp.rl import (
     check_cost_power,
     critic_policy_loss,
+    importance_weights,
     leave_one_out_baseline,
     normalized_cost,
     preference_fit_baseline,
@@ -66,6 +73,8 @@ class BaRPModule(RouterModule):
         critic_prior: Pseudo-observations at each model's global mean in the critic's estimates.
         critic_residual: Weight of the observed-reward correction (:func:`~barp.rl.critic_policy_loss`): 0 learns
             from the critic's estimates only, 1 is unbiased (doubly robust).
+        importance_clip: Off-policy training only (``data.train_log``): upper bound of an importance weight
+            pi(a|x, w) / mu(a|x) before self-normalisation; None does not clip.
         **kwargs: Evaluation and linking options of :class:`~barp.router_module.RouterModule`.
     """
 
@@ -87,6 +96,7 @@ class BaRPModule(RouterModule):
         critic_neighbours: int = 40,
         critic_prior: float = 1.0,
         critic_residual: float = 0.0,
+        importance_clip: float | None = 10.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -111,6 +121,9 @@ class BaRPModule(RouterModule):
             raise ConfigError(f"model.critic_prior must be a finite number >= 0, got {critic_prior!r}")
         if not (isinstance(critic_residual, (int, float)) and 0 <= critic_residual < float("inf")):
             raise ConfigError(f"model.critic_residual must be a finite number >= 0, got {critic_residual!r}")
+        if importance_clip is not None and not (isinstance(importance_clip, (int, float))
+                                                 and 1 <= importance_clip < float("inf")):
+            raise ConfigError(f"model.importance_clip must be a finite number >= 1 or null, got {importance_clip!r}")
         if not 0 <= baseline_momentum < 1:
             raise ConfigError(f"model.baseline_momentum must be in [0, 1), got {baseline_momentum!r}")
         self.policy = BaRPPolicy(self.embed_dim, len(self.model_names), head, hidden_dim, pref_dim, preference_features)
@@ -131,6 +144,8 @@ class BaRPModule(RouterModule):
         if self._critic_state is not None:
             self.critic.load_state_dict(self._critic_state)
             self._critic_state = None
+        elif isinstance(self.env, LoggedEnvironment):
+            self._observe_log(self.env)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -192,6 +207,8 @@ class BaRPModule(RouterModule):
             emb, rows = emb.repeat_interleave(k, dim=0), rows.repeat_interleave(k, dim=0)
         w = sample_preferences(len(emb), device=emb.device, cost_power=self.hparams.cost_power)
         logits = self.policy(emb, w)
+        if isinstance(self.env, LoggedEnvironment):
+            return self._off_policy_step(emb, rows, w, logits)
         actions = torch.distributions.Categorical(logits=logits).sample()
         feedback = self.env.pull(rows, actions)
         r = reward(feedback.score, feedback.cost, w, self.tau_value)
@@ -213,6 +230,39 @@ class BaRPModule(RouterModule):
             on_step=False, on_epoch=True, batch_size=len(emb),
         )
         return terms.loss
+
+    def _off_policy_step(self, emb: torch.Tensor, rows: torch.Tensor, w: torch.Tensor,
+                         logits: torch.Tensor) -> torch.Tensor:
+        """One step on logged requests: importance-weighted policy gradient (or the critic's), fresh preferences."""
+        logged = self.env.logged(rows)
+        r = reward(logged.score, logged.cost, w, self.tau_value)
+        rho = importance_weights(logits, logged.action, logged.propensity, self.hparams.importance_clip)
+        beta = self.current_beta()
+        if self.hparams.critic != "none":
+            if self.critic is None:
+                raise RuntimeError("BaRPModule(critic=...) needs a datamodule with train_embeddings() to train")
+            values = self.critic.values(logged.prompt, w)
+            terms = critic_policy_loss(logits, values, logged.action, r, self.hparams.critic_residual, beta, rho)
+        else:
+            b = (rho * r).sum() / rho.sum() if self.hparams.baseline != "none" else torch.zeros((), device=r.device)
+            terms = reinforce_loss(logits, logged.action, r, b, beta, rho)
+        self.log_dict(
+            {"train/loss": terms.loss, "train/policy_loss": terms.policy_loss, "train/entropy": terms.entropy,
+             "train/logged_reward": r.mean(), "train/max_weight": rho.max(), "train/beta": torch.tensor(beta)},
+            on_step=False, on_epoch=True, batch_size=len(emb),
+        )
+        return terms.loss
+
+    def _observe_log(self, env: LoggedEnvironment) -> None:
+        """Fill the critic's memory with the mean logged outcome of every (prompt, model) the log served."""
+        cells = env.cells()
+        key = cells.prompt * env.num_arms + cells.action
+        unique, inverse = torch.unique(key, return_inverse=True)
+        count = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(key,
+                                                                                                   dtype=torch.float64))
+        mean = lambda v: torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, v.double()) / count  # noqa: E731
+        cost_norm = normalized_cost(cells.cost, self.tau_value)
+        self.critic.observe(unique // env.num_arms, unique % env.num_arms, mean(cells.score), mean(cost_norm))
 
     def _observe(self, rows: torch.Tensor, actions: torch.Tensor, feedback: Feedback) -> None:
         """Add this step's pulls to the critic's memory; under DDP every process adds every process's pulls."""

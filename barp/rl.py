@@ -90,6 +90,26 @@ def reward(score: torch.Tensor, cost: torch.Tensor, w: torch.Tensor, tau: float)
     return w_q * score - w_c * normalized_cost(cost, tau)
 
 
+def importance_weights(logits: torch.Tensor, actions: torch.Tensor, propensity: torch.Tensor,
+                       clip: float | None) -> torch.Tensor:
+    """Self-normalised, clipped importance weights of logged actions, shape (B,), detached.
+
+    ``rho_i = min(pi(a_i|x_i, w_i) / mu_i, clip)``, divided by the batch mean of rho so that they average 1
+    (self-normalised: a little bias, much less variance than plain inverse propensity weights).
+
+    Args:
+        logits: The learner's policy logits, shape (B, K).
+        actions: Logged (served) model indices, shape (B,).
+        propensity: The logging policy's probability of each logged action, in (0, 1], shape (B,).
+        clip: Upper bound of a single weight before normalisation; None: no clipping.
+    """
+    probs = torch.softmax(logits.detach(), dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    rho = probs / propensity.to(probs.dtype)
+    if clip is not None:
+        rho = rho.clamp(max=clip)
+    return rho / rho.mean().clamp(min=1e-12)
+
+
 def preference_fit_baseline(rewards: torch.Tensor, w: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
     """Per-example baseline ``b_i = theta . w_i`` with theta the batch's ridge least-squares fit of rewards on w.
 
@@ -162,7 +182,8 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def reinforce_loss(
-    logits: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, baseline: torch.Tensor | float, beta: float
+    logits: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, baseline: torch.Tensor | float, beta: float,
+    weights: torch.Tensor | None = None,
 ) -> ReinforceTerms:
     """REINFORCE with a baseline and an entropy bonus, averaged over the batch.
 
@@ -172,13 +193,17 @@ def reinforce_loss(
         rewards: Observed rewards of the sampled models, shape (B,).
         baseline: Baseline b (a scalar or shape (B,)); treated as a constant.
         beta: Entropy coefficient.
+        weights: Importance weights pi(a|x,w) / mu(a|x) of actions drawn by another (logging) policy mu, shape
+            (B,), treated as constants; None for on-policy samples.
 
     Returns:
-        :class:`ReinforceTerms` with ``loss = mean(-(r - b) log pi(a)) - beta * mean(H)``.
+        :class:`ReinforceTerms` with ``loss = mean(-rho (r - b) log pi(a)) - beta * mean(H)`` (rho = 1 on-policy).
     """
     logp = torch.log_softmax(logits, dim=-1)
     logp_a = logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
     advantage = (rewards - torch.as_tensor(baseline, dtype=rewards.dtype, device=rewards.device)).detach()
+    if weights is not None:
+        advantage = advantage * weights.detach()
     policy_loss = -(advantage * logp_a).mean()
     ent = entropy(logits).mean()
     return ReinforceTerms(loss=policy_loss - beta * ent, policy_loss=policy_loss, entropy=ent, advantage=advantage)
@@ -186,7 +211,7 @@ def reinforce_loss(
 
 def critic_policy_loss(
     logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
-    residual_weight: float, beta: float,
+    residual_weight: float, beta: float, weights: torch.Tensor | None = None,
 ) -> ReinforceTerms:
     """Policy loss with a critic's per-model value estimates (ours; see :mod:`barp.critic`), averaged over the batch.
 
@@ -203,6 +228,8 @@ def critic_policy_loss(
         rewards: Observed rewards of the pulled models, shape (B,).
         residual_weight: Weight of the observed-reward correction (>= 0).
         beta: Entropy coefficient.
+        weights: Importance weights of actions drawn by a logging policy (off-policy), shape (B,); they multiply
+            the correction term (the first term needs none: it sums over every model). None: on-policy.
 
     Returns:
         :class:`ReinforceTerms`; ``advantage`` is the correction ``r - Q_hat(a_pulled)``.
@@ -212,6 +239,7 @@ def critic_policy_loss(
     a = actions.long().unsqueeze(-1)
     direct = -(logp.exp() * values).sum(-1).mean()
     advantage = (rewards - values.gather(-1, a).squeeze(-1)).detach()
-    policy_loss = direct - residual_weight * (advantage * logp.gather(-1, a).squeeze(-1)).mean()
+    weighted = advantage if weights is None else advantage * weights.detach()
+    policy_loss = direct - residual_weight * (weighted * logp.gather(-1, a).squeeze(-1)).mean()
     ent = entropy(logits).mean()
     return ReinforceTerms(loss=policy_loss - beta * ent, policy_loss=policy_loss, entropy=ent, advantage=advantage)

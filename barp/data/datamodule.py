@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from barp.data.embedding_cache import EmbeddingCache, default_cache_dir
-from barp.data.environment import BanditEnvironment
+from barp.data.environment import BanditEnvironment, LoggedEnvironment
 from barp.data.splits import Splits, make_splits
 from barp.data.table import OutcomeTable
 from barp.encoders import (
@@ -70,6 +70,10 @@ class RoutingDataModule(L.LightningDataModule):
             ``path``, read with the same options.
         val_path: A published validation split, likewise; without it validation is cut from ``path``'s rows by
             ``val_fraction``.
+        train_log: Train from this log of served requests (CSV, JSON lines or parquet with prompt, model,
+            propensity, score, cost; see docs/off_policy.md) instead of pulling arms on the table's training split:
+            off-policy, each request revealing only the model that answered. The table still gives the
+            validation and test splits (and the model list, which the log's models must belong to).
         format: File format; ``auto`` detects it from the content.
         num_prompts: Size of the built-in synthetic benchmark.
         synthetic_seed: Seed of the built-in synthetic benchmark.
@@ -106,6 +110,7 @@ class RoutingDataModule(L.LightningDataModule):
         path: str | None = None,
         test_path: str | None = None,
         val_path: str | None = None,
+        train_log: str | None = None,
         format: str = "auto",
         num_prompts: int = 3000,
         synthetic_seed: int = 0,
@@ -156,6 +161,10 @@ class RoutingDataModule(L.LightningDataModule):
         self.predict_splits = list(predict_splits or ["test", "ood"])
         self._table: OutcomeTable | None = None
         self._roles: list[str] | None = None  # per row: "pool", "val" or "test" (fixed split files)
+        self._log = None  # the training log (train_log): LoggedFeedback, distinct prompts, and their embeddings
+        self._log_prompts: list[str] | None = None
+        self._log_prompt_index: np.ndarray | None = None
+        self._log_embeddings: np.ndarray | None = None
         self._splits: Splits | None = None
         self._embeddings: np.ndarray | None = None
 
@@ -235,13 +244,41 @@ class RoutingDataModule(L.LightningDataModule):
         test = ["id"] + (["ood"] if len(self.splits.ood) else [])
         return {"validate": ["id"], "test": test, "fit": ["id"]}
 
-    def train_environment(self) -> BanditEnvironment:
-        """The bandit environment over the training split (row numbers match training batches' ``row``)."""
+    @property
+    def train_log(self):
+        """The training log (``train_log``) as a validated ``LoggedFeedback``, or None."""
+        if self._log is None and self.hparams.train_log:
+            from barp.data.sources.logs import read_log
+
+            self._log = read_log(self.hparams.train_log, models=self.table.models)
+            self._log_prompts, index = [], {}
+            for text in self._log.prompts:
+                index.setdefault(text, len(index))
+            self._log_prompts = list(index)
+            self._log_prompt_index = np.asarray([index[t] for t in self._log.prompts], dtype=np.int64)
+            evaluated = {self.table.prompts[i] for part in (self.splits.val, self.splits.test, self.splits.ood)
+                         for i in part}
+            shared = sum(1 for t in self._log_prompts if t in evaluated)
+            if shared:
+                warnings.warn(f"{self.hparams.train_log}: {shared} of its {len(self._log_prompts)} prompts are also "
+                              "in the validation or test splits, so they are trained and evaluated on",
+                              UserWarning, stacklevel=2)
+        return self._log
+
+    def train_environment(self):
+        """The bandit environment over the training split (row numbers match training batches' ``row``); with
+        ``train_log``, the :class:`~barp.data.environment.LoggedEnvironment` of the log (row = log row)."""
+        log = self.train_log
+        if log is not None:
+            return LoggedEnvironment(log.actions, log.propensity, log.score, log.cost, self._log_prompt_index,
+                                     list(log.models))
         return BanditEnvironment(self.table.subset(self.splits.train))
 
     def train_embeddings(self) -> np.ndarray:
         """Embeddings of the training split, shape (N, D), row i = training batches' ``row == i`` (no outcomes)."""
         assert self._embeddings is not None, "call setup() first"
+        if self.train_log is not None:
+            return self._log_embeddings  # one row per distinct log prompt (the critic's rows)
         return self._embeddings[self.splits.train]
 
     # ------------------------------------------------------------------ embeddings
@@ -261,11 +298,15 @@ class RoutingDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Embed every prompt not yet in the cache (runs once per node, before ``setup``)."""
         self._embeddings, _ = self._cache().get_or_compute(self.table.prompts, self._encode)
+        if self.train_log is not None:
+            self._log_embeddings, _ = self._cache().get_or_compute(self._log_prompts, self._encode)
 
     def setup(self, stage: str | None = None) -> None:
         """Load embeddings (from the cache that ``prepare_data`` filled) and check the split sizes."""
         if self._embeddings is None:  # ranks other than the one that ran prepare_data
             self._embeddings, _ = self._cache().get_or_compute(self.table.prompts, self._encode)
+        if self.train_log is not None and self._log_embeddings is None:
+            self._log_embeddings, _ = self._cache().get_or_compute(self._log_prompts, self._encode)
         if len(self.splits.train) == 0:
             raise ConfigError(f"{self.table.source}: the training split is empty; lower val/test fractions")
 
@@ -286,7 +327,13 @@ class RoutingDataModule(L.LightningDataModule):
                           num_workers=self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        """Training batches: ``emb`` and ``row`` (position in the training split) only; no outcomes."""
+        """Training batches: ``emb`` and ``row`` (position in the training split, or the log row with
+        ``train_log``) only; no outcomes."""
+        repeats = self.hparams.train_repeats
+        if self.train_log is not None:
+            log_rows = torch.arange(len(self.train_log)).repeat(repeats)
+            emb = torch.as_tensor(self._log_embeddings)[torch.as_tensor(self._log_prompt_index)[log_rows]]
+            return self._loader({"emb": emb, "row": log_rows}, self.hparams.batch_size, shuffle=True)
         rows = np.tile(self.splits.train, self.hparams.train_repeats)
         tensors = self._tensors(rows, outcomes=False)
         tensors["row"] = torch.arange(len(self.splits.train)).repeat(self.hparams.train_repeats)  # env positions

@@ -3,6 +3,8 @@
 Training code never receives the table. It gets a :class:`BanditEnvironment`, whose only way to read
 outcomes is :meth:`BanditEnvironment.pull` (one model per prompt), and training batches that carry
 embeddings and row numbers but no outcomes. The outcome arrays live in a closure, not in attributes.
+:class:`LoggedEnvironment` serves off-policy training from a log of served requests instead: it holds only what
+the log holds (one model's outcome per request, with its propensity) and answers no pulls.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 
 from barp.data.table import OutcomeTable
+from barp.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -70,3 +73,70 @@ class BanditEnvironment:
         if self._cost_values is None:
             raise RuntimeError("this environment does not disclose costs")
         return float(np.percentile(self._cost_values, percentile))
+
+
+@dataclass(frozen=True)
+class LoggedBatch:
+    """Served requests of a log, as training sees them: per row the prompt, the model that answered, the
+    probability the logging policy gave it, and that model's score and cost (shape (B,) each)."""
+
+    prompt: torch.Tensor
+    action: torch.Tensor
+    propensity: torch.Tensor
+    score: torch.Tensor
+    cost: torch.Tensor
+
+
+class LoggedEnvironment:
+    """Off-policy training data: a log of served requests, each revealing only the model that answered.
+
+    It answers no pulls (:meth:`pull` raises): a learner trained on it never sees another model's outcome than
+    the one the logging policy served. Training batches' ``row`` is the log row.
+
+    Args:
+        actions: Served model index per log row, shape (R,).
+        propensity: The logging policy's probability of that model, in (0, 1], shape (R,).
+        score: Its score, shape (R,).
+        cost: Its cost in USD, shape (R,).
+        prompt_index: Index of each row's prompt among the log's distinct prompts, shape (R,).
+        models: The model names (the policy's order).
+    """
+
+    def __init__(self, actions, propensity, score, cost, prompt_index, models: list[str]) -> None:
+        self._action = torch.as_tensor(np.array(actions), dtype=torch.long)
+        self._propensity = torch.as_tensor(np.array(propensity, dtype=np.float32))
+        self._score = torch.as_tensor(np.array(score, dtype=np.float32))
+        self._cost = torch.as_tensor(np.array(cost, dtype=np.float32))
+        self._prompt = torch.as_tensor(np.array(prompt_index), dtype=torch.long)
+        self.models = list(models)
+        self.num_rows = len(self._action)
+        self.num_prompts = int(self._prompt.max()) + 1 if self.num_rows else 0
+        self.num_arms = len(self.models)
+
+    def logged(self, rows: torch.Tensor) -> LoggedBatch:
+        """The logged requests ``rows`` (log row numbers), on ``rows``' device."""
+        r = rows.detach().long().cpu()
+        return LoggedBatch(*(t[r].to(rows.device) for t in (self._prompt, self._action, self._propensity,
+                                                            self._score, self._cost)))
+
+    def pull(self, rows: torch.Tensor, arms: torch.Tensor) -> Feedback:
+        """Always refused: a log holds only the served model's outcome of each request."""
+        raise RuntimeError("a served-request log answers no pulls: train with an off-policy learner")
+
+    def cells(self) -> LoggedBatch:
+        """Every logged request (for a critic's memory)."""
+        return LoggedBatch(self._prompt, self._action, self._propensity, self._score, self._cost)
+
+    def mean_cost_per_model(self) -> np.ndarray:
+        """Mean logged cost of each model, shape (K,); every model must have been served at least once."""
+        cost, action = self._cost.double().numpy(), self._action.numpy()
+        counts = np.bincount(action, minlength=self.num_arms)
+        if (counts == 0).any():
+            missing = [m for m, c in zip(self.models, counts) if c == 0]
+            raise ConfigError(f"data.train_log: models {missing} never answered a logged request, so their cost "
+                              "is unknown; log with exploration (e.g. a uniform or epsilon-greedy policy)")
+        return np.bincount(action, weights=cost, minlength=self.num_arms) / counts
+
+    def cost_percentile(self, percentile: float) -> float:
+        """A percentile of the logged costs (used for tau)."""
+        return float(np.percentile(self._cost.double().numpy(), percentile))
