@@ -11,7 +11,7 @@ from barp import __version__
 from barp.errors import ConfigError, exit_on_user_error
 
 
-EVAL_TIME_OPTIONS = ("eval_w_c", "extra_eval_w_c", "predict_w_c")
+EVAL_TIME_OPTIONS = ("eval_w_c", "extra_eval_w_c", "predict_w_c", "predict_temperature", "predict_epsilon")
 #: Subcommands that evaluate or apply a trained router: they need a checkpoint.
 NEEDS_CHECKPOINT = ("validate", "test", "predict")
 
@@ -125,6 +125,11 @@ def main(args: list[str] | None = None) -> BarpCLI | None:
         from barp.ope.cli import run_ope_cli
 
         run_ope_cli(argv[1:])
+        return None
+    if argv[:1] in (["serve"], ["calibrate"]):
+        from barp.service.cli import run_calibrate_cli, run_serve_cli
+
+        (run_serve_cli if argv[0] == "serve" else run_calibrate_cli)(argv[1:])
         return None
     with exit_on_user_error("barp"):
         check_config_files(argv)

@@ -1,0 +1,146 @@
+"""``barp serve`` and ``barp calibrate``: the command lines of the routing service and of the calibration.
+
+    barp calibrate --ckpt_path best.ckpt --output runs/calibration --target.cost_per_1k 0.5
+    barp serve --ckpt_path best.ckpt --calibration runs/calibration/calibration.json --port 8000
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from jsonargparse import ArgumentParser
+
+from barp.errors import ConfigError, exit_on_user_error
+from barp.service.calibrate import Target, calibrate
+
+
+def build_service(
+    ckpt_path: str,
+    log_dir: str = "runs/serve",
+    w_c: float | None = None,
+    calibration: str | None = None,
+    target: Target | None = None,
+    budget_per_1k: float | None = None,
+    budget_step: float = 0.01,
+    fsync: bool = True,
+):
+    """Load the router once and open (or resume) the request log; see :func:`serve` for the arguments."""
+    from barp.serve import TrainedRouter
+    from barp.service.budget import BudgetController
+    from barp.service.calibrate import choose, load_calibration
+    from barp.service.feedback_log import FeedbackLog
+    from barp.service.routing import RoutingService
+
+    if w_c is not None and (isinstance(w_c, bool) or not math.isfinite(w_c) or not 0 <= w_c <= 1):
+        raise ConfigError(f"--w_c must be a number in [0, 1], got {w_c!r}")
+    if w_c is not None and target is not None:
+        raise ConfigError("give at most one of --w_c and --target")
+    router = TrainedRouter.from_checkpoint(ckpt_path)
+    curve, default = None, 0.5 if w_c is None else float(w_c)
+    if calibration is not None:
+        record, curve = load_calibration(calibration)
+        if w_c is None and record.get("chosen"):
+            default = float(record["chosen"]["w_c"])
+    if target is not None:
+        if curve is None:
+            raise ConfigError("--target needs --calibration (a calibration.json from barp calibrate), which maps "
+                              "targets to w_c")
+        default = float(curve.w_c[choose(curve, target.check(router.models, "--target"))])
+    controller = None
+    if budget_per_1k is not None:
+        controller = BudgetController(budget_per_1k, w_c=default, step=budget_step)
+    log = FeedbackLog(log_dir, sync=fsync)
+    return RoutingService(router, log, w_c=default, curve=curve, controller=controller)
+
+
+def serve(
+    ckpt_path: str,
+    log_dir: str = "runs/serve",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    w_c: float | None = None,
+    calibration: str | None = None,
+    target: Target | None = None,
+    budget_per_1k: float | None = None,
+    budget_step: float = 0.01,
+    max_batch: int = 256,
+    max_prompt_chars: int = 100_000,
+    fsync: bool = True,
+) -> None:
+    """Serve a trained router over HTTP: POST /route, POST /feedback, GET /health, GET /models.
+
+    Args:
+        ckpt_path: Checkpoint written by ``barp fit``.
+        log_dir: Folder of the request log (``log.jsonl``, readable by ``barp ope``) and the pending decisions
+            (``decisions.jsonl``); an existing log is resumed.
+        host: Interface to listen on.
+        port: TCP port.
+        w_c: Default cost weight for requests that give no preference (default 0.5, or the calibrated one).
+        calibration: A calibration.json from ``barp calibrate``: its chosen w_c becomes the default, and requests
+            may give targets (``{"target": {"cost_per_1k": 0.5}}``) resolved on its curve.
+        target: Serve by default at the w_c that meets this target on the calibration curve (needs
+            ``--calibration``), e.g. ``--target.cost_per_1k 0.5``.
+        budget_per_1k: Run the online budget controller: requests without a preference are served at a w_c that
+            moves with their feedback costs so that spend tracks this many USD per 1000 queries.
+        budget_step: The controller's step (change of w_c per request per unit of relative overspend).
+        max_batch: Most prompts per /route request.
+        max_prompt_chars: Most characters per prompt.
+        fsync: fsync the log after every write (turn off only to benchmark without disk syncs).
+    """
+    import uvicorn
+
+    from barp.service.app import create_app
+
+    if not (isinstance(port, int) and 0 < port < 65536):
+        raise ConfigError(f"--port must be an integer in [1, 65535], got {port!r}")
+    for name, value in (("max_batch", max_batch), ("max_prompt_chars", max_prompt_chars)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"--{name} must be an integer >= 1, got {value!r}")
+    service = build_service(ckpt_path, log_dir, w_c, calibration, target, budget_per_1k, budget_step, fsync)
+    mode = (f"budget ${budget_per_1k:g} per 1k queries from w_c = {service.default_w_c:.4g}"
+            if service.controller is not None else f"w_c = {service.default_w_c:.4g} by default")
+    print(f"barp serve: {len(service.models)} models, {mode}; log {service.log.path} ({service.log.num_rows} rows, "
+          f"{service.log.num_pending} pending); listening on http://{host}:{port}", flush=True)
+    uvicorn.run(create_app(service, max_batch, max_prompt_chars), host=host, port=port, log_level="warning",
+                workers=1)
+
+
+def _parser(function, prog: str, description: str) -> ArgumentParser:
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_function_arguments(function)
+    return parser
+
+
+def serve_parser() -> ArgumentParser:
+    """The ``barp serve`` parser (help from :func:`serve`'s docstring)."""
+    return _parser(serve, "barp serve", "Serve a trained router over HTTP, with a crash-safe feedback log.")
+
+
+def calibrate_parser() -> ArgumentParser:
+    """The ``barp calibrate`` parser (help from :func:`~barp.service.calibrate.calibrate`'s docstring)."""
+    return _parser(calibrate, "barp calibrate", "Curve of cost per 1k queries, score and traffic shares against "
+                   "w_c, and the w_c that meets a target; writes curve.csv, curve.png, calibration.json.")
+
+
+def _kwargs(parser: ArgumentParser, argv: list[str]) -> dict[str, Any]:
+    cfg = parser.parse_args(argv)
+    kwargs = {k: v for k, v in cfg.as_dict().items() if k != "__path__"}
+    target = kwargs.get("target")
+    if isinstance(target, dict):  # a Target group with nothing set is no target
+        kwargs["target"] = Target(**target) if any(v is not None for v in target.values()) else None
+    return kwargs
+
+
+def run_serve_cli(argv: list[str]) -> None:
+    """Run ``barp serve`` with ``argv`` (without the ``serve`` word); a bad input prints one error, exit code 2."""
+    kwargs = _kwargs(serve_parser(), argv)
+    with exit_on_user_error("barp serve"):
+        serve(**kwargs)
+
+
+def run_calibrate_cli(argv: list[str]) -> dict[str, Any]:
+    """Run ``barp calibrate`` with ``argv`` (without the ``calibrate`` word); a bad input exits with code 2."""
+    kwargs = _kwargs(calibrate_parser(), argv)
+    with exit_on_user_error("barp calibrate"):
+        return calibrate(**kwargs)

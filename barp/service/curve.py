@@ -1,0 +1,191 @@
+"""The calibration curve: expected cost per 1k queries, score and traffic share per model as functions of w_c.
+
+For a grid of cost weights, a greedy router's choice on each calibration prompt gives per-prompt outcomes: from a
+full-information split (the chosen model's score and cost in the table) or from a served-request log (the logged
+outcome where the router would have chosen the logged model, weighted by 1 / propensity: self-normalised IPS).
+Shares need no outcomes: they are the fraction of calibration prompts routed to each model. Intervals are
+percentile bootstrap intervals over the calibration prompts (the same resamples for every w_c).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Resamples per chunk of the bootstrap (bounds memory on large logs).
+_CHUNK = 50
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Per grid point g: the estimate and its interval (columns low, high) of each quantity.
+
+    Attributes:
+        w_c: Cost weights, shape (G,).
+        models: Model names (share columns).
+        cost_per_1k: Expected USD per 1000 queries, shape (G,); ``cost_per_1k_ci`` shape (G, 2).
+        score: Expected score, shape (G,); ``score_ci`` shape (G, 2).
+        shares: Traffic share per model, shape (G, K); ``shares_ci`` shape (G, K, 2).
+        best_single_model: The model with the highest mean score on the calibration data.
+        best_single_score: Its mean score.
+        n: Calibration prompts (log rows).
+        source: What the curve was computed on, for messages.
+        level: Coverage of the intervals.
+    """
+
+    w_c: np.ndarray
+    models: list[str]
+    cost_per_1k: np.ndarray
+    cost_per_1k_ci: np.ndarray
+    score: np.ndarray
+    score_ci: np.ndarray
+    shares: np.ndarray
+    shares_ci: np.ndarray
+    best_single_model: str
+    best_single_score: float
+    n: int
+    source: str
+    level: float
+
+    def at(self, g: int) -> dict[str, Any]:
+        """Grid point ``g`` as plain values: w_c, and [estimate, low, high] of cost, score and each share."""
+        return {
+            "w_c": float(self.w_c[g]),
+            "cost_per_1k": [float(self.cost_per_1k[g]), *map(float, self.cost_per_1k_ci[g])],
+            "score": [float(self.score[g]), *map(float, self.score_ci[g])],
+            "shares": {m: [float(self.shares[g, j]), *map(float, self.shares_ci[g, j])]
+                       for j, m in enumerate(self.models)},
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (read back by :meth:`from_dict`)."""
+        out: dict[str, Any] = {"models": self.models, "best_single_model": self.best_single_model,
+                               "best_single_score": self.best_single_score, "n": self.n, "source": self.source,
+                               "level": self.level}
+        for name in ("w_c", "cost_per_1k", "cost_per_1k_ci", "score", "score_ci", "shares", "shares_ci"):
+            out[name] = np.asarray(getattr(self, name)).tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Curve:
+        """The curve written by :meth:`to_dict`."""
+        arrays = {k: np.asarray(data[k], dtype=np.float64)
+                  for k in ("w_c", "cost_per_1k", "cost_per_1k_ci", "score", "score_ci", "shares", "shares_ci")}
+        return cls(models=[str(m) for m in data["models"]], best_single_model=str(data["best_single_model"]),
+                   best_single_score=float(data["best_single_score"]), n=int(data["n"]), source=str(data["source"]),
+                   level=float(data["level"]), **arrays)
+
+
+def greedy_choices(module: torch.nn.Module, embeddings: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The router's greedy choice per grid cost weight and prompt, shape (G, n).
+
+    Args:
+        module: A router with ``route(emb, w) -> scores``.
+        embeddings: Prompt embeddings, shape (n, D).
+        grid: Cost weights, shape (G,).
+    """
+    emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32), device=module.device)
+    out = np.empty((len(grid), len(emb)), dtype=np.int64)
+    with torch.inference_mode():
+        for g, w_c in enumerate(grid):
+            w = torch.tensor([1.0 - float(w_c), float(w_c)], dtype=torch.float32, device=emb.device)
+            out[g] = module.route(emb, w.expand(len(emb), 2)).argmax(dim=-1).cpu().numpy()
+    return out
+
+
+def _interval(samples: np.ndarray, level: float) -> np.ndarray:
+    """Percentile interval over axis 0, as a trailing axis of size 2 (NaN-safe)."""
+    lo, hi = np.nanquantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return np.stack([lo, hi], axis=-1)
+
+
+def build_curve(grid: np.ndarray, choices: np.ndarray, weight: np.ndarray, score: np.ndarray, cost: np.ndarray,
+                models: list[str], best: tuple[str, float], source: str, resamples: int = 1000, level: float = 0.95,
+                seed: int = 0) -> Curve:
+    """Curve from per-prompt values: ``sum_i weight * value / sum_i weight`` per grid point, bootstrapped.
+
+    Args:
+        grid: Cost weights (G,).
+        choices: Chosen model per grid point and prompt (G, n).
+        weight: Per grid point and prompt, the prompt's weight (1 on a full table; match / propensity on a log).
+        score: The chosen (table) or logged (log) score per grid point and prompt (G, n).
+        cost: Likewise the cost in USD (G, n).
+        models: Model names.
+        best: (name, mean score) of the best single model.
+        source: What the values come from.
+        resamples: Bootstrap resamples of the prompts.
+        level: Interval coverage.
+        seed: Bootstrap seed.
+    """
+    n, k = choices.shape[1], len(models)
+    wy_score, wy_cost = weight * score, weight * cost
+
+    def means(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        den = counts @ weight.T
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s, c = (counts @ wy_score.T) / den, 1000.0 * (counts @ wy_cost.T) / den
+        shares = np.stack([counts @ (choices == j).T for j in range(k)], axis=-1) / counts.sum(axis=1)[:, None, None]
+        return s, c, shares
+
+    s0, c0, sh0 = means(np.ones((1, n)))
+    rng = np.random.default_rng(seed)
+    draws: list[tuple[np.ndarray, ...]] = []
+    for start in range(0, resamples, _CHUNK):
+        b = min(_CHUNK, resamples - start)
+        idx = rng.integers(0, n, size=(b, n))
+        counts = np.zeros((b, n))
+        np.add.at(counts, (np.arange(b)[:, None], idx), 1.0)
+        draws.append(means(counts))
+    s_b, c_b, sh_b = (np.concatenate([d[i] for d in draws]) for i in range(3))
+    return Curve(w_c=np.asarray(grid, dtype=np.float64), models=list(models), cost_per_1k=c0[0],
+                 cost_per_1k_ci=_interval(c_b, level), score=s0[0], score_ci=_interval(s_b, level), shares=sh0[0],
+                 shares_ci=_interval(sh_b, level), best_single_model=best[0], best_single_score=float(best[1]), n=n,
+                 source=source, level=level)
+
+
+def curve_from_table(grid: np.ndarray, choices: np.ndarray, scores: np.ndarray, costs: np.ndarray,
+                     models: list[str], source: str, **bootstrap: Any) -> Curve:
+    """Curve on a full-information split: the chosen model's table score and cost per prompt.
+
+    Args:
+        grid: Cost weights (G,).
+        choices: Greedy choices (G, n).
+        scores: Table scores (n, K), columns in ``models`` order.
+        costs: Table costs in USD (n, K).
+        models: Model names.
+        source: What the split is.
+        **bootstrap: ``resamples``, ``level``, ``seed`` of :func:`build_curve`.
+    """
+    rows = np.arange(choices.shape[1])[None, :]
+    means = scores.mean(axis=0)
+    best = (models[int(means.argmax())], float(means.max()))
+    return build_curve(grid, choices, np.ones(choices.shape), scores[rows, choices], costs[rows, choices], models,
+                       best, source, **bootstrap)
+
+
+def curve_from_log(grid: np.ndarray, choices: np.ndarray, actions: np.ndarray, propensity: np.ndarray,
+                   score: np.ndarray, cost: np.ndarray, models: list[str], source: str, **bootstrap: Any) -> Curve:
+    """Curve on a served-request log: self-normalised IPS of the greedy router's score and cost.
+
+    Args:
+        grid: Cost weights (G,).
+        choices: Greedy choices on the logged prompts (G, n).
+        actions: Logged model index per row (n,).
+        propensity: Logged propensity per row (n,).
+        score: Logged score per row (n,).
+        cost: Logged cost per row (n,).
+        models: Model names.
+        source: The log.
+        **bootstrap: ``resamples``, ``level``, ``seed`` of :func:`build_curve`.
+    """
+    weight = (choices == actions[None, :]) / propensity[None, :]
+    inv = 1.0 / propensity
+    per_model = [float((inv * score)[actions == j].sum() / inv[actions == j].sum()) if (actions == j).any()
+                 else float("nan") for j in range(len(models))]
+    j = int(np.nanargmax(per_model))
+    tile = lambda v: np.broadcast_to(v, choices.shape)  # noqa: E731
+    return build_curve(grid, choices, weight, tile(score), tile(cost), models, (models[j], per_model[j]), source,
+                       **bootstrap)

@@ -1,0 +1,155 @@
+"""The routing service behind the HTTP layer: preferences, greedy or exploring choices, decisions and feedback.
+
+It holds one :class:`~barp.serve.TrainedRouter` (encoder and policy loaded once), the request log
+(:class:`~barp.service.feedback_log.FeedbackLog`), an optional calibration curve (targets in dollars or shares) and an
+optional :class:`~barp.service.budget.BudgetController`. A request's preference is, in this order: its own ``w_c``;
+its own target, resolved on the calibration curve; else the service default: the budget controller's current w_c,
+the calibrated w_c, or the configured ``w_c``.
+
+Exploring routing samples the served model from the policy at a temperature, mixed with epsilon-uniform,
+``p = (1 - epsilon) softmax(logits / T) + epsilon / K``, with a generator seeded per request (the seed is returned
+and logged, so a decision can be replayed); the logged propensity is ``p`` of the served model. Greedy routing
+serves the argmax, with propensity 1 (a deterministic policy).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from barp.errors import ConfigError
+from barp.service.budget import BudgetController
+from barp.service.calibrate import Target, choose
+from barp.service.curve import Curve
+from barp.service.feedback_log import FeedbackLog
+
+
+@dataclass(frozen=True)
+class Explore:
+    """Exploring routing: sample from ``(1 - epsilon) softmax(logits / temperature) + epsilon / K``."""
+
+    temperature: float = 1.0
+    epsilon: float = 0.0
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 with milliseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def explore_probabilities(probs: np.ndarray, explore: Explore) -> np.ndarray:
+    """The exploring policy from the router's softmax ``probs`` (N, K): temperature, then the uniform mix.
+
+    ``softmax(log p / T)`` equals ``softmax(logits / T)`` because ``log p`` is the logits minus a constant per row.
+    """
+    logits = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-300, None)) / explore.temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(axis=1, keepdims=True)
+    return (1.0 - explore.epsilon) * p + explore.epsilon / p.shape[1]
+
+
+class RoutingService:
+    """Routes prompts and logs feedback for one trained router.
+
+    Args:
+        router: The trained router (a :class:`~barp.serve.TrainedRouter`).
+        log: The request log.
+        w_c: Default cost weight when a request gives no preference (and no budget controller runs).
+        curve: Calibration curve for targets (``barp calibrate``); None: requests cannot give targets.
+        controller: Budget controller; requests without a preference are then served at its w_c, and the feedback
+            of those requests updates it (replayed from the log on restart).
+    """
+
+    def __init__(self, router, log: FeedbackLog, w_c: float = 0.5, curve: Curve | None = None,
+                 controller: BudgetController | None = None) -> None:
+        self.router = router
+        self.log = log
+        self.default_w_c = float(w_c)
+        self.curve = curve
+        self.controller = controller
+        self._feedback_lock = threading.Lock()  # log order = controller order (a restart replays the log)
+        if curve is not None and list(curve.models) != list(router.models):
+            raise ConfigError(f"--calibration: the curve's models {curve.models} are not the checkpoint's "
+                              f"{router.models}: calibrate this checkpoint")
+        if controller is not None:
+            for row in log.rows():
+                if row.get("preference") == "budget":
+                    controller.update(row["cost"])
+
+    @property
+    def models(self) -> list[str]:
+        """The router's models."""
+        return self.router.models
+
+    def resolve(self, w_c: float | None, target: Target | None) -> tuple[float, str]:
+        """The cost weight of a request and where it came from (``w_c``, ``target``, ``budget`` or ``default``)."""
+        if w_c is not None:
+            return float(w_c), "w_c"
+        if target is not None:
+            if self.curve is None:
+                raise ConfigError("target: this server has no calibration curve; start barp serve with "
+                                  "--calibration calibration.json (from barp calibrate) or give w_c")
+            return float(self.curve.w_c[choose(self.curve, target)]), "target"
+        if self.controller is not None:
+            return self.controller.w_c, "budget"
+        return self.default_w_c, "default"
+
+    def route(self, prompts: Sequence[str], w_c: float | None = None, target: Target | None = None,
+              explore: Explore | None = None, seed: int | None = None,
+              prompt_ids: Sequence[str] | None = None) -> dict[str, Any]:
+        """Route a batch, persist the decisions (one fsync'd write), and return them.
+
+        Returns:
+            ``{"w_c", "preference", "mode", "seed", "decisions": [{"decision_id", "model", "probability",
+            "policy_probability"}]}``; ``probability`` is the propensity logged for the served model.
+        """
+        pref, source = self.resolve(w_c, target)
+        probs = self.router.probabilities(list(prompts), pref).double().numpy()
+        rows = np.arange(len(probs))
+        if explore is None:
+            chosen = probs.argmax(axis=1)
+            propensity, mode, note = np.ones(len(probs)), "greedy", "barp serve: greedy"
+        else:
+            seed = secrets.randbits(63) if seed is None else int(seed)
+            mix = explore_probabilities(probs, explore)
+            rng = np.random.default_rng(seed)
+            chosen = np.array([rng.choice(mix.shape[1], p=row / row.sum()) for row in mix], dtype=np.int64)
+            propensity, mode = mix[rows, chosen], "explore"
+            note = f"barp serve: explore temperature={explore.temperature:g} epsilon={explore.epsilon:g}"
+        stamp, models = now(), self.models
+        decisions = []
+        for i in rows:
+            decision_id = uuid.uuid4().hex
+            decisions.append({"decision_id": decision_id, "prompt": prompts[i], "model": models[chosen[i]],
+                              "propensity": float(propensity[i]), "w_c": pref, "preference": source,
+                              "timestamp": stamp, "prompt_id": prompt_ids[i] if prompt_ids else decision_id,
+                              "note": note, "seed": seed if explore is not None else None})
+        self.log.record_decisions(decisions)
+        return {"w_c": pref, "preference": source, "mode": mode, "seed": seed if explore is not None else None,
+                "decisions": [{"decision_id": d["decision_id"], "model": d["model"], "probability": d["propensity"],
+                               "policy_probability": float(probs[i, chosen[i]])} for i, d in enumerate(decisions)]}
+
+    def feedback(self, decision_id: str, score: float, cost: float) -> dict[str, Any]:
+        """Append a decision's outcome to the log (fsync'd) and update the budget controller if it served it."""
+        with self._feedback_lock:
+            row = self.log.record_feedback(decision_id, score, cost, now())
+            if self.controller is not None and row.get("preference") == "budget":
+                self.controller.update(cost)
+        return {"logged": True, "rows": self.log.num_rows, "w_c": row["w_c"]}
+
+    def health(self) -> dict[str, Any]:
+        """Liveness and counters: models, logged rows, pending decisions, the default preference."""
+        out: dict[str, Any] = {"status": "ok", "models": len(self.models), "logged_rows": self.log.num_rows,
+                               "pending_decisions": self.log.num_pending, "default_w_c": self.default_w_c,
+                               "calibrated": self.curve is not None}
+        if self.controller is not None:
+            out["budget"] = self.controller.state()
+        return out
