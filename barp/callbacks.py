@@ -97,7 +97,9 @@ class ResultsTable(L.Callback):
 class PredictionWriter(BasePredictionWriter):
     """Writes, per prompt, the chosen model and its probability at the module's ``predict_w_c`` to a CSV.
 
-    Columns: ``prompt_id, split, task, w_c, model, probability``.
+    Columns: ``prompt_id, split, task, w_c, model, probability``, and ``propensity`` (the probability that the
+    exploring router served that model) when ``predict`` explores (``model.predict_temperature`` /
+    ``model.predict_epsilon``).
 
     Args:
         output: CSV path; default ``<log dir>/predictions.csv`` (``predictions.rank<R>.csv`` per rank under DDP).
@@ -110,13 +112,15 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         dm = trainer.datamodule
         table = dm.table
-        lines = [["prompt_id", "split", "task", "w_c", "model", "probability"]]
         flat = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        exploring = bool(flat) and "propensity" in flat[0]
+        lines = [["prompt_id", "split", "task", "w_c", "model", "probability"] + (["propensity"] if exploring else [])]
         for batch in flat:
-            for row, split, action, prob in zip(batch["row"].tolist(), batch["split"].tolist(),
-                                                batch["action"].tolist(), batch["probability"].tolist()):
+            extra = batch["propensity"].tolist() if exploring else [None] * len(batch["row"])
+            for row, split, action, prob, prop in zip(batch["row"].tolist(), batch["split"].tolist(),
+                                                      batch["action"].tolist(), batch["probability"].tolist(), extra):
                 lines.append([table.prompt_ids[row], SPLIT_ORDER[split], table.tasks[row], batch["w_c"],
-                              pl_module.model_names[action], f"{prob:.6f}"])
+                              pl_module.model_names[action], f"{prob:.6f}"] + ([f"{prop:.9f}"] if exploring else []))
         path = Path(self.output) if self.output else _log_dir(trainer) / "predictions.csv"
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")

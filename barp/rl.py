@@ -90,6 +90,29 @@ def reward(score: torch.Tensor, cost: torch.Tensor, w: torch.Tensor, tau: float)
     return w_q * score - w_c * normalized_cost(cost, tau)
 
 
+def exploration_probabilities(logits: torch.Tensor, temperature: float = 1.0, epsilon: float = 0.0) -> torch.Tensor:
+    """The serving distribution of an exploring router: ``(1 - epsilon) softmax(logits / T) + epsilon / K``.
+
+    Sampling from it (rather than taking the argmax) gives every model a known, positive probability, which is
+    what a log needs so that other policies can be evaluated and trained on it (the probability of the served
+    model is its propensity).
+
+    Args:
+        logits: Policy logits, shape (B, K).
+        temperature: Softmax temperature T > 0 (1: the policy as trained; larger: flatter).
+        epsilon: Share of uniform exploration in [0, 1].
+
+    Raises:
+        ConfigError: ``temperature`` is not a finite number > 0, or ``epsilon`` is outside [0, 1].
+    """
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
+        raise ConfigError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if isinstance(epsilon, bool) or not (isinstance(epsilon, (int, float)) and 0 <= epsilon <= 1):
+        raise ConfigError(f"epsilon must be a number in [0, 1], got {epsilon!r}")
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return (1 - epsilon) * probs + epsilon / logits.shape[-1]
+
+
 def importance_weights(logits: torch.Tensor, actions: torch.Tensor, propensity: torch.Tensor,
                        clip: float | None) -> torch.Tensor:
     """Self-normalised, clipped importance weights of logged actions, shape (B,), detached.

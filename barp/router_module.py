@@ -28,7 +28,7 @@ from barp.errors import ConfigError
 from barp.evaluation.aiq import aiq
 from barp.evaluation.metrics import ModelCostMetric, RoutingMetrics
 from barp.evaluation.reference import oracle_actions, random_expectation
-from barp.rl import check_w_c, preference_tensor, reward
+from barp.rl import check_w_c, exploration_probabilities, preference_tensor, reward
 
 REFERENCES = ("oracle", "random", "cheapest", "most_expensive")
 SPLITS = ("id", "ood")
@@ -59,6 +59,12 @@ class RouterModule(L.LightningModule):
         eval_w_c: Primary evaluation cost weight (w = (1 - w_c, w_c)).
         extra_eval_w_c: Further evaluation cost weights, logged under ``wc=<w_c>/``.
         predict_w_c: Cost weight used by ``predict``.
+        predict_temperature: ``predict`` explores: it samples each prompt's model from the policy at this softmax
+            temperature (mixed with ``predict_epsilon``-uniform) and writes the sampled model's probability as
+            its ``propensity``, so the served requests can later be evaluated and trained on off-policy. None
+            (the default) routes greedily.
+        predict_epsilon: Share of uniform exploration when ``predict`` explores (with ``predict_temperature``,
+            or alone at temperature 1).
     """
 
     def __init__(
@@ -72,6 +78,8 @@ class RouterModule(L.LightningModule):
         eval_w_c: float = 0.5,
         extra_eval_w_c: list[float] | None = None,
         predict_w_c: float = 0.5,
+        predict_temperature: float | None = None,
+        predict_epsilon: float = 0.0,
     ) -> None:
         super().__init__()
         if len(model_names) < 2:
@@ -84,6 +92,14 @@ class RouterModule(L.LightningModule):
         extra = [0.0, 0.9] if extra_eval_w_c is None else extra_eval_w_c
         self.extra_eval_w_c = [check_w_c(w, "model.extra_eval_w_c") for w in extra if w != eval_w_c]
         self.predict_w_c = check_w_c(predict_w_c, "model.predict_w_c")
+        self.predict_exploration = None  # (temperature, epsilon) when predict samples instead of taking the argmax
+        if predict_temperature is not None or predict_epsilon:
+            temperature = 1.0 if predict_temperature is None else predict_temperature
+            try:
+                exploration_probabilities(torch.zeros(1, 2), temperature, predict_epsilon)
+            except ConfigError as err:
+                raise ConfigError(f"model.predict_temperature / model.predict_epsilon: {err}") from None
+            self.predict_exploration = (temperature, float(predict_epsilon))
         self.model_names = list(model_names)
         self.embed_dim = int(embed_dim)
         self.encoder_name = encoder
@@ -310,9 +326,18 @@ class RouterModule(L.LightningModule):
         self._log_eval("test")
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
-        """Greedy choice and its probability (softmax of :meth:`route`) per prompt at ``predict_w_c``."""
+        """Per prompt at ``predict_w_c``: the greedy choice and its probability (softmax of :meth:`route`); when
+        exploring, a sampled choice, its policy probability and its ``propensity`` (probability of being served)."""
         w = preference_tensor(self.predict_w_c, len(batch["emb"]), batch["emb"].device)
-        probs = torch.softmax(self.route(batch["emb"], w), dim=-1)
-        prob, action = probs.max(dim=-1)
-        return {"row": batch["row"], "split": batch["split"], "action": action, "probability": prob,
-                "w_c": self.predict_w_c}
+        logits = self.route(batch["emb"], w)
+        probs = torch.softmax(logits, dim=-1)
+        out = {"row": batch["row"], "split": batch["split"], "w_c": self.predict_w_c}
+        if self.predict_exploration is None:
+            out["probability"], out["action"] = probs.max(dim=-1)
+            return out
+        serving = exploration_probabilities(logits, *self.predict_exploration)
+        action = torch.multinomial(serving, 1).squeeze(-1)
+        out["action"] = action
+        out["probability"] = probs.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+        out["propensity"] = serving.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+        return out

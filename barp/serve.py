@@ -2,6 +2,7 @@
 
     router = TrainedRouter.from_checkpoint("runs/synthetic/version_0/checkpoints/last.ckpt")
     router.route(["Write a haiku about rain."], w_c=0.3)   # -> [Decision(model=..., probability=...)]
+    router.route(prompts, w_c=0.3, temperature=1.0, epsilon=0.05, seed=7)   # exploring: Decision.propensity < 1
 
 The checkpoint holds the policy, tau and the encoder settings (name, max length, truncation side) the
 policy was trained on; the frozen encoder is rebuilt from them, never stored in the checkpoint. Checkpoints are read
@@ -19,16 +20,21 @@ import torch
 from barp.checkpoints import check_encoder, load_checkpoint, module_class
 from barp.encoders import SentenceEncoder
 from barp.errors import ConfigError
-from barp.rl import check_w_c, preference_tensor
+from barp.rl import check_w_c, exploration_probabilities, preference_tensor
 from barp.router_module import RouterModule
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The routed model for one prompt and the policy's probability of it."""
+    """The routed model for one prompt, the policy's probability of it, and the probability that it was served.
+
+    ``propensity`` is 1 for greedy routing (the argmax is always served); when exploring it is the probability of
+    the served model under the exploring distribution, the value a served-request log records.
+    """
 
     model: str
     probability: float
+    propensity: float = 1.0
 
 
 class TrainedRouter:
@@ -99,13 +105,35 @@ class TrainedRouter:
         w = preference_tensor(w_c, len(emb), emb.device)
         return torch.softmax(self.module.route(emb, w), dim=-1)
 
-    def route(self, prompts: Sequence[str], w_c: float = 0.5) -> list[Decision]:
-        """Greedy routing: the most probable model per prompt at cost weight ``w_c``.
+    def route(self, prompts: Sequence[str], w_c: float = 0.5, temperature: float | None = None,
+              epsilon: float = 0.0, seed: int | None = None) -> list[Decision]:
+        """Route each prompt at cost weight ``w_c``: greedily (the default), or exploring.
+
+        Exploring (``temperature`` given, or ``epsilon > 0``) samples each prompt's model from
+        ``(1 - epsilon) softmax(logits / temperature) + epsilon / K`` and reports the sampled model's probability
+        under it as the decision's ``propensity``, so that the served requests can be evaluated and trained on
+        off-policy (``barp ope``, ``data.train_log``).
 
         Args:
             prompts: Prompt texts (a list, even for one prompt).
             w_c: Cost weight in [0, 1] (quality weight is ``1 - w_c``).
+            temperature: Softmax temperature of exploring routing (default 1 when only ``epsilon`` is given).
+            epsilon: Share of uniform exploration in [0, 1].
+            seed: Seed of the exploration draws (None: PyTorch's global generator).
         """
-        probs = self.probabilities(prompts, w_c)
-        best, idx = probs.max(dim=-1)
-        return [Decision(self.models[i], float(p)) for i, p in zip(idx.tolist(), best.tolist())]
+        if temperature is None and not epsilon:
+            probs = self.probabilities(prompts, w_c)
+            best, idx = probs.max(dim=-1)
+            return [Decision(self.models[i], float(p)) for i, p in zip(idx.tolist(), best.tolist())]
+        prompts = self._check_prompts(prompts)
+        if not prompts:
+            return []
+        emb = torch.as_tensor(self.encoder.encode(prompts), device=self.module.device)
+        with torch.inference_mode():
+            logits = self.module.route(emb, preference_tensor(check_w_c(w_c), len(emb), emb.device))
+        serving = exploration_probabilities(logits, 1.0 if temperature is None else temperature, epsilon)
+        generator = None if seed is None else torch.Generator(device=serving.device).manual_seed(int(seed))
+        chosen = torch.multinomial(serving, 1, generator=generator).squeeze(-1)
+        policy = torch.softmax(logits, dim=-1)
+        return [Decision(self.models[a], float(policy[i, a]), float(serving[i, a]))
+                for i, a in enumerate(chosen.tolist())]

@@ -98,6 +98,22 @@ def test_predict_writes_choice_and_probability(fitted):
     assert {r["split"] for r in rows} == {"test", "ood"}
 
 
+def test_exploring_predict_writes_propensities(fitted):
+    """predict samples from the exploring distribution and records each served model's propensity."""
+    out, ckpt, _ = fitted
+    cli = main(["predict", *tiny_args(out), "--ckpt_path", ckpt, "--model.init_args.predict_w_c", "0.3",
+                "--model.init_args.predict_temperature", "2.0", "--model.init_args.predict_epsilon", "0.2"])
+    rows = list(csv.DictReader((Path(cli.trainer.log_dir) / "predictions.csv").open()))
+    k = len(cli.datamodule.model_names)
+    assert set(rows[0]) == {"prompt_id", "split", "task", "w_c", "model", "probability", "propensity"}
+    propensity = [float(r["propensity"]) for r in rows]
+    assert all(0.2 / k - 1e-9 <= p <= 1 for p in propensity)  # epsilon / K is the floor of every model's chance
+    assert len({r["model"] for r in rows}) > 2  # sampled, not the argmax of a few favourites
+    with pytest.raises(SystemExit) as info:
+        main(["predict", *tiny_args(out), "--ckpt_path", ckpt, "--model.init_args.predict_epsilon", "1.5"])
+    assert info.value.code == 2
+
+
 def test_same_seed_same_metrics(tmp_path):
     runs = []
     for name in ("a", "b"):

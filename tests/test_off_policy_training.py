@@ -106,3 +106,30 @@ def test_a_log_with_an_unknown_model_or_a_bad_clip_is_refused(tmp_path):
         bad.train_environment()
     with pytest.raises(ConfigError, match="model.importance_clip"):
         BaRPModule(model_names=["a", "b"], task_names=["t"], embed_dim=4, importance_clip=0.5)
+
+
+def test_trained_router_explores_with_propensities():
+    from barp.encoders import SentenceEncoder
+    from barp.rl import exploration_probabilities, preference_tensor
+    from barp.serve import TrainedRouter
+
+    L.seed_everything(0)
+    module = BaRPModule(model_names=["a", "b", "c"], task_names=["t"], embed_dim=384, tau=1e-3)
+    router = TrainedRouter(module, SentenceEncoder())
+    prompts = [f"question number {i} about rivers" for i in range(40)]
+    greedy = router.route(prompts, w_c=0.3)
+    assert all(d.propensity == 1.0 for d in greedy)
+    first = router.route(prompts, w_c=0.3, temperature=2.0, epsilon=0.3, seed=7)
+    assert first == router.route(prompts, w_c=0.3, temperature=2.0, epsilon=0.3, seed=7)  # seeded
+    emb = torch.as_tensor(router.encoder.encode(prompts))
+    with torch.no_grad():
+        logits = module.route(emb, preference_tensor(0.3, len(emb)))
+    serving = exploration_probabilities(logits, 2.0, 0.3)
+    for i, d in enumerate(first):
+        j = module.model_names.index(d.model)
+        assert d.propensity == pytest.approx(float(serving[i, j]), rel=1e-5)
+        assert d.probability == pytest.approx(float(torch.softmax(logits, -1)[i, j]), rel=1e-5)
+    uniform = router.route(prompts, w_c=0.3, epsilon=1.0, seed=1)
+    assert all(d.propensity == pytest.approx(1 / 3) for d in uniform)
+    with pytest.raises(ConfigError, match="temperature must be a finite number > 0, got 0"):
+        router.route(prompts, temperature=0)
