@@ -50,7 +50,7 @@ class RouteRequest(_Body):
     prompts: list[str] | None = None
     w_c: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     target: TargetBody | None = None
-    explore: ExploreBody | bool = False
+    explore: ExploreBody | None = None  # {} explores at temperature 1 without uniform mixing
     seed: int | None = Field(None, ge=0, lt=2**63)
     prompt_ids: list[str] | None = None
 
@@ -144,8 +144,7 @@ def create_app(service: RoutingService, max_batch: int = 256, max_prompt_chars: 
         target = None if body.target is None else Target(**body.target.model_dump())
         if target is not None:
             target.check(service.models, "field 'target'")
-        explore = body.explore
-        explore = None if explore is False else Explore() if explore is True else Explore(**explore.model_dump())
+        explore = None if body.explore is None else Explore(**body.explore.model_dump())
         return service.route(prompts, w_c=body.w_c, target=target, explore=explore, seed=body.seed,
                              prompt_ids=body.prompt_ids)
 
