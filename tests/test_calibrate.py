@@ -30,10 +30,10 @@ def hand_curve() -> Curve:
 
 def test_choose_meets_each_kind_of_target():
     curve = hand_curve()
-    assert choose(curve, Target(cost_per_1k=3.0)) == 1  # the best score at <= $3 per 1k
+    assert choose(curve, Target(cost_per_1k=3.0)) == 1  # the smallest w_c at <= $3 per 1k
     assert choose(curve, Target(cost_per_1k=3.0), criterion="interval") == 2  # 3.0 + 0.6 > 3: next point
     assert choose(curve, Target(max_share={"dear": 0.2})) == 2
-    assert choose(curve, Target(score_fraction=0.85)) == 2  # the cheapest with score >= 0.68
+    assert choose(curve, Target(score_fraction=0.85)) == 2  # the largest w_c with score >= 0.68
     assert choose(curve, Target(cost_per_1k=4.0, max_share={"dear": 0.05})) == 3
 
 

@@ -6,8 +6,9 @@ model's score) into the cost weight w_c that meets it.
 The greedy router is run over a grid of w_c on the checkpoint's validation split (rebuilt from the data settings
 saved in the checkpoint; or on a served-request log with ``--log``), giving the curve of expected cost per 1k
 queries, score and traffic share per model (:mod:`barp.service.curve`), with bootstrap intervals. The chosen w_c is
-the one with the highest expected score among those that meet every constraint (or, for a score target, the cheapest
-that meets it). Writes ``curve.csv``, ``curve.png`` and ``calibration.json`` (the target, the chosen w_c, its
+the smallest that meets every constraint (the most weight on quality the budget allows), or, for a score target, the
+largest (the most weight on cost that keeps the score). Picking the highest estimated score instead would chase the
+noise of a flat stretch of the curve and leave budget unspent. Writes ``curve.csv``, ``curve.png`` and ``calibration.json`` (the target, the chosen w_c, its
 estimates and the whole curve; ``barp serve --calibration`` reads it) atomically into ``--output``.
 """
 
@@ -74,8 +75,8 @@ def _finite(value: Any, ok) -> bool:
 
 
 def choose(curve: Curve, target: Target, criterion: Literal["estimate", "interval"] = "estimate") -> int:
-    """Index of the grid point that meets ``target``: the highest score among feasible points (ties: the cheaper,
-    then the lower w_c), or the cheapest feasible one when the target has a score fraction.
+    """Index of the grid point that meets ``target``: the smallest feasible w_c, or the largest feasible one when the
+    target has a score fraction.
 
     Args:
         curve: The calibration curve.
@@ -104,11 +105,7 @@ def choose(curve: Curve, target: Target, criterion: Literal["estimate", "interva
         raise ConfigError(f"target ({target.describe()}): no w_c in [{curve.w_c[0]:g}, {curve.w_c[-1]:g}] meets it "
                           f"by its {'interval' if side else 'estimate'}; {reach}")
     idx = np.flatnonzero(ok)
-    if target.score_fraction is not None:
-        order = np.lexsort((curve.w_c[idx], -curve.score[idx], curve.cost_per_1k[idx]))
-    else:
-        order = np.lexsort((curve.w_c[idx], curve.cost_per_1k[idx], -curve.score[idx]))
-    return int(idx[order[0]])
+    return int(idx[-1] if target.score_fraction is not None else idx[0])
 
 
 def checkpoint_split(ckpt_path: str, split: Literal["val", "test", "ood"], router) -> tuple[np.ndarray, ...]:
