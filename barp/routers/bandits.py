@@ -104,6 +104,17 @@ class LinearBanditModule(RouterModule):
         """The exploration rule: one arm per row of contexts z (B, D); returns (B,) long."""
         raise NotImplementedError
 
+    def explore(self, emb: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Contexts and the arms the exploration rule picks for them with the current statistics."""
+        z = self.context(emb, w)
+        a_inv, theta = self.posterior()
+        return z, self.select(z, a_inv, theta)
+
+    def update(self, z: torch.Tensor, arms: torch.Tensor, r: torch.Tensor) -> None:
+        """Add the observed rewards ``r`` of the chosen ``arms`` at contexts ``z`` to those arms' statistics."""
+        self.A.index_add_(0, arms, z.unsqueeze(-1) * z.unsqueeze(-2))
+        self.b.index_add_(0, arms, r.double().unsqueeze(-1) * z)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Choose arms by the exploration rule, pull them, add (z, r) to the chosen arms' statistics."""
         if self.env is None:
@@ -112,13 +123,10 @@ class LinearBanditModule(RouterModule):
             raise RuntimeError(f"{type(self).__name__}: fit_pca() before training")
         emb, rows = batch["emb"], batch["row"]
         w = sample_preferences(len(emb), device=emb.device)
-        z = self.context(emb, w)
-        a_inv, theta = self.posterior()
-        arms = self.select(z, a_inv, theta)
+        z, arms = self.explore(emb, w)
         feedback = self.env.pull(rows, arms)
         r = reward(feedback.score, feedback.cost, w, self.tau_value)
-        self.A.index_add_(0, arms, z.unsqueeze(-1) * z.unsqueeze(-2))
-        self.b.index_add_(0, arms, r.double().unsqueeze(-1) * z)
+        self.update(z, arms, r)
         count_step(self)
         self.log_dict({"train/reward": r.mean(), "train/score": feedback.score.mean(),
                        "train/cost": feedback.cost.mean()}, on_step=False, on_epoch=True, batch_size=len(emb))
