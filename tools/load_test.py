@@ -102,7 +102,7 @@ def main(ckpt_path: str, requests: int = 200, batch_requests: int = 40, concurre
     rows = {"encoder alone, batch 1": encoder_alone(ckpt_path, prompts, 1, requests),
             "encoder alone, batch 32": encoder_alone(ckpt_path, prompts, 32, batch_requests)}
     port, log_dir = _free_port(), tempfile.mkdtemp(prefix="barp-load-")
-    server = subprocess.Popen([sys.executable, "-m", "barp.cli", "serve", "--ckpt_path", ckpt_path, "--port",
+    server = subprocess.Popen([sys.executable, "-m", "barp", "serve", "--ckpt_path", ckpt_path, "--port",
                                str(port), "--log_dir", log_dir], env={**os.environ})
     try:
         deadline = time.monotonic() + startup_timeout
