@@ -23,8 +23,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+import torch
 
 from barp.errors import ConfigError
+from barp.rl import exploration_probabilities
 from barp.service.budget import BudgetController
 from barp.service.calibrate import Target, choose
 from barp.service.curve import Curve
@@ -49,11 +51,8 @@ def explore_probabilities(probs: np.ndarray, explore: Explore) -> np.ndarray:
 
     ``softmax(log p / T)`` equals ``softmax(logits / T)`` because ``log p`` is the logits minus a constant per row.
     """
-    logits = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-300, None)) / explore.temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    p /= p.sum(axis=1, keepdims=True)
-    return (1.0 - explore.epsilon) * p + explore.epsilon / p.shape[1]
+    logits = torch.log(torch.as_tensor(np.asarray(probs, dtype=np.float64)).clamp_min(1e-300))
+    return exploration_probabilities(logits, explore.temperature, explore.epsilon).numpy()
 
 
 class RoutingService:
