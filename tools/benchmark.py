@@ -1,0 +1,798 @@
+"""barp's speed and scale benchmark: every figure a ratio of two runs measured side by side in this process.
+
+    python tools/benchmark.py --output runs/benchmark            # about 5-8 minutes on 2 CPU cores
+    python tools/benchmark.py --output /tmp/bench --quick        # seconds: checks the machinery, not the speed
+
+Writes ``OUTPUT/benchmark.json`` and prints a table. Sections (docs/performance.md explains each figure):
+
+- ``encoder``: a plain transformers fp32 loop (fixed batches padded to ``max_length``) against barp's
+  :class:`~barp.encoders.SentenceEncoder` as configured by default and in bfloat16, on one length mix (synthetic
+  prompts and 5-shot prompts), the three paths taking turns; prompts/s, ratios and cosine agreement with the plain
+  fp32 embeddings.
+- ``training``: barp's Lightning fit (the synthetic recipe's model settings, validation, logger and checkpoints off)
+  against a bare PyTorch loop with the same policy, sampling, reward, loss and Adam step, for REINFORCE and for the
+  neighbour critic; pulls/s after a warm-up, and their ratio.
+- ``routing``: :class:`~barp.serve.TrainedRouter` (encoder + policy) against its encoder alone, single prompts
+  (p50/p95 latency) and batches of 32 (prompts/s), taking turns on the same prompts.
+- ``startup``: fresh interpreters timing ``barp --help``, ``import barp.cli`` and the imports of torch,
+  transformers and lightning alone, plus ``python -X importtime`` of ``barp.cli`` split by package.
+- ``growth``: at each size, the embedding pipeline (cache, dedup, sort, tokenise, forward, pool, shards), one
+  training epoch, and the time and peak memory of the critic's neighbour search.
+- ``gpu``: the encoder in fp16/bf16 and training on the device, when CUDA is available; otherwise ``skipped``.
+
+Every ratio is stored with the two figures it divides (``numerator`` / ``denominator``, dotted paths inside its
+section); ``targets`` compares them with issue 15's targets. Nothing here is a timed test: the figures depend on
+the machine and on what else runs on it (the load average is recorded per section).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "synthetic.yaml"
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _get(section: dict, path: str) -> float:
+    value = section
+    for part in path.split("."):
+        value = value[part]
+    return float(value)
+
+
+def add_ratio(section: dict, name: str, numerator: str, denominator: str) -> float:
+    """Store ``section[numerator] / section[denominator]`` (dotted paths) under ``section["ratios"][name]``."""
+    value = _get(section, numerator) / _get(section, denominator)
+    section.setdefault("ratios", {})[name] = {"value": value, "numerator": numerator, "denominator": denominator}
+    return value
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def _recipe() -> dict:
+    import yaml
+
+    return yaml.safe_load(RECIPE.read_text())
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available.*")
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+
+
+def length_mix(n_short: int, n_long: int, seed: int = 0) -> list[str]:
+    """Synthetic benchmark prompts plus 5-shot prompts (five same-family prompts, then the question).
+
+    Args:
+        n_short: Question-length prompts of the built-in benchmark.
+        n_long: 5-shot prompts made by concatenating six prompts of one family.
+        seed: Seed of the synthetic table they come from.
+    """
+    from barp.data.synthetic import generate_synthetic
+
+    table = generate_synthetic(max(400, 2 * (n_short + 6 * n_long)), seed=seed)
+    prompts, tasks = list(table.prompts), list(table.tasks)
+    short = prompts[:n_short]
+    by_task: dict[str, list[str]] = {}
+    for text, task in zip(prompts[n_short:], tasks[n_short:]):
+        by_task.setdefault(task, []).append(text)
+    pools = [p for p in by_task.values() if len(p) >= 6]
+    long = []
+    for i in range(n_long):
+        pool = pools[i % len(pools)]
+        j = (i // len(pools)) * 6 % max(len(pool) - 5, 1)
+        shots = pool[j:j + 6]
+        long.append("\n\n".join(f"Example {s + 1}:\n{t}" for s, t in enumerate(shots[:5])) + "\n\nQuestion:\n" + shots[5])
+    mix = short + long
+    rng = np.random.default_rng(seed)
+    return [mix[i] for i in rng.permutation(len(mix))]
+
+
+# ---------------------------------------------------------------------------------------------------- encoder
+def plain_encoder(device: str = "cpu", max_length: int = 256, batch_size: int = 32) -> Callable[[list[str]], np.ndarray]:
+    """The usual transformers recipe: fp32, fixed-size batches in input order, padded to ``max_length``.
+
+    Truncation keeps the end of a long prompt, as barp does, so that only the compute path differs.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    from barp.encoders import DEFAULT_ENCODER, resolve_encoder_path
+
+    path = resolve_encoder_path(DEFAULT_ENCODER)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.truncation_side = "left"
+    model = AutoModel.from_pretrained(path).to(device).eval()
+
+    @torch.no_grad()
+    def encode(texts: list[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start:start + batch_size], padding="max_length", truncation=True,
+                            max_length=max_length, return_tensors="pt").to(device)
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
+        return np.concatenate(out)
+
+    return encode
+
+
+def encoder_section(prompts: list[str], rounds: int, device: str = "cpu",
+                    dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict:
+    """Plain fp32 loop vs barp's SentenceEncoder (default settings, and in each of ``dtypes``), taking turns."""
+    from barp.encoders import SentenceEncoder
+
+    paths: dict[str, Callable[[list[str]], np.ndarray]] = {"plain_fp32": plain_encoder(device)}
+    default = SentenceEncoder(device=device)
+    paths["barp_default"] = default.encode
+    for dtype in dtypes:
+        if dtype != "float32":
+            paths[f"barp_{dtype}"] = SentenceEncoder(dtype=dtype, device=device).encode
+    counts = [len(ids) for ids in default.tokenizer(prompts, truncation=False)["input_ids"]]
+    tokens = {"p10": _percentile(counts, 10), "p50": _percentile(counts, 50), "p90": _percentile(counts, 90),
+              "max": max(counts), "share_over_max_length": float(np.mean(np.asarray(counts) > default.max_length))}
+    for f in paths.values():
+        f(prompts[:2])  # warm-up
+    seconds: dict[str, list[float]] = {k: [] for k in paths}
+    outputs: dict[str, np.ndarray] = {}
+    names = list(paths)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order each round
+            start = time.perf_counter()
+            outputs[name] = paths[name](prompts)
+            seconds[name].append(time.perf_counter() - start)
+    section: dict = {"prompts": len(prompts), "rounds": rounds, "device": device, "tokens": tokens,
+                     "max_length": default.max_length, "barp_batch_size": default.batch_size, "plain_batch_size": 32}
+    for name in names:
+        best = min(seconds[name])
+        section[name] = {"seconds": best, "prompts_per_s": len(prompts) / best}
+        if name != "plain_fp32":
+            cos = (outputs[name] * outputs["plain_fp32"]).sum(1)
+            section[name]["cosine_to_plain_fp32"] = {"min": float(cos.min()), "mean": float(cos.mean())}
+    for name in names[1:]:
+        add_ratio(section, f"{name}_vs_plain_fp32", f"{name}.prompts_per_s", "plain_fp32.prompts_per_s")
+    if "barp_bfloat16" in section:
+        add_ratio(section, "barp_bfloat16_vs_barp_default", "barp_bfloat16.prompts_per_s", "barp_default.prompts_per_s")
+    return section
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def unit_vectors(texts: list[str], dim: int) -> np.ndarray:
+    """Stand-in embeddings: one seeded random unit vector per distinct text (a step's cost does not depend on them)."""
+    import zlib
+
+    out = np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(dim) for t in texts])
+    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def standin_datamodule(**data_args):
+    """barp's RoutingDataModule (table, splits, embedding cache, loaders) with :func:`unit_vectors` as the encoder."""
+    from barp.data.datamodule import RoutingDataModule
+
+    class StandInData(RoutingDataModule):
+        def _encode(self, texts: list[str]) -> np.ndarray:
+            return unit_vectors(list(texts), self.embed_dim)
+
+    return StandInData(**data_args)
+
+
+def _callback_class():
+    import lightning as L
+
+    class StepTimer(L.Callback):
+        """Wall time of the training steps after ``warmup`` (data loading, step, logging, epoch ends) and of epochs."""
+
+        def __init__(self, warmup: int, samples_per_prompt: int, sync: bool) -> None:
+            self.warmup, self.k, self.sync = warmup, samples_per_prompt, sync
+            self.steps, self.pulls, self.start, self.end, self.epochs = 0, 0, None, None, []
+
+        def _now(self) -> float:
+            if self.sync:
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self._epoch = self._now()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.epochs.append(self._now() - self._epoch)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.steps += 1
+            if self.steps == self.warmup:
+                self.start = self._now()
+            elif self.steps > self.warmup:
+                self.pulls += len(batch["emb"]) * self.k
+                self.end = self._now()
+
+    return StepTimer
+
+
+def lightning_fit(dm, model_args: dict, deterministic: bool, device: str, max_steps: int = -1,
+                  max_epochs: int | None = None, warmup: int = 0) -> dict:
+    """barp's fit: BaRPModule on ``dm`` with validation, logger, checkpoints and progress bar off."""
+    import lightning as L
+
+    from barp.module import BaRPModule
+
+    _quiet_lightning()
+    L.seed_everything(42, verbose=False)
+    model = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim,
+                       encoder=dm.hparams.encoder, **model_args)
+    timer = _callback_class()(warmup, model_args.get("samples_per_prompt", 1), device == "cuda")
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = L.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_steps=max_steps,
+                            max_epochs=max_epochs, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            deterministic=deterministic, callbacks=[timer], default_root_dir=tmp)
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=dm)
+        fit_s = time.perf_counter() - start
+    torch.use_deterministic_algorithms(False)
+    out = {"fit_s": fit_s, "steps": timer.steps, "epoch_s": timer.epochs}
+    if timer.start is not None and timer.end is not None:
+        seconds = timer.end - timer.start
+        out.update(seconds=seconds, pulls=timer.pulls, pulls_per_s=timer.pulls / seconds,
+                   ms_per_step=1000 * seconds / (timer.steps - warmup))
+    return out
+
+
+def bare_loop(dm, model_args: dict, steps: int, warmup: int, deterministic: bool, device: str) -> dict:
+    """The same training step as BaRPModule's, written as a plain PyTorch loop on the same data.
+
+    Policy (:class:`~barp.policy.BaRPPolicy`), preferences, sampling, reward, REINFORCE loss with the batch-mean
+    baseline or the neighbour critic's loss (:class:`~barp.critic.NeighbourCritic`), linear entropy decay, Adam.
+    """
+    from barp.critic import NeighbourCritic
+    from barp.policy import BaRPPolicy
+    from barp.rl import critic_policy_loss, normalized_cost, reinforce_loss, reward, sample_preferences
+
+    torch.use_deterministic_algorithms(deterministic)
+    torch.manual_seed(42)
+    a = dict(model_args)
+    emb = torch.as_tensor(dm.train_embeddings()).to(device)
+    train = dm.table.subset(dm.splits.train)
+    scores = torch.tensor(np.asarray(train.scores), dtype=torch.float32, device=device)
+    costs = torch.tensor(np.asarray(train.costs), dtype=torch.float32, device=device)
+    tau = float(a.get("tau") or dm.train_environment().cost_percentile(a.get("tau_percentile", 95.0)))
+    policy = BaRPPolicy(emb.shape[1], scores.shape[1], a.get("head", "mlp"), a.get("hidden_dim", 256),
+                        a.get("pref_dim", 64), a.get("preference_features", "raw")).to(device)
+    opt = torch.optim.Adam(policy.parameters(), lr=a.get("lr", 1e-3), weight_decay=a.get("weight_decay", 0.0))
+    use_critic = a.get("critic", "none") != "none"
+    critic = NeighbourCritic(emb.cpu(), scores.shape[1], a.get("critic_neighbours", 40), a.get("critic_prior", 1.0)) \
+        if use_critic else None
+    k, batch, n = a.get("samples_per_prompt", 1), dm.hparams.batch_size, len(emb)
+    beta0 = a.get("beta", 0.02)
+    beta1 = beta0 if a.get("beta_final") is None else a["beta_final"]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    step, pulls, start, critic_s = 0, 0, None, 0.0
+    while step < steps:
+        perm = torch.randperm(n)
+        for first in range(0, n, batch):
+            if step >= steps:
+                break
+            rows = perm[first:first + batch].to(device)
+            x, rows = emb[rows].repeat_interleave(k, dim=0), rows.repeat_interleave(k)
+            w = sample_preferences(len(x), device=device, cost_power=a.get("cost_power", 1.0))
+            logits = policy(x, w)
+            actions = torch.distributions.Categorical(logits=logits).sample()
+            q, c = scores[rows, actions], costs[rows, actions]
+            r = reward(q, c, w, tau)
+            beta = beta0 + (beta1 - beta0) * min(step / steps, 1.0)
+            if critic is not None:
+                t = time.perf_counter()
+                critic.observe(rows, actions, q, normalized_cost(c, tau))
+                values = critic.values(rows, w)
+                critic_s += time.perf_counter() - t if step >= warmup else 0.0
+                loss = critic_policy_loss(logits, values, actions, r, a.get("critic_residual", 0.0), beta).loss
+            else:
+                loss = reinforce_loss(logits, actions, r, r.mean(), beta).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step == warmup:
+                sync()
+                start = time.perf_counter()
+            elif step > warmup:
+                pulls += len(x)
+    sync()
+    seconds = time.perf_counter() - start
+    torch.use_deterministic_algorithms(False)
+    out = {"steps": step, "seconds": seconds, "pulls": pulls, "pulls_per_s": pulls / seconds,
+           "ms_per_step": 1000 * seconds / (step - warmup)}
+    if critic is not None:
+        out["critic_ms_per_step"] = 1000 * critic_s / (step - warmup)
+    return out
+
+
+def training_section(steps: int, warmup: int, repeats: int, device: str = "cpu") -> dict:
+    """Lightning fit vs bare loop, REINFORCE and neighbour critic, on the synthetic recipe's data and model settings."""
+    recipe = _recipe()
+    model_args, data_args = recipe["model"]["init_args"], recipe["data"]["init_args"]
+    deterministic = bool(recipe.get("trainer", {}).get("deterministic", False))
+    section: dict = {"device": device, "steps": steps, "warmup_steps": warmup, "repeats": repeats,
+                     "deterministic": deterministic, "torch_threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        dm = standin_datamodule(cache_dir=tmp, **data_args)
+        dm.prepare_data()
+        dm.setup("fit")
+        section.update(train_prompts=len(dm.splits.train), batch_size=dm.hparams.batch_size,
+                       samples_per_prompt=model_args.get("samples_per_prompt", 1))
+        for key, critic in (("reinforce", "none"), ("critic", "neighbours")):
+            args = {**model_args, "critic": critic}
+            runs: dict[str, list[dict]] = {"lightning": [], "bare": []}
+            for r in range(repeats):
+                for which in (("lightning", "bare") if r % 2 == 0 else ("bare", "lightning")):
+                    if which == "lightning":
+                        runs[which].append(lightning_fit(dm, args, deterministic, device, max_steps=steps, warmup=warmup))
+                    else:
+                        runs[which].append(bare_loop(dm, args, steps, warmup, deterministic, device))
+            section[key] = {which: max(v, key=lambda run: run["pulls_per_s"]) for which, v in runs.items()}
+            add_ratio(section, f"{key}_lightning_vs_bare", f"{key}.lightning.pulls_per_s", f"{key}.bare.pulls_per_s")
+        cores = os.cpu_count() or 1
+        if device == "cpu" and cores != torch.get_num_threads():  # the same bare loop at torch's default threads
+            chosen = torch.get_num_threads()
+            torch.set_num_threads(cores)
+            try:
+                section["reinforce_bare_at_default_threads"] = bare_loop(
+                    dm, {**model_args, "critic": "none"}, max(warmup + 5, steps // 5), warmup, deterministic, device)
+            finally:
+                torch.set_num_threads(chosen)
+            section["reinforce_bare_at_default_threads"]["threads"] = cores
+            add_ratio(section, "bare_default_threads_vs_chosen", "reinforce_bare_at_default_threads.pulls_per_s",
+                      "reinforce.bare.pulls_per_s")
+    return section
+
+
+# ---------------------------------------------------------------------------------------------------- routing
+def routing_section(prompts: list[str], singles: int, batches: int, batch_size: int = 32) -> dict:
+    """TrainedRouter (encoder + policy, freshly initialised: same cost as trained) vs its encoder alone."""
+    from barp.data.synthetic import MODELS, TASKS
+    from barp.encoders import SentenceEncoder
+    from barp.module import BaRPModule
+    from barp.serve import TrainedRouter
+
+    model_args = _recipe()["model"]["init_args"]
+    router = TrainedRouter(BaRPModule(model_names=list(MODELS), task_names=list(TASKS), **model_args),
+                           SentenceEncoder())
+    encoder = router.encoder
+    paths = {"router": lambda ps: router.route(ps, w_c=0.5), "encoder": encoder.encode}
+    for f in paths.values():
+        f(prompts[:2])  # warm-up
+    latency: dict[str, list[float]] = {"router": [], "encoder": []}
+    for i in range(singles):
+        for name in (("router", "encoder") if i % 2 == 0 else ("encoder", "router")):
+            start = time.perf_counter()
+            paths[name]([prompts[i % len(prompts)]])
+            latency[name].append(1000 * (time.perf_counter() - start))
+    seconds = {"router": 0.0, "encoder": 0.0}
+    for b in range(batches):
+        chunk = [prompts[(b * batch_size + j) % len(prompts)] for j in range(batch_size)]
+        for name in (("router", "encoder") if b % 2 == 0 else ("encoder", "router")):
+            start = time.perf_counter()
+            paths[name](chunk)
+            seconds[name] += time.perf_counter() - start
+    section: dict = {"single_prompts": singles, "batches": batches, "batch_size": batch_size, "single": {}, "batch": {}}
+    for name in ("router", "encoder"):
+        section["single"][name] = {"p50_ms": _percentile(latency[name], 50), "p95_ms": _percentile(latency[name], 95)}
+        section["batch"][name] = {"seconds": seconds[name], "prompts_per_s": batches * batch_size / seconds[name]}
+    add_ratio(section, "single_p50_router_vs_encoder", "single.router.p50_ms", "single.encoder.p50_ms")
+    add_ratio(section, "single_p95_router_vs_encoder", "single.router.p95_ms", "single.encoder.p95_ms")
+    add_ratio(section, "batch_router_vs_encoder", "batch.router.prompts_per_s", "batch.encoder.prompts_per_s")
+    return section
+
+
+# ---------------------------------------------------------------------------------------------------- start-up
+PACKAGES = {"torch": ("torch", "torchgen", "functorch"), "transformers": ("transformers", "tokenizers",
+            "huggingface_hub", "safetensors"), "lightning": ("lightning", "lightning_fabric", "lightning_utilities",
+            "pytorch_lightning"), "torchmetrics": ("torchmetrics",), "jsonargparse": ("jsonargparse",),
+            "barp": ("barp",)}
+
+
+def _barp_command() -> list[str]:
+    script = Path(sys.executable).parent / "barp"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "barp"]
+
+
+def _timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    return time.perf_counter() - start
+
+
+def import_breakdown(module: str = "barp.cli") -> dict:
+    """``python -X importtime -c "import MODULE"``: self time (s) summed per package group, and the total."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"], capture_output=True,
+                          text=True, check=True)
+    groups = {name: 0.0 for name in PACKAGES} | {"other": 0.0}
+    owner = {pkg: name for name, pkgs in PACKAGES.items() for pkg in pkgs}
+    for line in proc.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|\s*(\S+)", line)
+        if m:
+            groups[owner.get(m.group(3).split(".")[0], "other")] += int(m.group(1)) / 1e6
+    return {"self_s": groups, "total_s": sum(groups.values())}
+
+
+def startup_section(repeats: int) -> dict:
+    """Fresh interpreters: ``barp --help``, ``import barp.cli`` and the big imports alone (best of ``repeats``)."""
+    py = sys.executable
+    probes = {"python_bare": [py, "-c", "pass"], "import_torch": [py, "-c", "import torch"],
+              "import_transformers": [py, "-c", "import transformers"],
+              "import_lightning": [py, "-c", "import lightning"], "import_barp_cli": [py, "-c", "import barp.cli"],
+              "barp_help": _barp_command() + ["--help"]}
+    times: dict[str, list[float]] = {k: [] for k in probes}
+    names = list(probes)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(_timed(probes[name]))
+    section: dict = {"repeats": repeats, "commands": {k: " ".join(v) for k, v in probes.items()},
+                     "seconds": {k: min(v) for k, v in times.items()}, "importtime_barp_cli": import_breakdown()}
+    s = section["seconds"]
+    s["barp_help_beyond_import_lightning"] = s["barp_help"] - s["import_lightning"]
+    add_ratio(section, "import_lightning_vs_barp_help", "seconds.import_lightning", "seconds.barp_help")
+    add_ratio(section, "import_barp_cli_vs_barp_help", "seconds.import_barp_cli", "seconds.barp_help")
+    add_ratio(section, "import_torch_vs_barp_help", "seconds.import_torch", "seconds.barp_help")
+    add_ratio(section, "barp_own_import_share", "importtime_barp_cli.self_s.barp", "importtime_barp_cli.total_s")
+    return section
+
+
+# ---------------------------------------------------------------------------------------------------- growth
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_memory(fn: Callable[[], object]) -> tuple[float, float | None]:
+    """Run ``fn``; return its wall time and its peak resident memory above the start, in MiB (None if unknown).
+
+    Linux only: resets the process's high-water mark (``/proc/self/clear_refs``) and reads ``VmHWM`` after.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _rss_kb("VmRSS")
+    except OSError:
+        before = None
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    if before is None:
+        return seconds, None
+    return seconds, max(_rss_kb("VmHWM") - before, 0) / 1024
+
+
+def standin_encoder():
+    """barp's SentenceEncoder (real tokenizer, batching, pooling) around a tiny random network (1 layer, 32 wide).
+
+    Its time is the embedding pipeline's own (tokenising, sorting, padding, batching, pooling, cache and shards);
+    the real network's cost per prompt is the ``encoder`` section's.
+    """
+    from transformers import AutoModel
+
+    from barp.encoders import SentenceEncoder
+
+    encoder = SentenceEncoder()
+    config = encoder.model.config.to_dict() | {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
+                                               "intermediate_size": 64}
+    torch.manual_seed(0)
+    encoder.model = AutoModel.from_config(type(encoder.model.config)(**config)).eval().requires_grad_(False)
+    return encoder
+
+
+def growth_section(sizes: list[int], device: str = "cpu") -> dict:
+    """Embedding pipeline, one training epoch and the critic's neighbour search at each synthetic table size."""
+    from barp.critic import nearest_neighbours
+    from barp.data.embedding_cache import EmbeddingCache
+    from barp.data.synthetic import generate_synthetic
+
+    recipe = _recipe()
+    model_args, data_args = recipe["model"]["init_args"], recipe["data"]["init_args"]
+    deterministic = bool(recipe.get("trainer", {}).get("deterministic", False))
+    encoder = standin_encoder()
+    section: dict = {"sizes": {}, "embedding": "barp's cache + SentenceEncoder.encode with a stand-in network",
+                     "critic_neighbours": model_args.get("critic_neighbours", 40)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            start = time.perf_counter()
+            table = generate_synthetic(n, seed=0)
+            row: dict = {"prompts": n, "distinct_prompts": len(set(table.prompts)),
+                         "table_s": time.perf_counter() - start}
+            cache = EmbeddingCache(Path(tmp) / f"emb-{n}", "stand-in", 256, "left", "float32")
+            start = time.perf_counter()
+            cache.get_or_compute(table.prompts, encoder.encode)
+            row["embedding_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            cache.get_or_compute(table.prompts, lambda texts: (_ for _ in ()).throw(RuntimeError("not cached")))
+            row["cache_reload_s"] = time.perf_counter() - start
+            dm = standin_datamodule(cache_dir=str(Path(tmp) / f"dm-{n}"), **{**data_args, "num_prompts": n})
+            dm._table = table
+            dm.prepare_data()
+            dm.setup("fit")
+            emb = torch.as_tensor(dm.train_embeddings())
+            k = min(section["critic_neighbours"], len(emb) - 1)
+            row["train_prompts"] = len(emb)
+            row["neighbour_search_s"], row["neighbour_search_peak_mib"] = peak_memory(
+                lambda: nearest_neighbours(emb, k))
+            row["full_similarity_matrix_mib"] = len(emb) ** 2 * 4 / 2**20
+            fit = lightning_fit(dm, {**model_args, "critic_neighbours": k}, deterministic, device, max_epochs=1)
+            row.update(epoch_s=fit["epoch_s"][0], fit_s=fit["fit_s"], epoch_steps=fit["steps"])
+            section["sizes"][str(n)] = row
+    first = str(sizes[0])
+    for n in sizes[1:]:
+        for figure in ("prompts", "embedding_s", "epoch_s", "neighbour_search_s", "neighbour_search_peak_mib"):
+            if section["sizes"][first].get(figure) and section["sizes"][str(n)].get(figure):  # None/0: unmeasurable
+                add_ratio(section, f"{figure}_{n}_vs_{first}", f"sizes.{n}.{figure}", f"sizes.{first}.{figure}")
+    if len(sizes) > 2 and all(section["sizes"][str(n)].get("neighbour_search_peak_mib") for n in sizes[-2:]):
+        a, b = str(sizes[-1]), str(sizes[-2])
+        add_ratio(section, f"prompts_{a}_vs_{b}", f"sizes.{a}.prompts", f"sizes.{b}.prompts")
+        add_ratio(section, f"neighbour_search_peak_mib_{a}_vs_{b}", f"sizes.{a}.neighbour_search_peak_mib",
+                  f"sizes.{b}.neighbour_search_peak_mib")
+    return section
+
+
+# ---------------------------------------------------------------------------------------------------- gpu
+def gpu_section(prompts: list[str], rounds: int, steps: int, warmup: int) -> dict:
+    """The encoder in fp32/fp16/bf16 and training on the CUDA device; ``skipped`` without one."""
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device (torch.cuda.is_available() is False)"}
+    return {"device_name": torch.cuda.get_device_name(0),
+            "encoder": encoder_section(prompts, rounds, "cuda", ("float32", "float16", "bfloat16")),
+            "training": training_section(steps, warmup, 1, "cuda")}
+
+
+# ---------------------------------------------------------------------------------------------------- targets
+def _target(results: dict, section: str, ratio: str, op: str, threshold: float, note: str = "",
+            extra: Callable[[dict], bool] | None = None) -> dict | None:
+    part = results["sections"].get(section, {})
+    if ratio not in part.get("ratios", {}):
+        return None
+    value = part["ratios"][ratio]["value"]
+    met = value >= threshold if op == ">=" else value <= threshold
+    if extra is not None:
+        met = met and extra(part)
+    return {"section": section, "ratio": ratio, "value": value, "target": f"{op} {threshold:g}", "met": bool(met),
+            "note": note}
+
+
+def targets(results: dict) -> list[dict]:
+    """Issue 15's targets, each against the ratio that measures it."""
+    cos = lambda name: lambda s: s[name]["cosine_to_plain_fp32"]["min"] >= 0.999  # noqa: E731
+    found = [
+        _target(results, "encoder", "barp_default_vs_plain_fp32", ">=", 2.0, "and min cosine >= 0.999",
+                cos("barp_default")),
+        _target(results, "encoder", "barp_bfloat16_vs_plain_fp32", ">=", 2.0, "and min cosine >= 0.999",
+                cos("barp_bfloat16")),
+        _target(results, "training", "reinforce_lightning_vs_bare", ">=", 0.5),
+        _target(results, "training", "critic_lightning_vs_bare", ">=", 0.5),
+        _target(results, "routing", "single_p50_router_vs_encoder", "<=", 1.15, "overhead <= 15% at p50"),
+        _target(results, "routing", "batch_router_vs_encoder", ">=", 0.9),
+    ]
+    growth = results["sections"].get("growth", {})
+    ratios = growth.get("ratios", {})
+    sizes = list(growth.get("sizes", {}))
+    if len(sizes) > 1:  # about linear: time (memory) ratio at most 1.25x the size ratio
+        last, first = sizes[-1], sizes[0]
+        size_ratio = ratios[f"prompts_{last}_vs_{first}"]["value"]
+        for figure in ("embedding_s", "epoch_s"):
+            found.append(_target(results, "growth", f"{figure}_{last}_vs_{first}", "<=", 1.25 * size_ratio,
+                                 f"about linear: <= 1.25 x the size ratio {size_ratio:g}"))
+        if len(sizes) > 2 and f"prompts_{last}_vs_{sizes[-2]}" in ratios:
+            step = ratios[f"prompts_{last}_vs_{sizes[-2]}"]["value"]
+            found.append(_target(results, "growth", f"neighbour_search_peak_mib_{last}_vs_{sizes[-2]}", "<=",
+                                 1.25 * step, f"not quadratic: <= 1.25 x the size ratio {step:g} (last step)"))
+    return [t for t in found if t is not None]
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def _walk_ratios(node: dict, prefix: str):
+    if "ratios" in node:
+        for name, r in node["ratios"].items():
+            yield prefix, name, r, _get(node, r["numerator"]), _get(node, r["denominator"])
+    for key, value in node.items():
+        if isinstance(value, dict) and key != "ratios":
+            yield from _walk_ratios(value, f"{prefix}.{key}" if prefix else key)
+
+
+def report(results: dict) -> str:
+    """The printed table: each section's figures and ratios (numerator / denominator), then the targets."""
+    lines = [f"barp benchmark {results['date']}  {results['machine']['cpu']}  {results['machine']['cores']} cores  "
+             f"torch threads {results['machine']['torch_threads']}  quick={results['quick']}"]
+    s = results["sections"]
+    if "encoder" in s:
+        e = s["encoder"]
+        lines.append(f"\nencoder: {e['prompts']} prompts, tokens p10/p50/p90/max {e['tokens']['p10']:.0f}/"
+                     f"{e['tokens']['p50']:.0f}/{e['tokens']['p90']:.0f}/{e['tokens']['max']}, "
+                     f"{100 * e['tokens']['share_over_max_length']:.0f}% over {e['max_length']}")
+        for name in [k for k in e if k.startswith(("plain_", "barp_")) and isinstance(e[k], dict)]:
+            c = e[name].get("cosine_to_plain_fp32")
+            extra = f"  cosine to plain fp32 min {c['min']:.6f} mean {c['mean']:.6f}" if c else ""
+            lines.append(f"  {name:<16} {e[name]['prompts_per_s']:8.2f} prompts/s{extra}")
+    if "training" in s:
+        t = s["training"]
+        lines.append(f"\ntraining: {t['train_prompts']} training prompts, {t['batch_size']} x "
+                     f"{t['samples_per_prompt']} pulls per step, {t['steps']} steps ({t['warmup_steps']} warm-up)")
+        for key in ("reinforce", "critic"):
+            for which in ("lightning", "bare"):
+                run = t[key][which]
+                lines.append(f"  {key:<9} {which:<9} {run['pulls_per_s']:9.0f} pulls/s  {run['ms_per_step']:6.2f} "
+                             f"ms/step" + (f"  (critic {run['critic_ms_per_step']:.2f} ms/step)"
+                                           if "critic_ms_per_step" in run else ""))
+    if "routing" in s:
+        r = s["routing"]
+        lines.append("\nrouting (TrainedRouter vs its encoder alone):")
+        for name in ("router", "encoder"):
+            lines.append(f"  {name:<8} single p50 {r['single'][name]['p50_ms']:7.1f} ms  p95 "
+                         f"{r['single'][name]['p95_ms']:7.1f} ms   batch of {r['batch_size']} "
+                         f"{r['batch'][name]['prompts_per_s']:7.1f} prompts/s")
+    if "startup" in s and "seconds" in s["startup"]:
+        st = s["startup"]
+        lines.append("\nstart-up (fresh interpreter, best of %d):" % st["repeats"])
+        for name, sec in st["seconds"].items():
+            lines.append(f"  {name:<36} {sec:6.2f} s")
+        imp = st["importtime_barp_cli"]
+        lines.append("  python -X importtime 'import barp.cli', self time by package: " + ", ".join(
+            f"{k} {v:.2f} s" for k, v in imp["self_s"].items()) + f" (total {imp['total_s']:.2f} s)")
+    if "growth" in s:
+        g = s["growth"]
+        lines.append("\ngrowth (" + g["embedding"] + "):")
+        lines.append("  prompts  distinct  embed_s  reload_s  train_prompts  epoch_s  steps  nn_s  nn_peak_MiB  "
+                     "full_NxN_MiB")
+        for row in g["sizes"].values():
+            peak = row["neighbour_search_peak_mib"]
+            lines.append(f"  {row['prompts']:7d}  {row['distinct_prompts']:8d}  {row['embedding_s']:7.2f}  "
+                         f"{row['cache_reload_s']:8.2f}  {row['train_prompts']:13d}  {row['epoch_s']:7.2f}  "
+                         f"{row['epoch_steps']:5d}  {row['neighbour_search_s']:4.2f}  "
+                         f"{peak if peak is None else round(peak, 1)!s:>11}  {row['full_similarity_matrix_mib']:12.1f}")
+    for name, part in s.items():
+        if "skipped" in part:
+            lines.append(f"\n{name}: skipped ({part['skipped']})")
+    lines.append("\nratios (= numerator / denominator):")
+    for where, name, r, a, b in _walk_ratios(s, ""):
+        lines.append(f"  {where + '.' + name:<58} {r['value']:8.3f} = {_fmt(a)} / {_fmt(b)}")
+    lines.append("\ntargets (issue 15):")
+    for t in results["targets"]:
+        lines.append(f"  {t['section'] + '.' + t['ratio']:<58} {t['value']:8.3f}  target {t['target']:<8} "
+                     f"{'MET' if t['met'] else 'NOT MET'}  {t['note']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- main
+SECTIONS = ("encoder", "training", "routing", "startup", "growth", "gpu")
+
+
+def _machine() -> dict:
+    import lightning
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        flags = Path("/proc/cpuinfo").read_text()
+        cpu_bf16 = "amx_bf16" in flags or "avx512_bf16" in flags
+    except OSError:
+        cpu_bf16 = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu_native_bf16": cpu_bf16,
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "lightning": lightning.__version__, "cuda": torch.cuda.is_available()}
+
+
+def run_benchmark(output: str, quick: bool = False, sections: list[str] | None = None,
+                  growth_sizes: list[int] | None = None, training_steps: int | None = None,
+                  threads: int | None = 1) -> dict:
+    """Run the benchmark; write ``OUTPUT/benchmark.json`` and print the table.
+
+    Args:
+        output: Folder for ``benchmark.json`` (created if needed).
+        quick: Tiny inputs and no start-up probes: checks the machinery in seconds; its figures mean little.
+        sections: Sections to run (default all): encoder, training, routing, startup, growth, gpu.
+        growth_sizes: Synthetic table sizes of the growth section (default 1000, 4000, 16000; quick 100, 200, 400).
+        training_steps: Steps per training run (default 300; quick 12), of which a tenth are warm-up.
+        threads: torch intra-op threads for every in-process figure (None: torch's default, one per core). The
+            default 1 keeps ratios stable on a shared machine: with one thread per core, a step waits for
+            whichever thread another process has preempted (the training section also times its bare loop at the
+            default thread count, to show the effect).
+
+    Returns:
+        The results written to the JSON file.
+    """
+    chosen = list(sections or SECTIONS)
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"--sections: unknown {unknown}; choose from {list(SECTIONS)}")
+    steps = training_steps or (12 if quick else 300)
+    warmup = max(2, steps // 10)
+    sizes = growth_sizes or ([100, 200, 400] if quick else [1000, 4000, 16000])
+    if threads is not None:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    results: dict = {"date": date.today().isoformat(), "quick": quick, "machine": _machine(), "sections": {}}
+    mix = length_mix(6, 2) if quick else length_mix(96, 32)
+    run = {
+        "encoder": lambda: encoder_section(mix, 1 if quick else 2),
+        "training": lambda: training_section(steps, warmup, 1 if quick else 2),
+        "routing": lambda: routing_section(length_mix(48, 0, seed=1), 4 if quick else 64, 1 if quick else 6,
+                                           8 if quick else 32),
+        "startup": lambda: {"skipped": "quick mode (each probe starts a fresh interpreter: seconds each)"} if quick
+        else startup_section(2),
+        "growth": lambda: growth_section(sizes),
+        "gpu": lambda: gpu_section(mix, 1 if quick else 2, steps, warmup),
+    }
+    for name in SECTIONS:
+        if name not in chosen:
+            continue
+        load, start = _load(), time.perf_counter()
+        section = run[name]()
+        section["load_average_before_after"] = [load, _load()]
+        section["wall_s"] = time.perf_counter() - start
+        results["sections"][name] = section
+        print(f"[benchmark] {name}: {section['wall_s']:.1f} s", file=sys.stderr, flush=True)
+    results["targets"] = targets(results)
+    results["wall_s"] = time.perf_counter() - started
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "benchmark.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, out / "benchmark.json")
+    print(report(results))
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse the command line (see :func:`run_benchmark` for the options) and run the benchmark."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", required=True, help="folder for benchmark.json")
+    parser.add_argument("--quick", action="store_true", help="tiny inputs, no start-up probes (seconds)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, help="sections to run (default all)")
+    parser.add_argument("--growth_sizes", nargs="+", type=int, help="growth table sizes (default 1000 4000 16000)")
+    parser.add_argument("--training_steps", type=int, help="steps per training run (default 300)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: stable on a shared machine; 0: torch's default)")
+    args = parser.parse_args(argv)
+    return run_benchmark(args.output, args.quick, args.sections, args.growth_sizes, args.training_steps,
+                         args.threads or None)
+
+
+if __name__ == "__main__":
+    main()
