@@ -158,7 +158,7 @@ def encoder_section(prompts: list[str], rounds: int, device: str = "cpu",
     for dtype in dtypes:
         if dtype != "float32":
             paths[f"barp_{dtype}"] = SentenceEncoder(dtype=dtype, device=device).encode
-    counts = [len(ids) for ids in default.tokenizer(prompts, truncation=False)["input_ids"]]
+    counts = [len(ids) for ids in default.tokenizer(prompts, truncation=False, verbose=False)["input_ids"]]
     tokens = {"p10": _percentile(counts, 10), "p50": _percentile(counts, 50), "p90": _percentile(counts, 90),
               "max": max(counts), "share_over_max_length": float(np.mean(np.asarray(counts) > default.max_length))}
     for f in paths.values():
@@ -361,16 +361,20 @@ def training_section(steps: int, warmup: int, repeats: int, device: str = "cpu")
             section[key] = {which: max(v, key=lambda run: run["pulls_per_s"]) for which, v in runs.items()}
             add_ratio(section, f"{key}_lightning_vs_bare", f"{key}.lightning.pulls_per_s", f"{key}.bare.pulls_per_s")
         cores = os.cpu_count() or 1
-        if device == "cpu" and cores != torch.get_num_threads():  # the same bare loop at torch's default threads
-            chosen = torch.get_num_threads()
+        if device == "cpu" and cores != torch.get_num_threads():  # REINFORCE again at torch's default threads
+            chosen, short = torch.get_num_threads(), max(warmup + 5, steps // 5)
+            args = {**model_args, "critic": "none"}
             torch.set_num_threads(cores)
             try:
-                section["reinforce_bare_at_default_threads"] = bare_loop(
-                    dm, {**model_args, "critic": "none"}, max(warmup + 5, steps // 5), warmup, deterministic, device)
+                section["reinforce_default_threads"] = {
+                    "threads": cores, "steps": short,
+                    "lightning": lightning_fit(dm, args, deterministic, device, max_steps=short, warmup=warmup),
+                    "bare": bare_loop(dm, args, short, warmup, deterministic, device)}
             finally:
                 torch.set_num_threads(chosen)
-            section["reinforce_bare_at_default_threads"]["threads"] = cores
-            add_ratio(section, "bare_default_threads_vs_chosen", "reinforce_bare_at_default_threads.pulls_per_s",
+            add_ratio(section, "reinforce_lightning_vs_bare_default_threads",
+                      "reinforce_default_threads.lightning.pulls_per_s", "reinforce_default_threads.bare.pulls_per_s")
+            add_ratio(section, "bare_default_threads_vs_chosen", "reinforce_default_threads.bare.pulls_per_s",
                       "reinforce.bare.pulls_per_s")
     return section
 
@@ -437,11 +441,16 @@ def import_breakdown(module: str = "barp.cli") -> dict:
                           text=True, check=True)
     groups = {name: 0.0 for name in PACKAGES} | {"other": 0.0}
     owner = {pkg: name for name, pkgs in PACKAGES.items() for pkg in pkgs}
+    others: dict[str, float] = {}
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|\s*(\S+)", line)
         if m:
-            groups[owner.get(m.group(3).split(".")[0], "other")] += int(m.group(1)) / 1e6
-    return {"self_s": groups, "total_s": sum(groups.values())}
+            top, seconds = m.group(3).split(".")[0], int(m.group(1)) / 1e6
+            groups[owner.get(top, "other")] += seconds
+            if top not in owner:
+                others[top] = others.get(top, 0.0) + seconds
+    largest = dict(sorted(others.items(), key=lambda kv: -kv[1])[:8])
+    return {"self_s": groups, "total_s": sum(groups.values()), "largest_other_self_s": largest}
 
 
 def startup_section(repeats: int) -> dict:
@@ -478,8 +487,17 @@ def _rss_kb(field: str) -> int:
 def peak_memory(fn: Callable[[], object]) -> tuple[float, float | None]:
     """Run ``fn``; return its wall time and its peak resident memory above the start, in MiB (None if unknown).
 
-    Linux only: resets the process's high-water mark (``/proc/self/clear_refs``) and reads ``VmHWM`` after.
+    Linux only: hands freed heap memory back to the system (``malloc_trim``, so that memory ``fn`` reuses counts
+    again), resets the process's high-water mark (``/proc/self/clear_refs``) and reads ``VmHWM`` after.
     """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         Path("/proc/self/clear_refs").write_text("5")
         before = _rss_kb("VmRSS")
@@ -653,6 +671,11 @@ def report(results: dict) -> str:
                 lines.append(f"  {key:<9} {which:<9} {run['pulls_per_s']:9.0f} pulls/s  {run['ms_per_step']:6.2f} "
                              f"ms/step" + (f"  (critic {run['critic_ms_per_step']:.2f} ms/step)"
                                            if "critic_ms_per_step" in run else ""))
+        if "reinforce_default_threads" in t:
+            d = t["reinforce_default_threads"]
+            for which in ("lightning", "bare"):
+                lines.append(f"  reinforce {which:<9} {d[which]['pulls_per_s']:9.0f} pulls/s  "
+                             f"{d[which]['ms_per_step']:6.2f} ms/step  at {d['threads']} threads, {d['steps']} steps")
     if "routing" in s:
         r = s["routing"]
         lines.append("\nrouting (TrainedRouter vs its encoder alone):")
@@ -667,7 +690,8 @@ def report(results: dict) -> str:
             lines.append(f"  {name:<36} {sec:6.2f} s")
         imp = st["importtime_barp_cli"]
         lines.append("  python -X importtime 'import barp.cli', self time by package: " + ", ".join(
-            f"{k} {v:.2f} s" for k, v in imp["self_s"].items()) + f" (total {imp['total_s']:.2f} s)")
+            f"{k} {v:.2f} s" for k, v in imp["self_s"].items()) + f" (total {imp['total_s']:.2f} s); largest "
+            "other: " + ", ".join(f"{k} {v:.2f} s" for k, v in imp["largest_other_self_s"].items()))
     if "growth" in s:
         g = s["growth"]
         lines.append("\ngrowth (" + g["embedding"] + "):")
