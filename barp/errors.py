@@ -44,3 +44,27 @@ def exit_on_user_error(prog: str) -> Iterator[None]:
             raise
         print(f"{prog}: error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_tool(function, argv: list[str] | None = None, exit_code: int = 2) -> int:
+    """Run a ``tools/`` script's function as a command line (jsonargparse's ``auto_cli``, options by name).
+
+    Args:
+        function: The typed, documented function (its docstring is the help text).
+        argv: Arguments (default ``sys.argv[1:]``).
+        exit_code: Returned, after one ``error: ...`` line on stderr, when the user's input is bad.
+
+    Returns:
+        0 on success, else ``exit_code``.
+    """
+    from jsonargparse import auto_cli
+
+    try:
+        auto_cli(function, args=argv, as_positional=False)
+    except Exception as err:
+        cause = find_user_error(err)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        return exit_code
+    return 0

@@ -17,10 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from jsonargparse import auto_cli
-
 from barp.data.sources import Format, OnMissing, load_table
-from barp.errors import BarpError, ConfigError
+from barp.errors import ConfigError, run_tool
 
 
 def format_summary(summary: dict) -> str:
@@ -114,12 +112,7 @@ def prepare(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (1 with the message on stderr for bad input)."""
-    try:
-        auto_cli(prepare, args=argv, as_positional=False)
-    except BarpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_tool(prepare, argv, exit_code=1)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,9 @@ from typing import Literal
 import numpy as np
 import torch
 import yaml
-from jsonargparse import auto_cli
 
 from barp.atomic import atomic_path, atomic_write_text
-from barp.errors import BarpError, ConfigError
+from barp.errors import ConfigError, run_tool
 
 Bandit = Literal["linucb", "linear_ts"]
 TEST_W_C = (0.2, 0.5, 0.8)
@@ -242,12 +241,7 @@ def _write_outputs(results: list[dict], out: Path, recipe: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input prints one message and exits with code 2."""
-    try:
-        auto_cli(rounds, args=argv, as_positional=False)
-    except BarpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool(rounds, argv)
 
 
 if __name__ == "__main__":

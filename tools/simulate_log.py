@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from jsonargparse import auto_cli
 
-from barp.errors import BarpError, ConfigError
+from barp.errors import ConfigError, run_tool
 
 
 def simulate_log(
@@ -74,12 +73,7 @@ def simulate_log(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input prints one message and exits with code 2."""
-    try:
-        auto_cli(simulate_log, args=argv, as_positional=False)
-    except BarpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool(simulate_log, argv)
 
 
 if __name__ == "__main__":
