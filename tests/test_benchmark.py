@@ -49,6 +49,7 @@ def _figure(node: dict, path: str) -> float:
     return float(node)
 
 
+@pytest.mark.slow  # runs the benchmark's quick mode (~25 s)
 def test_quick_run_writes_the_sections_and_no_tmp_file(quick_run, tmp_path):
     returned, written = quick_run
     assert written == json.loads(json.dumps(returned))  # the file holds what main returned
@@ -60,6 +61,7 @@ def test_quick_run_writes_the_sections_and_no_tmp_file(quick_run, tmp_path):
         assert written["sections"][name]["wall_s"] > 0
 
 
+@pytest.mark.slow  # runs the benchmark's quick mode (~25 s)
 def test_every_ratio_is_its_numerator_over_its_denominator(quick_run):
     _, written = quick_run
     found = list(_ratios(written["sections"]))
@@ -84,6 +86,7 @@ def test_every_ratio_is_its_numerator_over_its_denominator(quick_run):
             assert run["pulls_per_s"] == pytest.approx(run["pulls"] / run["seconds"])
 
 
+@pytest.mark.slow  # runs the benchmark's quick mode (~25 s)
 def test_cosines_are_cosines_and_the_encoder_paths_agree(quick_run):
     _, written = quick_run
     encoder = written["sections"]["encoder"]
@@ -94,6 +97,7 @@ def test_cosines_are_cosines_and_the_encoder_paths_agree(quick_run):
     assert encoder["tokens"]["max"] > encoder["max_length"]  # the mix includes 5-shot prompts longer than the cut
 
 
+@pytest.mark.slow  # runs the benchmark's quick mode (~25 s)
 def test_targets_are_judged_from_the_ratios(quick_run):
     _, written = quick_run
     targets = written["targets"]
@@ -110,6 +114,7 @@ def test_targets_are_judged_from_the_ratios(quick_run):
         assert t["met"] is met, t
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the record of a machine without CUDA")
 def test_gpu_section_says_skipped_without_cuda(quick_run):
     _, written = quick_run

@@ -83,7 +83,12 @@ FORMATS = ["routerbench_pkl", "routerbench_csv_index", "routerbench_csv", "route
            "long_jsonl", "records_json", "canonical_parquet"]
 
 
-@pytest.mark.parametrize("name", FORMATS)
+#: Formats trained end to end in the default run; the rest are `slow` (every layout's loading is in test_sources).
+FAST_FORMATS = ("routerbench_csv_index", "long_jsonl", "records_json")
+
+
+@pytest.mark.parametrize("name", [n if n in FAST_FORMATS else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in FORMATS])
 def test_each_format_trains_and_tests(files, tmp_path, name):
     extra = ["--test_after_fit", "true"]
     if name.endswith("pkl"):
