@@ -258,11 +258,14 @@ class BaRPModule(RouterModule):
         cells = env.cells()
         key = cells.prompt * env.num_arms + cells.action
         unique, inverse = torch.unique(key, return_inverse=True)
-        count = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(key,
-                                                                                                   dtype=torch.float64))
-        mean = lambda v: torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, v.double()) / count  # noqa: E731
+
+        def cell_mean(values: torch.Tensor) -> torch.Tensor:
+            sums = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, values.double())
+            return sums / torch.bincount(inverse, minlength=len(unique)).double()
+
         cost_norm = normalized_cost(cells.cost, self.tau_value)
-        self.critic.observe(unique // env.num_arms, unique % env.num_arms, mean(cells.score), mean(cost_norm))
+        self.critic.observe(unique // env.num_arms, unique % env.num_arms, cell_mean(cells.score),
+                            cell_mean(cost_norm))
 
     def _observe(self, rows: torch.Tensor, actions: torch.Tensor, feedback: Feedback) -> None:
         """Add this step's pulls to the critic's memory; under DDP every process adds every process's pulls."""

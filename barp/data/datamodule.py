@@ -251,7 +251,7 @@ class RoutingDataModule(L.LightningDataModule):
             from barp.data.sources.logs import read_log
 
             self._log = read_log(self.hparams.train_log, models=self.table.models)
-            self._log_prompts, index = [], {}
+            index: dict[str, int] = {}  # distinct prompt text -> its row among the log's prompts
             for text in self._log.prompts:
                 index.setdefault(text, len(index))
             self._log_prompts = list(index)
