@@ -3,8 +3,14 @@
 import numpy as np
 import pytest
 
-from barp.evaluation.aiq import aiq, cost_to_reach, mean_regret, nondecreasing_hull, score_at_cost
-from barp.evaluation.summary import summarize
+from barp.metrics.aiq import (
+    aiq,
+    cost_to_reach,
+    mean_regret,
+    nondecreasing_hull,
+    score_at_cost,
+)
+from barp.sweep.summary import summarize
 
 # (cost, score): (2.5, .3) and (3, .5) lie under the hull, (5, .8) is past the best point (4, .9)
 COSTS = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 2.5])

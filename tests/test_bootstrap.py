@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from barp.evaluation.aiq import aiq
-from barp.evaluation.bootstrap import PerPrompt, bootstrap_aiq
-from barp.evaluation.summary import format_summary, summarize
+from barp.metrics.aiq import aiq
+from barp.metrics.bootstrap import PerPrompt, bootstrap_aiq
+from barp.sweep.summary import format_summary, summarize
 
 
 def _constant_cost(scores: np.ndarray, cost: float) -> PerPrompt:

@@ -89,7 +89,7 @@ def test_prepare_data_never_overwrites_its_input(tmp_path, capsys):
 
 # ------------------------------------------------------------------ item 8: sweep output
 def test_sweep_output_is_checked_before_any_work(tmp_path):
-    from barp.evaluation.sweep import check_output
+    from barp.sweep.harness import check_output
 
     as_file = tmp_path / "results.txt"
     as_file.write_text("keep me")
@@ -108,8 +108,9 @@ def test_sweep_output_is_checked_before_any_work(tmp_path):
 
 
 def test_barp_sweep_refuses_a_file_output_at_once(tmp_path, capsys):
-    from barp.cli import main
     from test_checkpoints import RECIPE, write_table
+
+    from barp.cli import main
 
     data = write_table(tmp_path / "data.csv", n=6)
     as_file = tmp_path / "out.csv"

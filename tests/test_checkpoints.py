@@ -110,11 +110,11 @@ def test_models_in_another_order_are_mapped_by_name(tiny_model_pair):
 def tiny_model_pair(tmp_path_factory):
     """A trained BaRP checkpoint on a 40-prompt table, and the same table with its model columns reversed."""
     import lightning as L
+    from conftest import make_table
 
     from barp.data.datamodule import RoutingDataModule
     from barp.data.table import OutcomeTable
-    from barp.module import BaRPModule
-    from conftest import make_table
+    from barp.models.barp import BaRPModule
 
     out = tmp_path_factory.mktemp("order")
     table = make_table(n=40, k=3, seed=3)
@@ -182,7 +182,7 @@ def test_fit_with_zero_epochs_is_refused_before_any_output(trained, tmp_path, ca
 def test_an_untrained_module_is_never_tested(tiny_datamodule):
     import lightning as L
 
-    from barp.module import BaRPModule
+    from barp.models.barp import BaRPModule
 
     dm = tiny_datamodule
     module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim)
@@ -193,7 +193,7 @@ def test_an_untrained_module_is_never_tested(tiny_datamodule):
 
 # ------------------------------------------------------------------ item 5: TrainedRouter input
 def test_trained_router_refuses_a_bare_string_and_non_strings(trained):
-    from barp.serve import TrainedRouter
+    from barp.models.trained import TrainedRouter
 
     router = TrainedRouter.from_checkpoint(trained[1])
     with pytest.raises(ConfigError, match=r"list of prompt texts.*\[prompt\]"):
@@ -225,7 +225,7 @@ def _crafted(tmp_path: Path, trained_ckpt: Path) -> tuple[Path, Path]:
 
 
 def test_a_crafted_checkpoint_never_runs_code(trained, tmp_path, capsys):
-    from barp.serve import TrainedRouter
+    from barp.models.trained import TrainedRouter
 
     data, ckpt, _ = trained
     crafted, target = _crafted(tmp_path, ckpt)
@@ -263,7 +263,7 @@ def _unusable(kind: str, tmp_path: Path, ckpt: Path) -> Path:
                                          ("foreign", "not a barp checkpoint"),
                                          ("plain_pickle", "not a readable checkpoint")])
 def test_every_unusable_checkpoint_gets_one_message(trained, tmp_path, capsys, kind, named):
-    from barp.serve import TrainedRouter
+    from barp.models.trained import TrainedRouter
 
     data, ckpt, _ = trained
     path = _unusable(kind, tmp_path, ckpt)

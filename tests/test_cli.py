@@ -163,7 +163,7 @@ def test_bad_config_fails_clearly(tmp_path, capsys, extra, fragments):
 
 def test_trained_router_routes_raw_text_like_predict(fitted):
     from barp.errors import ConfigError
-    from barp.serve import TrainedRouter
+    from barp.models.trained import TrainedRouter
 
     out, ckpt, cli_fit = fitted
     cli = main(["predict", *tiny_args(out), "--ckpt_path", ckpt, "--model.init_args.predict_w_c", "0.2"])

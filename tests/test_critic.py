@@ -7,13 +7,13 @@ import math
 import lightning as L
 import pytest
 import torch
+from test_learning import routing_problem
 
-from barp.critic import NeighbourCritic, nearest_neighbours
 from barp.data.datamodule import RoutingDataModule
 from barp.errors import ConfigError
-from barp.module import BaRPModule
-from barp.rl import critic_policy_loss, reinforce_loss
-from test_learning import routing_problem
+from barp.learning.critic import NeighbourCritic, nearest_neighbours
+from barp.learning.rl import critic_policy_loss, reinforce_loss
+from barp.models.barp import BaRPModule
 
 
 def _angles(*degrees: float) -> torch.Tensor:

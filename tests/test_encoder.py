@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from barp.data.embedding_cache import EmbeddingCache
-from barp.encoders import SentenceEncoder, count_parameters, encoder_identity, resolve_encoder_path
+from barp.encoders import (
+    SentenceEncoder,
+    count_parameters,
+    encoder_identity,
+    resolve_encoder_path,
+)
 
 
 @pytest.fixture(scope="module")

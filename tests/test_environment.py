@@ -3,10 +3,10 @@
 import lightning as L
 import numpy as np
 import torch
+from conftest import make_table
 
 from barp.data.environment import BanditEnvironment
 from barp.data.table import OutcomeTable
-from conftest import make_table
 
 
 def test_pull_reveals_only_chosen_cells():
@@ -26,7 +26,7 @@ def test_training_batches_carry_no_outcomes(tiny_datamodule):
 
 
 def _train_steps(dm, module_seed=7, steps=5):
-    from barp.module import BaRPModule
+    from barp.models.barp import BaRPModule
 
     L.seed_everything(module_seed)
     module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim, tau=1e-3)

@@ -6,7 +6,7 @@ import pytest
 
 from barp.data.datamodule import RoutingDataModule
 from barp.data.table import OutcomeTable
-from barp.module import BaRPModule
+from barp.models.barp import BaRPModule
 
 SUBJECTS = ["apples", "trains", "coins", "marbles", "books", "eggs", "chairs", "pencils", "birds", "boats"]
 THEMES = ["the sea", "autumn", "a lost friend", "the moon", "city lights", "winter", "a garden", "old letters"]

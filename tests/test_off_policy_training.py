@@ -10,9 +10,9 @@ import torch
 from barp.data.datamodule import RoutingDataModule
 from barp.data.environment import LoggedEnvironment
 from barp.errors import ConfigError
-from barp.module import BaRPModule
+from barp.learning.rl import importance_weights, reinforce_loss
+from barp.models.barp import BaRPModule
 from barp.ope.simulate import simulate
-from barp.rl import importance_weights, reinforce_loss
 from tests.test_learning import routing_problem
 
 
@@ -110,8 +110,8 @@ def test_a_log_with_an_unknown_model_or_a_bad_clip_is_refused(tmp_path):
 
 def test_trained_router_explores_with_propensities():
     from barp.encoders import SentenceEncoder
-    from barp.rl import exploration_probabilities, preference_tensor
-    from barp.serve import TrainedRouter
+    from barp.learning.rl import exploration_probabilities, preference_tensor
+    from barp.models.trained import TrainedRouter
 
     L.seed_everything(0)
     module = BaRPModule(model_names=["a", "b", "c"], task_names=["t"], embed_dim=384, tau=1e-3)

@@ -11,7 +11,7 @@ import torch
 
 from barp.data.environment import BanditEnvironment
 from barp.data.table import OutcomeTable
-from barp.module import BaRPModule
+from barp.models.barp import BaRPModule
 from barp.ope.cli import run_ope_cli, target_probabilities
 from barp.ope.estimators import (
     cross_fit_predictions,
@@ -242,7 +242,7 @@ def trained(tmp_path_factory):
 
 def test_dr_and_snips_intervals_contain_the_true_reward_of_a_trained_barp(trained, capsys):
     """Done-when of issue 12: uniform logging on the test split (each prompt requested 10 times), greedy BaRP."""
-    from barp.serve import TrainedRouter
+    from barp.models.trained import TrainedRouter
 
     out, ckpt, dm = trained
     test = dm.table.subset(dm.splits.test)

@@ -13,9 +13,9 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from test_checkpoints import run_args, write_table
 
 from barp.cli import main
-from test_checkpoints import run_args, write_table
 
 KILL_AT_EPOCH = 1
 # Runs barp fit, killing itself (SIGKILL: no handler, no cleanup) when epoch KILL_AT_EPOCH starts, i.e. right after
@@ -24,7 +24,7 @@ KILLER = f"""
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-from barp.module import BaRPModule
+from barp.models.barp import BaRPModule
 def on_train_epoch_start(self):
     if self.current_epoch == {KILL_AT_EPOCH}:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -43,7 +43,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def _fit(tiny_datamodule, root: Path, epochs: int, ckpt_path: str | None = None, seed: int = 0):
-    from barp.module import BaRPModule
+    from barp.models.barp import BaRPModule
 
     dm = tiny_datamodule
     L.seed_everything(seed)

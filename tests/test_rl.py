@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from barp.errors import ConfigError
-from barp.policy import PreferenceEncoder, log_ratio
-from barp.rl import (
+from barp.learning.policy import PreferenceEncoder, log_ratio
+from barp.learning.rl import (
     check_w_c,
     entropy,
     leave_one_out_baseline,

@@ -10,21 +10,22 @@ import torch
 
 from barp.data.datamodule import RoutingDataModule
 from barp.data.table import OutcomeTable
-from barp.rl import preference_tensor
-from barp.routers import (
-    METHOD_CLASSES,
+from barp.learning.rl import preference_tensor
+from barp.models.baselines import (
     EpsilonGreedyRouter,
     KNNRouter,
     LinearTSRouter,
     LinUCBRouter,
-    ModuleRouter,
-    OracleRouter,
-    Outcomes,
-    RandomRouter,
-    SingleModelRouter,
-    cheapest_and_most_expensive,
     full_information_training_data,
-    train_method,
+)
+from barp.models.registry import METHOD_CLASSES, train_method
+from barp.sweep.contenders import (
+    ModuleContender,
+    Oracle,
+    Outcomes,
+    RandomChoice,
+    SingleModel,
+    cheapest_and_most_expensive,
 )
 
 TAU = 1e-3
@@ -56,8 +57,8 @@ def dm(_barp_cache) -> RoutingDataModule:
 
 
 @pytest.fixture(scope="module")
-def trained(dm) -> dict[str, ModuleRouter]:
-    return {m: ModuleRouter(train_method(m, dm, TAU, seed=0, max_epochs=5, init_args=TEST_ARGS.get(m)), m)
+def trained(dm) -> dict[str, ModuleContender]:
+    return {m: ModuleContender(train_method(m, dm, TAU, seed=0, max_epochs=5, init_args=TEST_ARGS.get(m)), m)
             for m in METHOD_CLASSES}
 
 
@@ -70,7 +71,7 @@ def _eval_batch(dm) -> tuple[torch.Tensor, Outcomes]:
 def test_every_router_honours_the_interface(dm, trained):
     emb, outcomes = _eval_batch(dm)
     cheap, expensive = cheapest_and_most_expensive(dm.train_environment().mean_cost_per_model())
-    routers = [*trained.values(), SingleModelRouter(2), cheap, expensive, RandomRouter(3, seed=1), OracleRouter(TAU)]
+    routers = [*trained.values(), SingleModel(2), cheap, expensive, RandomChoice(3, seed=1), Oracle(TAU)]
     for router in routers:
         for w_c in (0.0, 0.3, 1.0):
             w = preference_tensor(w_c, len(emb))
@@ -82,7 +83,7 @@ def test_every_router_honours_the_interface(dm, trained):
     with pytest.raises(ValueError):
         trained["knn"].choose(emb, preference_tensor(0.5, len(emb)), outcomes)  # a router never sees outcomes
     with pytest.raises(ValueError):
-        OracleRouter(TAU).choose(emb, preference_tensor(0.5, len(emb)))
+        Oracle(TAU).choose(emb, preference_tensor(0.5, len(emb)))
 
 
 @pytest.mark.parametrize("method", list(METHOD_CLASSES))
@@ -98,12 +99,12 @@ def test_learned_routers_follow_the_preference(dm, trained, method):
 
 def test_random_router_is_seeded_and_oracle_takes_cheapest_tie():
     emb, w = torch.zeros(50, 4), preference_tensor(0.5, 50)
-    assert torch.equal(RandomRouter(3, seed=7).choose(emb, w), RandomRouter(3, seed=7).choose(emb, w))
-    assert not torch.equal(RandomRouter(3, seed=7).choose(emb, w), RandomRouter(3, seed=8).choose(emb, w))
+    assert torch.equal(RandomChoice(3, seed=7).choose(emb, w), RandomChoice(3, seed=7).choose(emb, w))
+    assert not torch.equal(RandomChoice(3, seed=7).choose(emb, w), RandomChoice(3, seed=8).choose(emb, w))
     scores = torch.tensor([[1.0, 1.0, 0.0], [0.2, 0.9, 0.9]])
     costs = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.5, 0.1]])
     # row 0: models 0 and 1 tie on reward and cost -> first; row 1 at w_c=0: 1 and 2 tie on score -> cheaper 2
-    got = OracleRouter(1.0).choose(torch.zeros(2, 4), preference_tensor(0.0, 2), Outcomes(scores, costs))
+    got = Oracle(1.0).choose(torch.zeros(2, 4), preference_tensor(0.0, 2), Outcomes(scores, costs))
     assert got.tolist() == [0, 2]
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import RECIPE, ROOT, tiny_args
 
 from barp.cli import main
-from barp.evaluation.sweep import DEFAULT_GRID, log_to_wandb
-from barp.routers import KNNRouter, LinUCBRouter, ModuleRouter
-from test_cli import ROOT, RECIPE, tiny_args
+from barp.models.baselines import KNNRouter, LinUCBRouter
+from barp.sweep.contenders import ModuleContender
+from barp.sweep.harness import DEFAULT_GRID, log_to_wandb
 
 SMALL = ["--config", RECIPE, "--data.init_args.num_prompts", "240"]
 TRAINED = {"knn", "mlp", "mf", "linucb", "linear_ts", "epsilon_greedy"}
@@ -138,7 +139,7 @@ def test_non_gradient_methods_fit_checkpoint_and_test_through_barp_fit(tmp_path,
     batches = -(-len(cli.datamodule.splits.train) * hp.train_repeats // hp.batch_size)
     assert cli.trainer.global_step == batches  # counted like BaRP's steps, so ModelCheckpoint saves
     ckpt = cli.trainer.checkpoint_callback.best_model_path
-    loaded = ModuleRouter.from_checkpoint(ckpt, cls, name)
+    loaded = ModuleContender(cls.load_from_checkpoint(ckpt, map_location="cpu"), name)
     emb = torch.as_tensor(cli.datamodule._embeddings[cli.datamodule.splits.test])
     w = torch.tensor([[0.7, 0.3]]).expand(len(emb), 2)
     assert torch.equal(loaded.choose(emb, w), cli.model.route(emb, w).argmax(-1))

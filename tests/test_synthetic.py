@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-import barp.data.synthetic as synthetic
+import barp.data.synthetic.generator as synthetic
 from barp.data.synthetic import (
     DEFAULT_OOD_TASKS,
     MODELS,
@@ -16,7 +16,7 @@ from barp.data.synthetic import (
     TASKS,
     generate_synthetic,
 )
-from barp.data.synthetic_text import BUILDERS, DOMAINS
+from barp.data.synthetic.text import BUILDERS, DOMAINS
 from barp.data.table import OutcomeTable
 from barp.errors import ConfigError
 

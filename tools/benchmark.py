@@ -12,7 +12,7 @@ Writes ``OUTPUT/benchmark.json`` and prints a table. Sections (docs/performance.
 - ``training``: barp's Lightning fit (the synthetic recipe's model settings, validation, logger and checkpoints off)
   against a bare PyTorch loop with the same policy, sampling, reward, loss and Adam step, for REINFORCE and for the
   neighbour critic; pulls/s after a warm-up, and their ratio.
-- ``routing``: :class:`~barp.serve.TrainedRouter` (encoder + policy) against its encoder alone, single prompts
+- ``routing``: :class:`~barp.models.trained.TrainedRouter` (encoder + policy) against its encoder alone, single prompts
   (p50/p95 latency) and batches of 32 (prompts/s), taking turns on the same prompts.
 - ``startup``: fresh interpreters timing ``barp --help``, ``import barp.cli`` and the imports of torch,
   transformers and lightning alone, plus ``python -X importtime`` of ``barp.cli`` split by package.
@@ -243,7 +243,7 @@ def lightning_fit(dm, model_args: dict, deterministic: bool, device: str, max_st
     """barp's fit: BaRPModule on ``dm`` with validation, logger, checkpoints and progress bar off."""
     import lightning as L
 
-    from barp.module import BaRPModule
+    from barp.models.barp import BaRPModule
 
     _quiet_lightning()
     L.seed_everything(42, verbose=False)
@@ -270,12 +270,18 @@ def lightning_fit(dm, model_args: dict, deterministic: bool, device: str, max_st
 def bare_loop(dm, model_args: dict, steps: int, warmup: int, deterministic: bool, device: str) -> dict:
     """The same training step as BaRPModule's, written as a plain PyTorch loop on the same data.
 
-    Policy (:class:`~barp.policy.BaRPPolicy`), preferences, sampling, reward, REINFORCE loss with the batch-mean
-    baseline or the neighbour critic's loss (:class:`~barp.critic.NeighbourCritic`), linear entropy decay, Adam.
+    Policy (:class:`~barp.learning.policy.BaRPPolicy`), preferences, sampling, reward, REINFORCE loss with the batch-mean
+    baseline or the neighbour critic's loss (:class:`~barp.learning.critic.NeighbourCritic`), linear entropy decay, Adam.
     """
-    from barp.critic import NeighbourCritic
-    from barp.policy import BaRPPolicy
-    from barp.rl import critic_policy_loss, normalized_cost, reinforce_loss, reward, sample_preferences
+    from barp.learning.critic import NeighbourCritic
+    from barp.learning.policy import BaRPPolicy
+    from barp.learning.rl import (
+        critic_policy_loss,
+        normalized_cost,
+        reinforce_loss,
+        reward,
+        sample_preferences,
+    )
 
     torch.use_deterministic_algorithms(deterministic)
     torch.manual_seed(42)
@@ -384,8 +390,8 @@ def routing_section(prompts: list[str], singles: int, batches: int, batch_size: 
     """TrainedRouter (encoder + policy, freshly initialised: same cost as trained) vs its encoder alone."""
     from barp.data.synthetic import MODELS, TASKS
     from barp.encoders import SentenceEncoder
-    from barp.module import BaRPModule
-    from barp.serve import TrainedRouter
+    from barp.models.barp import BaRPModule
+    from barp.models.trained import TrainedRouter
 
     model_args = _recipe()["model"]["init_args"]
     router = TrainedRouter(BaRPModule(model_names=list(MODELS), task_names=list(TASKS), **model_args),
@@ -531,9 +537,9 @@ def standin_encoder():
 
 def growth_section(sizes: list[int], device: str = "cpu") -> dict:
     """Embedding pipeline, one training epoch and the critic's neighbour search at each synthetic table size."""
-    from barp.critic import nearest_neighbours
     from barp.data.embedding_cache import EmbeddingCache
     from barp.data.synthetic import generate_synthetic
+    from barp.learning.critic import nearest_neighbours
 
     recipe = _recipe()
     model_args, data_args = recipe["model"]["init_args"], recipe["data"]["init_args"]

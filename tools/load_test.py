@@ -41,7 +41,7 @@ def _stats(latencies: list[float], wall: float, prompts_per_request: int) -> dic
 
 def encoder_alone(ckpt_path: str, prompts: list[str], batch: int, requests: int) -> dict[str, float]:
     """The frozen encoder in process on ``requests`` batches of ``batch`` prompts."""
-    from barp.serve import TrainedRouter
+    from barp.models.trained import TrainedRouter
 
     encoder = TrainedRouter.from_checkpoint(ckpt_path).encoder
     encoder.encode(prompts[:batch])  # warm-up

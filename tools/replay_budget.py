@@ -52,7 +52,7 @@ def main(ckpt_path: str, budget_per_1k: float, steps: list[float] | None = None,
         split: The split to replay.
         burn_in: Queries before the running overshoot is tracked.
     """
-    from barp.serve import TrainedRouter
+    from barp.models.trained import TrainedRouter
 
     steps = [0.002, 0.005, 0.01, 0.02] if steps is None else steps
     router = TrainedRouter.from_checkpoint(ckpt_path)

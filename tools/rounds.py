@@ -53,7 +53,7 @@ def _rewards(scores: np.ndarray, costs: np.ndarray, w_c: np.ndarray, tau: float)
 
 def _test_reward(route, emb: torch.Tensor, scores: np.ndarray, costs: np.ndarray, tau: float) -> float:
     """Mean reward of greedy routing on the test rows, averaged over :data:`TEST_W_C`."""
-    from barp.rl import preference_tensor
+    from barp.learning.rl import preference_tensor
 
     values = []
     for w_c in TEST_W_C:
@@ -68,7 +68,7 @@ def _fit_barp(recipe: dict, data_args: dict, log_path: Path, tau: float, steps: 
     import lightning as L
 
     from barp.data.datamodule import RoutingDataModule
-    from barp.module import BaRPModule
+    from barp.models.barp import BaRPModule
 
     L.seed_everything(seed, verbose=False)
     dm = RoutingDataModule(**{**data_args, "train_log": str(log_path)})
@@ -83,7 +83,7 @@ def _fit_barp(recipe: dict, data_args: dict, log_path: Path, tau: float, steps: 
 
 
 def _bandit(name: Bandit, dm, tau: float, train_emb: torch.Tensor):
-    from barp.routers.bandits import LinearTSRouter, LinUCBRouter
+    from barp.models.baselines.bandits import LinearTSRouter, LinUCBRouter
 
     cls = {"linucb": LinUCBRouter, "linear_ts": LinearTSRouter}[name]
     module = cls(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim, tau=tau)
@@ -122,7 +122,7 @@ def rounds(
     """
     from barp.data.datamodule import RoutingDataModule
     from barp.data.sources.logs import LoggedFeedback
-    from barp.rl import exploration_probabilities
+    from barp.learning.rl import exploration_probabilities
 
     if num_rounds < 2:
         raise ConfigError(f"--num_rounds must be >= 2 (round 0 only logs), got {num_rounds}")

@@ -57,7 +57,7 @@ def embed_prompts(router, prompts: Sequence[str], cache_dir: str | None = None) 
     """Embed ``prompts`` with the router's frozen encoder through barp's embedding cache (each text once).
 
     Args:
-        router: A :class:`~barp.serve.TrainedRouter`.
+        router: A :class:`~barp.models.trained.TrainedRouter`.
         prompts: The texts.
         cache_dir: barp's cache folder (default ``$BARP_CACHE`` or ``~/.cache/barp``), as for training.
     """
@@ -112,7 +112,7 @@ def ope(
         The estimates, also written to ``<output>/ope.csv``.
     """
     from barp.data.sources.logs import read_log
-    from barp.serve import TrainedRouter
+    from barp.models.trained import TrainedRouter
 
     w_c = [0.2, 0.5, 0.8] if w_c is None else list(w_c)
     estimators = list(ESTIMATORS) if estimators is None else list(estimators)
@@ -187,6 +187,12 @@ def ope_parser() -> ArgumentParser:
     return parser
 
 
+def run_ope(cfg) -> list[Estimate]:
+    """Run ``barp ope`` from a config parsed by :func:`ope_parser`; returns the estimates written to ``ope.csv``."""
+    with exit_on_user_error("barp ope"):
+        return ope(**{k: v for k, v in cfg.as_dict().items() if k != "__path__"})
+
+
 def run_ope_cli(argv: list[str]) -> list[Estimate]:
     """Run ``barp ope`` with command-line arguments ``argv`` (without the ``ope`` word).
 
@@ -197,7 +203,4 @@ def run_ope_cli(argv: list[str]) -> list[Estimate]:
         The estimates written to ``ope.csv``. A bad input (file, checkpoint, option) prints one error line and
         exits with code 2.
     """
-    parser = ope_parser()
-    cfg = parser.parse_args(argv)
-    with exit_on_user_error("barp ope"):
-        return ope(**{k: v for k, v in cfg.as_dict().items() if k != "__path__"})
+    return run_ope(ope_parser().parse_args(argv))

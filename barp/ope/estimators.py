@@ -29,7 +29,7 @@ import numpy as np
 
 from barp.data.sources.logs import LoggedFeedback
 from barp.errors import ConfigError
-from barp.rl import check_w_c
+from barp.learning.rl import check_w_c
 
 ESTIMATORS = ("ips", "snips", "dr")
 QUANTITIES = ("score", "cost", "reward")

@@ -20,7 +20,7 @@ from barp.data.environment import BanditEnvironment
 from barp.data.sources.logs import SIMULATED, LoggedFeedback
 from barp.data.table import OutcomeTable
 from barp.errors import ConfigError
-from barp.rl import check_w_c
+from barp.learning.rl import check_w_c
 
 #: A logging policy: (table rows, cost weight per row) -> probabilities over the table's models, shape (N, K).
 PolicyFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -61,7 +61,7 @@ def router_probabilities(
     """A trained router's policy: ``(1 - epsilon) softmax(route(x, w) / temperature) + epsilon / K``, shape (n, K).
 
     Args:
-        module: A router with ``route(emb, w) -> logits`` (e.g. :class:`~barp.module.BaRPModule`).
+        module: A router with ``route(emb, w) -> logits`` (e.g. :class:`~barp.models.barp.BaRPModule`).
         embeddings: The prompts' frozen-encoder embeddings, shape (n, D) (computed by the caller, e.g. cached).
         w_c: Cost weight per request, shape (n,).
         temperature: Softmax temperature (> 0; 1 is the trained policy, lower is greedier).

@@ -23,9 +23,9 @@ from typing import Any, Literal
 import numpy as np
 
 from barp.errors import ConfigError
+from barp.service.calibration_files import CALIBRATION_JSON, CURVE_CSV, CURVE_PNG, write_outputs
 from barp.service.curve import Curve, curve_from_log, curve_from_table, greedy_choices
 
-CURVE_CSV, CURVE_PNG, CALIBRATION_JSON = "curve.csv", "curve.png", "calibration.json"
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,8 @@ def checkpoint_split(ckpt_path: str, split: Literal["val", "test", "ood"], route
     """
     import inspect
 
-    from barp.checkpoints import check_unseen, load_checkpoint, model_order
     from barp.data.datamodule import RoutingDataModule
+    from barp.models.checkpoints import check_unseen, load_checkpoint, model_order
 
     ckpt = load_checkpoint(ckpt_path)
     saved = ckpt.get("datamodule_hyper_parameters") or {}
@@ -171,8 +171,7 @@ def calibrate(
     Returns:
         The content of calibration.json.
     """
-    from barp.serve import TrainedRouter
-    from barp.service.calibration_files import write_outputs
+    from barp.models.trained import TrainedRouter
 
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
         raise ConfigError(f"--grid must be an integer >= 2, got {grid!r}")

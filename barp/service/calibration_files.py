@@ -14,6 +14,9 @@ from barp.atomic import atomic_path, atomic_write_text
 from barp.service.curve import Curve
 
 
+CURVE_CSV, CURVE_PNG, CALIBRATION_JSON = "curve.csv", "curve.png", "calibration.json"
+
+
 def curve_csv(curve: Curve) -> str:
     """One row per w_c: cost per 1k and score with their interval, then each model's share with its interval."""
     buffer = io.StringIO()
@@ -68,7 +71,6 @@ def plot_curve(curve: Curve, path: Path, chosen: dict[str, Any] | None, cost_tar
 
 def write_outputs(folder: Path, curve: Curve, result: dict[str, Any], target) -> None:
     """Write curve.csv, curve.png and calibration.json into ``folder``."""
-    from barp.service.calibrate import CALIBRATION_JSON, CURVE_CSV, CURVE_PNG
 
     atomic_write_text(folder / CURVE_CSV, curve_csv(curve))
     plot_curve(curve, folder / CURVE_PNG, result.get("chosen"), None if target is None else target.cost_per_1k)

@@ -26,7 +26,7 @@ def build_service(
     fsync: bool = True,
 ):
     """Load the router once and open (or resume) the request log; see :func:`serve` for the arguments."""
-    from barp.serve import TrainedRouter
+    from barp.models.trained import TrainedRouter
     from barp.service.budget import BudgetController
     from barp.service.calibrate import choose, load_calibration
     from barp.service.feedback_log import FeedbackLog
@@ -123,8 +123,7 @@ def calibrate_parser() -> ArgumentParser:
                    "w_c, and the w_c that meets a target; writes curve.csv, curve.png, calibration.json.")
 
 
-def _kwargs(parser: ArgumentParser, argv: list[str]) -> dict[str, Any]:
-    cfg = parser.parse_args(argv)
+def _kwargs(cfg) -> dict[str, Any]:
     kwargs = {k: v for k, v in cfg.as_dict().items() if k != "__path__"}
     target = kwargs.get("target")
     if isinstance(target, dict):  # a Target group with nothing set is no target
@@ -132,15 +131,25 @@ def _kwargs(parser: ArgumentParser, argv: list[str]) -> dict[str, Any]:
     return kwargs
 
 
-def run_serve_cli(argv: list[str]) -> None:
-    """Run ``barp serve`` with ``argv`` (without the ``serve`` word); a bad input prints one error, exit code 2."""
-    kwargs = _kwargs(serve_parser(), argv)
+def run_serve(cfg) -> None:
+    """Run ``barp serve`` from a config parsed by :func:`serve_parser`; a bad input prints one error, exit code 2."""
+    kwargs = _kwargs(cfg)
     with exit_on_user_error("barp serve"):
         serve(**kwargs)
 
 
-def run_calibrate_cli(argv: list[str]) -> dict[str, Any]:
-    """Run ``barp calibrate`` with ``argv`` (without the ``calibrate`` word); a bad input exits with code 2."""
-    kwargs = _kwargs(calibrate_parser(), argv)
+def run_calibrate(cfg) -> dict[str, Any]:
+    """Run ``barp calibrate`` from a config parsed by :func:`calibrate_parser`; a bad input exits with code 2."""
+    kwargs = _kwargs(cfg)
     with exit_on_user_error("barp calibrate"):
         return calibrate(**kwargs)
+
+
+def run_serve_cli(argv: list[str]) -> None:
+    """Run ``barp serve`` with ``argv`` (without the ``serve`` word)."""
+    run_serve(serve_parser().parse_args(argv))
+
+
+def run_calibrate_cli(argv: list[str]) -> dict[str, Any]:
+    """Run ``barp calibrate`` with ``argv`` (without the ``calibrate`` word)."""
+    return run_calibrate(calibrate_parser().parse_args(argv))

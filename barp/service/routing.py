@@ -1,6 +1,6 @@
 """The routing service behind the HTTP layer: preferences, greedy or exploring choices, decisions and feedback.
 
-It holds one :class:`~barp.serve.TrainedRouter` (encoder and policy loaded once), the request log
+It holds one :class:`~barp.models.trained.TrainedRouter` (encoder and policy loaded once), the request log
 (:class:`~barp.service.feedback_log.FeedbackLog`), an optional calibration curve (targets in dollars or shares) and an
 optional :class:`~barp.service.budget.BudgetController`. A request's preference is, in this order: its own ``w_c``;
 its own target, resolved on the calibration curve; else the service default: the budget controller's current w_c,
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from barp.errors import ConfigError
-from barp.rl import exploration_probabilities
+from barp.learning.rl import exploration_probabilities
 from barp.service.budget import BudgetController
 from barp.service.calibrate import Target, choose
 from barp.service.curve import Curve
@@ -59,7 +59,7 @@ class RoutingService:
     """Routes prompts and logs feedback for one trained router.
 
     Args:
-        router: The trained router (a :class:`~barp.serve.TrainedRouter`).
+        router: The trained router (a :class:`~barp.models.trained.TrainedRouter`).
         log: The request log.
         w_c: Default cost weight when a request gives no preference (and no budget controller runs).
         curve: Calibration curve for targets (``barp calibrate``); None: requests cannot give targets.

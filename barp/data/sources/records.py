@@ -29,7 +29,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from barp.data.sources.assemble import Cells, LoadOptions, assemble, is_missing, prompt_text
+from barp.data.sources.assemble import (
+    Cells,
+    LoadOptions,
+    assemble,
+    is_missing,
+    prompt_text,
+)
 from barp.data.sources.files import RawFile
 from barp.data.sources.tasks import task_values
 from barp.data.table import OutcomeTable

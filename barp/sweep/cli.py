@@ -1,21 +1,22 @@
 """``barp sweep``: parse the same ``--config`` files as ``barp fit`` (their ``data``, ``model``, ``trainer`` and
-``seed_everything`` sections) plus the sweep options, then run :func:`barp.evaluation.sweep.sweep`."""
+``seed_everything`` sections) plus the sweep options, then run :func:`barp.sweep.harness.sweep`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from barp.errors import ConfigError, exit_on_user_error
-from barp.evaluation.sweep import sweep
-from barp.evaluation.summary import format_summary
-from barp.router_module import RouterModule
+from barp.models.base import RouterModule
+from barp.sweep.harness import sweep
+from barp.sweep.summary import format_summary
 
 
 def _module_class(model_section) -> type[RouterModule]:
     """The RouterModule class named by the config's ``model.class_path``; default BaRPModule."""
-    from barp.module import BaRPModule
-    from barp.routers.registry import METHOD_CLASSES
+    from barp.models.barp import BaRPModule
+    from barp.models.registry import METHOD_CLASSES
 
     class_path = model_section.get("class_path") if model_section is not None else None
     name = str(class_path or "BaRPModule").rsplit(".", 1)[-1]
@@ -26,7 +27,7 @@ def _module_class(model_section) -> type[RouterModule]:
 
 
 def sweep_parser() -> ArgumentParser:
-    """The ``barp sweep`` argument parser (help text comes from :func:`~barp.evaluation.sweep.sweep`'s docstring)."""
+    """The ``barp sweep`` argument parser (help text comes from :func:`~barp.sweep.harness.sweep`'s docstring)."""
     from barp.data.datamodule import RoutingDataModule
 
     parser = ArgumentParser(
@@ -43,7 +44,11 @@ def sweep_parser() -> ArgumentParser:
     # The model section says which class wrote --ckpt_path; its data-linked options are not needed here.
     parser.add_subclass_arguments(RouterModule, "model", required=False, skip={"model_names", "task_names"})
     parser.add_subclass_arguments(RoutingDataModule, "data", required=True)
-    parser.add_function_arguments(sweep, skip={"datamodule", "module_class", "wandb_logger", "seed", "max_epochs"})
+    parser.add_function_arguments(sweep, skip={"datamodule", "module_class", "wandb_logger", "seed", "max_epochs",
+                                               "output"})
+    parser.add_argument("--output", type=str | None, default=None,
+                        help="Folder for sweep.csv, summary.json and pareto.png (default: <trainer.default_root_dir>/sweep, "
+                             "else runs/sweep).")
     parser.add_argument("--seed", type=int | None, default=None,
                         help="Seed for training the comparison methods and the random router (default: "
                              "seed_everything of the config, else 0).")
@@ -53,35 +58,33 @@ def sweep_parser() -> ArgumentParser:
     return parser
 
 
-def run_sweep_cli(argv: list[str]) -> dict | None:
-    """Run ``barp sweep`` with command-line arguments ``argv`` (without the ``sweep`` word).
-
-    Args:
-        argv: Arguments, e.g. ``["--config", "configs/experiments/synthetic.yaml", "--ckpt_path", "best.ckpt",
-            "--output", "runs/sweep"]``.
+def run_sweep(cfg, parser: ArgumentParser) -> dict:
+    """Run ``barp sweep`` from a parsed config (``cfg``, parsed by ``parser`` = :func:`sweep_parser`).
 
     Returns:
         The summary written to ``summary.json``.
     """
-    from barp.cli import check_config_files
-
-    with exit_on_user_error("barp sweep"):
-        check_config_files(argv)
-    parser = sweep_parser()
-    cfg = parser.parse_args(argv)
     trainer = cfg.trainer or {}
     seed = cfg.seed if cfg.seed is not None else (
         cfg.seed_everything if isinstance(cfg.seed_everything, int) and cfg.seed_everything is not True else 0)
     max_epochs = cfg.max_epochs if cfg.max_epochs is not None else int(trainer.get("max_epochs") or 40)
+    output = cfg.output or str(Path(trainer.get("default_root_dir") or "runs") / "sweep")
     with exit_on_user_error("barp sweep"):
         model_class = _module_class(cfg.get("model"))
+        cfg = cfg.clone()
         del cfg["model"]  # read for its class only; the checkpoint holds the trained module
-        init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
+        init = parser.instantiate_classes(cfg)
         summary = sweep(
-            init.data, cfg.ckpt_path, cfg.output, methods=cfg.methods, w_c=cfg.w_c, seed=int(seed),
+            init.data, cfg.ckpt_path, output, methods=cfg.methods, w_c=cfg.w_c, seed=int(seed),
             max_epochs=max_epochs, method_configs=cfg.method_configs, module_class=model_class,
             wandb_logger=trainer.get("logger") if isinstance(trainer.get("logger"), dict) else None,
             progress=cfg.progress, bootstrap=cfg.bootstrap, overwrite=cfg.overwrite,
         )
-    print("\n" + format_summary(summary) + f"\n\nwrote {cfg.output}/sweep.csv, summary.json, pareto.png", flush=True)
+    print("\n" + format_summary(summary) + f"\n\nwrote {output}/sweep.csv, summary.json, pareto.png", flush=True)
     return summary
+
+
+def run_sweep_cli(argv: list[str]) -> dict:
+    """Parse ``argv`` (the arguments after ``barp sweep``) and run the sweep; see :func:`run_sweep`."""
+    parser = sweep_parser()
+    return run_sweep(parser.parse_args(argv), parser)

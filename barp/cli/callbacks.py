@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from barp.atomic import atomic_write_text
 from barp.data.datamodule import SPLIT_ORDER
-from barp.router_module import REFERENCES, RouterModule, pref_key
+from barp.models.base import REFERENCES, RouterModule, pref_key
 
 
 def _log_dir(trainer: L.Trainer) -> Path:

@@ -11,7 +11,19 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from barp.checkpoints import (
+from barp.data.environment import BanditEnvironment
+from barp.encoders import DEFAULT_ENCODER, count_parameters
+from barp.errors import ConfigError
+from barp.learning.rl import (
+    check_w_c,
+    exploration_probabilities,
+    preference_tensor,
+    reward,
+)
+from barp.metrics.aiq import aiq
+from barp.metrics.policies import oracle_actions, random_expectation
+from barp.metrics.routing import ModelCostMetric, RoutingMetrics
+from barp.models.checkpoints import (
     RECORD_KEY,
     RNG_KEY,
     capture_rng,
@@ -22,13 +34,6 @@ from barp.checkpoints import (
     model_order,
     restore_rng,
 )
-from barp.data.environment import BanditEnvironment
-from barp.encoders import DEFAULT_ENCODER, count_parameters
-from barp.errors import ConfigError
-from barp.evaluation.aiq import aiq
-from barp.evaluation.metrics import ModelCostMetric, RoutingMetrics
-from barp.evaluation.reference import oracle_actions, random_expectation
-from barp.rl import check_w_c, exploration_probabilities, preference_tensor, reward
 
 REFERENCES = ("oracle", "random", "cheapest", "most_expensive")
 SPLITS = ("id", "ood")
@@ -45,7 +50,7 @@ class RouterModule(L.LightningModule):
     Metric names: ``{stage}/{split}/{metric}`` at the primary preference ``eval_w_c`` and
     ``{stage}/{split}/wc={w_c}/{metric}`` at each of ``extra_eval_w_c``; ``{stage}/{split}/reward_avg`` is the
     router's reward averaged over all evaluation preferences and ``{stage}/{split}/aiq`` the area under its cost-score
-    hull over them (see :func:`barp.evaluation.aiq.aiq`; the recipes select checkpoints on it); at test time also
+    hull over them (see :func:`barp.metrics.aiq.aiq`; the recipes select checkpoints on it); at test time also
     ``test/{split}/{reference}_{score|cost|reward}`` for the oracle, random routing (exact expectation),
     the cheapest and the most expensive single model (by mean training cost).
 

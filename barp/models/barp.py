@@ -5,11 +5,11 @@ skews it), sample a model a ~ pi(.|x, w), pull only that arm from the bandit env
 model a, nothing else), compute r = w_q q - w_c min(c / tau, 1), and minimise
 -(r - b) log pi(a|x, w) - beta H(pi). With ``samples_per_prompt = k`` each prompt gets k such pulls per step.
 With ``critic="neighbours"`` the policy instead follows a critic built from the pulled outcomes of each prompt's
-nearest training prompts (:mod:`barp.critic`, :func:`barp.rl.critic_policy_loss`).
+nearest training prompts (:mod:`barp.learning.critic`, :func:`barp.learning.rl.critic_policy_loss`).
 
 Trained from a log of served requests (``data.train_log``; :class:`~barp.data.environment.LoggedEnvironment`), the
 step is off-policy: the logged model and its outcome replace the sampled pull, and the policy-gradient terms are
-weighted by clipped, self-normalised importance weights pi(a|x, w) / mu(a|x) (:func:`barp.rl.importance_weights`),
+weighted by clipped, self-normalised importance weights pi(a|x, w) / mu(a|x) (:func:`barp.learning.rl.importance_weights`),
 with a fresh preference w per example (the logged score and cost give the reward at any w). The critic's memory
 holds the mean logged outcome of each (prompt, model) the log served, and nothing else.
 """
@@ -20,11 +20,11 @@ from typing import Literal
 
 import torch
 
-from barp.critic import NeighbourCritic
 from barp.data.environment import Feedback, LoggedEnvironment
 from barp.errors import ConfigError
-from barp.policy import BaRPPolicy, Head, PreferenceFeatures
-from barp.rl import (
+from barp.learning.critic import NeighbourCritic
+from barp.learning.policy import BaRPPolicy, Head, PreferenceFeatures
+from barp.learning.rl import (
     check_cost_power,
     critic_policy_loss,
     importance_weights,
@@ -35,7 +35,7 @@ from barp.rl import (
     reward,
     sample_preferences,
 )
-from barp.router_module import RouterModule
+from barp.models.base import RouterModule
 
 
 class BaRPModule(RouterModule):
@@ -63,19 +63,19 @@ class BaRPModule(RouterModule):
         cost_power: Training preferences ``w_c = u ** cost_power``, u uniform (1 = the paper's uniform draw; > 1
             draws more small cost weights, where most of the cost range lies).
         preference_features: Inputs of phi: ``raw`` (w_q, w_c) (the paper) or ``log_ratio``, which adds
-            log(w_c / w_q) so that the policy resolves small cost weights (see :class:`~barp.policy.PreferenceEncoder`).
+            log(w_c / w_q) so that the policy resolves small cost weights (see :class:`~barp.learning.policy.PreferenceEncoder`).
         critic: ``none`` (REINFORCE with ``baseline``; the paper) or ``neighbours`` (ours): the policy follows a
             critic that estimates every model's score and cost on a prompt from the outcomes pulled on its
-            ``critic_neighbours`` nearest training prompts (:mod:`barp.critic`), so it does not fit each prompt's
+            ``critic_neighbours`` nearest training prompts (:mod:`barp.learning.critic`), so it does not fit each prompt's
             own noisy outcomes. With a critic, ``baseline`` is not used (the critic's value of the pulled model is
             the baseline of the correction term).
         critic_neighbours: Neighbours per training prompt.
         critic_prior: Pseudo-observations at each model's global mean in the critic's estimates.
-        critic_residual: Weight of the observed-reward correction (:func:`~barp.rl.critic_policy_loss`): 0 learns
+        critic_residual: Weight of the observed-reward correction (:func:`~barp.learning.rl.critic_policy_loss`): 0 learns
             from the critic's estimates only, 1 is unbiased (doubly robust).
         importance_clip: Off-policy training only (``data.train_log``): upper bound of an importance weight
             pi(a|x, w) / mu(a|x) before self-normalisation; None does not clip.
-        **kwargs: Evaluation and linking options of :class:`~barp.router_module.RouterModule`.
+        **kwargs: Evaluation and linking options of :class:`~barp.models.base.RouterModule`.
     """
 
     def __init__(

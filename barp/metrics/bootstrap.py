@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from barp.evaluation.aiq import aiq
+from barp.metrics.aiq import aiq
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def bootstrap_aiq(methods: dict[str, PerPrompt], resamples: int, seed: int, refe
     """Percentile intervals of each method's AIQ, and of its AIQ minus the reference's, under a paired bootstrap.
 
     The cost range of each resample is [0, the highest mean cost of any method at any preference], as for the point
-    estimate (:func:`barp.evaluation.summary.summarize`), so pass every method of the split.
+    estimate (:func:`barp.sweep.summary.summarize`), so pass every method of the split.
 
     Args:
         methods: Per method, its per-prompt choices on one split (all with the same n prompts, in the same order).

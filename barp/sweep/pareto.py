@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from barp.atomic import atomic_path  # noqa: E402
-from barp.evaluation.summary import SINGLE_PREFIX  # noqa: E402
+from barp.sweep.summary import SINGLE_PREFIX  # noqa: E402
 
 # cheapest / most_expensive coincide with a single model's point; the grey points already show them.
 _SKIP = {"cheapest", "most_expensive"}

@@ -1,5 +1,5 @@
 """The preference sweep: every method at every w_c on the ID and OOD test splits, written to ``sweep.csv``,
-``summary.json`` and ``pareto.png`` (see :func:`sweep`; the command is ``barp sweep``, :mod:`barp.evaluation.sweep_cli`).
+``summary.json`` and ``pareto.png`` (see :func:`sweep`; the command is ``barp sweep``, :mod:`barp.sweep.cli`).
 """
 
 from __future__ import annotations
@@ -20,17 +20,29 @@ import torch
 from tqdm.auto import tqdm
 
 from barp.atomic import atomic_write_text
-from barp.checkpoints import check_encoder, check_unseen, load_checkpoint, model_order
-from barp.checkpoints import module_class as checkpoint_class
 from barp.errors import ConfigError
-from barp.evaluation.bootstrap import PerPrompt
-from barp.evaluation.pareto import plot_pareto
-from barp.evaluation.summary import SINGLE_PREFIX, summarize
-from barp.rl import check_w_c, preference_tensor, reward
-from barp.router_module import RouterModule
-from barp.routers.base import ModuleRouter, Outcomes, Router
-from barp.routers.reference import OracleRouter, RandomRouter, SingleModelRouter, cheapest_and_most_expensive
-from barp.routers.registry import METHOD_CLASSES, read_method_configs, train_method
+from barp.learning.rl import check_w_c, preference_tensor, reward
+from barp.metrics.bootstrap import PerPrompt
+from barp.models.base import RouterModule
+from barp.models.checkpoints import (
+    check_encoder,
+    check_unseen,
+    load_checkpoint,
+    model_order,
+)
+from barp.models.registry import METHOD_CLASSES, read_method_configs, train_method
+from barp.models.trained import module_class as checkpoint_class
+from barp.sweep.contenders import (
+    Contender,
+    ModuleContender,
+    Oracle,
+    Outcomes,
+    RandomChoice,
+    SingleModel,
+    cheapest_and_most_expensive,
+)
+from barp.sweep.pareto import plot_pareto
+from barp.sweep.summary import SINGLE_PREFIX, summarize
 
 Method = Literal["barp", "single_models", "cheapest", "most_expensive", "random", "oracle", "knn", "mlp", "mf",
                  "linucb", "linear_ts", "epsilon_greedy"]
@@ -66,7 +78,7 @@ def check_output(output: str, overwrite: bool = False) -> Path:
     return out
 
 
-class NameMappedRouter(ModuleRouter):
+class NameMappedContender(ModuleContender):
     """A checkpoint's router over data whose model columns are in another order: arm i is data column ``order[i]``."""
 
     def __init__(self, module: RouterModule, name: str, order: list[int]) -> None:
@@ -77,7 +89,7 @@ class NameMappedRouter(ModuleRouter):
         return self.order[super().choose(emb, w, outcomes)]
 
 
-def load_checkpoint_router(ckpt_path: str, module_class: type[RouterModule], datamodule) -> ModuleRouter:
+def load_checkpoint_router(ckpt_path: str, module_class: type[RouterModule], datamodule) -> ModuleContender:
     """Read ``ckpt_path`` safely, check it against the set-up data (models, encoder, unseen test prompts) and wrap it.
 
     Raises:
@@ -98,10 +110,10 @@ def load_checkpoint_router(ckpt_path: str, module_class: type[RouterModule], dat
         raise ConfigError(f"{where} holds an untrained router (no training step)")
     name = checkpoint_name(saved)
     if order is None:
-        return ModuleRouter(module, name)
+        return ModuleContender(module, name)
     warnings.warn(f"barp sweep: {where} orders the models {module.model_names}, the data "
                   f"{datamodule.model_names}: mapped by name", stacklevel=2)
-    return NameMappedRouter(module, name, order)
+    return NameMappedContender(module, name, order)
 
 
 @dataclass(frozen=True)
@@ -124,7 +136,7 @@ def split_data(datamodule, split: Literal["id", "ood"]) -> SplitData:
                      torch.as_tensor(table.costs[rows], dtype=torch.float32), [table.tasks[i] for i in rows])
 
 
-def evaluate(routers: list[Router], splits: list[SplitData], grid: list[float], tau: float,
+def evaluate(routers: list[Contender], splits: list[SplitData], grid: list[float], tau: float,
              progress: bool = True, per_prompt: dict[tuple[str, str], PerPrompt] | None = None) -> list[dict]:
     """Route every split at every preference with every router; rows of ``method, w_c, split, task, n, score, cost,
     reward`` (the split mean under ``task = all``, then one row per task).
@@ -170,8 +182,8 @@ def evaluate(routers: list[Router], splits: list[SplitData], grid: list[float], 
     return out
 
 
-def build_routers(methods: list[str], checkpoint: ModuleRouter | None, datamodule, tau: float, seed: int,
-                  max_epochs: int, method_configs: list[str] | None = None, progress: bool = True) -> list[Router]:
+def build_routers(methods: list[str], checkpoint: ModuleContender | None, datamodule, tau: float, seed: int,
+                  max_epochs: int, method_configs: list[str] | None = None, progress: bool = True) -> list[Contender]:
     """The routers to compare, in ``ALL_METHODS`` order, training the comparison methods that need it."""
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
@@ -179,7 +191,7 @@ def build_routers(methods: list[str], checkpoint: ModuleRouter | None, datamodul
     overrides = read_method_configs(method_configs)
     env = datamodule.train_environment()
     cheapest, expensive = cheapest_and_most_expensive(env.mean_cost_per_model())
-    routers: list[Router] = []
+    routers: list[Contender] = []
     if checkpoint is not None and ("barp" in methods or checkpoint.name in methods):
         routers.append(checkpoint)  # named by its class: ``barp`` for BaRPModule
     to_train = [m for m in ALL_METHODS if m in methods and m in METHOD_CLASSES
@@ -188,18 +200,18 @@ def build_routers(methods: list[str], checkpoint: ModuleRouter | None, datamodul
         if m not in methods:
             continue
         if m == "single_models":
-            routers += [SingleModelRouter(j, SINGLE_PREFIX + name) for j, name in enumerate(datamodule.model_names)]
+            routers += [SingleModel(j, SINGLE_PREFIX + name) for j, name in enumerate(datamodule.model_names)]
         elif m == "cheapest":
             routers.append(cheapest)
         elif m == "most_expensive":
             routers.append(expensive)
         elif m == "random":
-            routers.append(RandomRouter(len(datamodule.model_names), seed))
+            routers.append(RandomChoice(len(datamodule.model_names), seed))
         elif m == "oracle":
-            routers.append(OracleRouter(tau))
+            routers.append(Oracle(tau))
     for m in tqdm(to_train, desc="barp sweep: training baselines", file=sys.stderr, disable=not progress):
         module = train_method(m, datamodule, tau, seed, max_epochs, overrides.get(m))
-        routers.append(ModuleRouter(module, m))
+        routers.append(ModuleContender(module, m))
     return routers
 
 
@@ -243,7 +255,7 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
     Returns:
         The summary (as written to ``summary.json``).
     """
-    from barp.module import BaRPModule
+    from barp.models.barp import BaRPModule
 
     methods = list(methods or ALL_METHODS)
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
@@ -311,7 +323,9 @@ def log_to_wandb(logger_config: dict, rows: list[dict], summary: dict, figure: P
 
         from barp.loggers import WandbLogger
 
-        logger = WandbLogger(**dict(logger_config.get("init_args") or {}))
+        init_args = dict(logger_config.get("init_args") or {})
+        init_args["save_dir"] = init_args.get("save_dir") or str(figure.parent)  # beside the sweep's files
+        logger = WandbLogger(**init_args)
         run = logger.experiment
         run.log({"sweep/table": wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows]),
                  "sweep/pareto": wandb.Image(str(figure))})

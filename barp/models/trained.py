@@ -6,22 +6,56 @@
 
 The checkpoint holds the policy, tau and the encoder settings (name, max length, truncation side) the
 policy was trained on; the frozen encoder is rebuilt from them, never stored in the checkpoint. Checkpoints are read
-without running code from them (:func:`barp.checkpoints.load_checkpoint`).
+without running code from them (:func:`barp.models.checkpoints.load_checkpoint`).
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from barp.checkpoints import check_encoder, load_checkpoint, module_class
 from barp.encoders import SentenceEncoder
 from barp.errors import ConfigError
-from barp.rl import check_w_c, exploration_probabilities, preference_tensor
-from barp.router_module import RouterModule
+from barp.learning.rl import check_w_c, exploration_probabilities, preference_tensor
+from barp.models.base import RouterModule
+from barp.models.checkpoints import check_encoder, load_checkpoint
+
+#: Where router classes lived before barp's modules moved into layers; older checkpoints name these.
+FORMER_MODULES = {
+    "barp.module": "barp.models.barp",
+    "barp.routers.bandits": "barp.models.baselines.bandits",
+    "barp.routers.offline": "barp.models.baselines.offline",
+    "barp.routers.mf": "barp.models.baselines.mf",
+}
+
+
+def module_class(ckpt: dict[str, Any], option: str = "--ckpt_path") -> type:
+    """The :class:`~barp.models.base.RouterModule` subclass that wrote a checkpoint (from its ``_class_path``).
+
+    Only barp's own modules, or modules the process has already imported, are looked up: a checkpoint never makes
+    barp import arbitrary code. Checkpoints written before barp's modules moved into layers (``barp.module``,
+    ``barp.routers.*``) still load.
+    """
+    class_path = str(ckpt["hyper_parameters"].get("_class_path", "barp.models.barp.BaRPModule"))
+    module_name, _, class_name = class_path.rpartition(".")
+    module_name = FORMER_MODULES.get(module_name, module_name)
+    cls = None
+    if module_name == "barp" or module_name.startswith("barp."):
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name, None)
+        except ImportError:
+            cls = None
+    elif module_name in sys.modules:
+        cls = getattr(sys.modules[module_name], class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, RouterModule)):
+        raise ConfigError(f"{option}: the checkpoint's router class {class_path!r} is not a barp router class")
+    return cls
 
 
 @dataclass(frozen=True)
@@ -41,7 +75,7 @@ class TrainedRouter:
     """A trained router plus the frozen encoder it expects, for routing raw prompt text.
 
     Args:
-        module: A trained :class:`~barp.router_module.RouterModule` (e.g. BaRP).
+        module: A trained :class:`~barp.models.base.RouterModule` (e.g. BaRP).
         encoder: The frozen sentence encoder with the settings used in training.
     """
 

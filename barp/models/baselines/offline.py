@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from barp.errors import ConfigError
-from barp.rl import reward
-from barp.router_module import RouterModule
-from barp.routers.base import count_step, step_counter
+from barp.learning.rl import reward
+from barp.models.base import RouterModule
+from barp.models.baselines.common import count_step, step_counter
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class OfflineRouterModule(RouterModule):
     Subclasses implement :meth:`predict_outcomes` and may override :meth:`fit_full_information`.
 
     Args:
-        **kwargs: Evaluation and linking options of :class:`~barp.router_module.RouterModule`.
+        **kwargs: Evaluation and linking options of :class:`~barp.models.base.RouterModule`.
     """
 
     def __init__(self, **kwargs) -> None:
@@ -116,7 +116,7 @@ class KNNRouter(OfflineRouterModule):
 
     Args:
         k: Number of neighbours (RouterBench's default 40).
-        **kwargs: Evaluation and linking options of :class:`~barp.router_module.RouterModule`.
+        **kwargs: Evaluation and linking options of :class:`~barp.models.base.RouterModule`.
     """
 
     def __init__(self, k: int = 40, **kwargs) -> None:
@@ -158,7 +158,7 @@ class MLPRouter(OfflineRouterModule):
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         cost_weight: Weight of the cost loss against the score loss.
-        **kwargs: Evaluation and linking options of :class:`~barp.router_module.RouterModule`.
+        **kwargs: Evaluation and linking options of :class:`~barp.models.base.RouterModule`.
     """
 
     def __init__(self, hidden_dim: int = 256, dropout: float = 0.1, lr: float = 1e-3, weight_decay: float = 1e-4,

@@ -14,10 +14,14 @@ import lightning as L
 import yaml
 
 from barp.errors import ConfigError
-from barp.router_module import RouterModule
-from barp.routers.bandits import EpsilonGreedyRouter, LinearTSRouter, LinUCBRouter
-from barp.routers.mf import MFRouter
-from barp.routers.offline import KNNRouter, MLPRouter
+from barp.models.base import RouterModule
+from barp.models.baselines.bandits import (
+    EpsilonGreedyRouter,
+    LinearTSRouter,
+    LinUCBRouter,
+)
+from barp.models.baselines.mf import MFRouter
+from barp.models.baselines.offline import KNNRouter, MLPRouter
 
 TrainableMethod = Literal["knn", "mlp", "mf", "linucb", "linear_ts", "epsilon_greedy"]
 

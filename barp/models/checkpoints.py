@@ -11,10 +11,8 @@ it with :func:`load_checkpoint` and checks it with the functions below, which ra
 from __future__ import annotations
 
 import hashlib
-import importlib
 import pickle
 import re
-import sys
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -79,28 +77,6 @@ def load_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict[str, 
                           "written by barp fit")
     return ckpt
 
-
-def module_class(ckpt: dict[str, Any], option: str = "--ckpt_path") -> type:
-    """The :class:`~barp.router_module.RouterModule` subclass that wrote a checkpoint (from its ``_class_path``).
-
-    Only barp's own modules, or modules the process has already imported, are looked up: a checkpoint never makes
-    barp import arbitrary code.
-    """
-    from barp.router_module import RouterModule
-
-    class_path = str(ckpt["hyper_parameters"].get("_class_path", "barp.module.BaRPModule"))
-    module_name, _, class_name = class_path.rpartition(".")
-    cls = None
-    if module_name == "barp" or module_name.startswith("barp."):
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name, None)
-        except ImportError:
-            cls = None
-    elif module_name in sys.modules:
-        cls = getattr(sys.modules[module_name], class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, RouterModule)):
-        raise ConfigError(f"{option}: the checkpoint's router class {class_path!r} is not a barp router class")
-    return cls
 
 
 # ---------------------------------------------------------------------------------------------- the record

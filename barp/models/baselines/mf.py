@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from barp.errors import ConfigError
-from barp.routers.offline import OfflineRouterModule
+from barp.models.baselines.offline import OfflineRouterModule
 
 
 class MatrixFactorization(nn.Module):
@@ -68,7 +68,7 @@ class MFRouter(OfflineRouterModule):
         cost_weight: Weight of the cost loss (squared error in units of tau).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
-        **kwargs: Evaluation and linking options of :class:`~barp.router_module.RouterModule`.
+        **kwargs: Evaluation and linking options of :class:`~barp.models.base.RouterModule`.
     """
 
     def __init__(self, dim: int = 128, pairwise_weight: float = 1.0, pointwise_weight: float = 1.0,

@@ -24,9 +24,9 @@ from typing import Literal
 import torch
 
 from barp.errors import ConfigError
-from barp.rl import reward, sample_preferences
-from barp.router_module import RouterModule
-from barp.routers.base import count_step, step_counter
+from barp.learning.rl import reward, sample_preferences
+from barp.models.base import RouterModule
+from barp.models.baselines.common import count_step, step_counter
 
 
 class LinearBanditModule(RouterModule):
@@ -38,7 +38,7 @@ class LinearBanditModule(RouterModule):
         pca_dim: Number of whitened principal components of the embedding in the context; None keeps all.
         context: ``outer`` (``[w_q phi; w_c phi]``) or ``concat`` (``[phi; w]``); see the module docstring.
         ridge: Ridge (prior precision) of each arm's linear model.
-        **kwargs: Evaluation and linking options of :class:`~barp.router_module.RouterModule`.
+        **kwargs: Evaluation and linking options of :class:`~barp.models.base.RouterModule`.
     """
 
     def __init__(self, pca_dim: int | None = 32, context: Literal["outer", "concat"] = "outer",

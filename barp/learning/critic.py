@@ -13,7 +13,7 @@ model's score and cost on a prompt from what was OBSERVED on its nearest trainin
   ``min(c / tau, 1)``; the prior keeps a model that no neighbour has tried at its global mean;
 - since the reward is linear in the preference, ``Q_hat_w(x, a) = w_q * q_hat - w_c * c_hat`` at any w.
 
-The policy then follows :func:`barp.rl.critic_policy_loss`. Only the policy is used to route: the critic exists
+The policy then follows :func:`barp.learning.rl.critic_policy_loss`. Only the policy is used to route: the critic exists
 during training only, and its memory is saved in checkpoints under ``"neighbour_critic"`` so a resumed fit continues.
 """
 

@@ -1,50 +1,98 @@
-"""The ``barp`` command: a LightningCLI (fit, validate, test, predict) wired to barp's modules."""
+"""The ``barp`` command: one LightningCLI with Lightning's subcommands (fit, validate, test, predict) and barp's own
+(sweep, ope, calibrate, serve), all listed by ``barp --help``."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningCLI
 
 from barp import __version__
+from barp.cli.config_files import check_config_files
 from barp.errors import ConfigError, exit_on_user_error
-
 
 EVAL_TIME_OPTIONS = ("eval_w_c", "extra_eval_w_c", "predict_w_c", "predict_temperature", "predict_epsilon")
 #: Subcommands that evaluate or apply a trained router: they need a checkpoint.
 NEEDS_CHECKPOINT = ("validate", "test", "predict")
 
 
-def check_config_files(argv: list[str]) -> None:
-    """Parse every ``--config`` file named in ``argv`` as YAML first, so that a syntax error names its file.
+@dataclass(frozen=True)
+class Command:
+    """A barp subcommand that is not a Trainer method: its parser, the function that runs a parsed config, and help."""
 
-    Args:
-        argv: Command-line arguments.
+    parser: Callable[[], ArgumentParser]
+    run: Callable[..., object]
+    help: str
 
-    Raises:
-        ConfigError: A config file is not valid YAML (the message names the file, line and column).
-    """
-    import yaml
 
-    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
-    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    for path in paths:
-        if not Path(path).is_file():
-            continue
-        try:
-            yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ConfigError(f"--config {path}: not valid YAML{at}: {problem}") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"--config {path}: cannot be read as text ({type(err).__name__})") from None
+def barp_commands() -> dict[str, Command]:
+    """barp's own subcommands, in the order ``barp --help`` lists them."""
+    from barp.ope.cli import ope_parser, run_ope
+    from barp.service.cli import calibrate_parser, run_calibrate, run_serve, serve_parser
+    from barp.sweep.cli import run_sweep, sweep_parser
+
+    return {
+        "sweep": Command(sweep_parser, run_sweep, "Compare a trained router with the baselines and reference policies "
+                         "over a preference grid on the ID and OOD test splits."),
+        "ope": Command(ope_parser, lambda cfg, parser: run_ope(cfg), "Estimate a trained router's score, cost and "
+                       "reward from a log of served requests (off-policy evaluation)."),
+        "calibrate": Command(calibrate_parser, lambda cfg, parser: run_calibrate(cfg), "Cost, score and traffic "
+                             "shares against w_c, and the w_c that meets a cost or quality target."),
+        "serve": Command(serve_parser, lambda cfg, parser: run_serve(cfg), "Serve a trained router over HTTP, with "
+                         "a crash-safe feedback log."),
+    }
 
 
 class BarpCLI(LightningCLI):
-    """LightningCLI with barp's argument links and the ``--test_after_fit`` option."""
+    """LightningCLI with barp's subcommands, argument links and the ``--test_after_fit`` option.
+
+    barp's own subcommands (:func:`barp_commands`) are parsed by the same parser as fit/test, so ``barp --help``
+    lists them; they build no Trainer and run their own function on their parsed section.
+    """
+
+    def _add_subcommands(self, parser, **kwargs) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        self.barp_commands = barp_commands()
+        for name, command in self.barp_commands.items():
+            sub = command.parser()
+            self._subcommand_parsers[name] = sub
+            parser._subcommands_action.add_subcommand(name, sub, help=command.help)
+
+    def _is_barp_command(self) -> bool:
+        return self.config.get("subcommand") in getattr(self, "barp_commands", {})
+
+    def _set_seed(self) -> None:
+        if not self._is_barp_command():
+            super()._set_seed()
+
+    def instantiate_classes(self) -> None:
+        if self._is_barp_command():  # no Trainer, model or data: the command builds what it needs
+            self.trainer = self.model = self.datamodule = None
+            return
+        super().instantiate_classes()
+
+    def before_instantiate_classes(self) -> None:
+        """Send every output of the run under ``trainer.default_root_dir``: barp's loggers without a ``save_dir``
+        write there, and so do the checkpoints and result files that follow the logger's folder."""
+        if self._is_barp_command() or not self.subcommand:
+            return
+        from barp.loggers import ROOTED_LOGGERS
+
+        trainer = self.config[self.subcommand].trainer
+        root = trainer.get("default_root_dir") or "."
+        loggers = trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            if getattr(logger, "class_path", None) in ROOTED_LOGGERS and logger.init_args.get("save_dir") is None:
+                logger.init_args.save_dir = str(root)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand in self.barp_commands:
+            self.result = self.barp_commands[subcommand].run(self.config[subcommand], self._subcommand_parsers[subcommand])
+            return
+        super()._run_subcommand(subcommand)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False,
@@ -63,9 +111,11 @@ class BarpCLI(LightningCLI):
         Lightning lets a checkpoint's hyperparameters override the command line. For the preferences a
         router is evaluated or served at, the operator's current choice must win: that is BaRP's point.
         """
-        from barp.checkpoints import load_checkpoint
+        from barp.models.checkpoints import load_checkpoint
 
         sub = self.config.get("subcommand")
+        if self._is_barp_command():
+            return  # each reads (and checks) its own checkpoint
         ckpt_path = self.config[sub].get("ckpt_path") if sub else None
         if sub in NEEDS_CHECKPOINT and not ckpt_path:
             raise ConfigError(f"barp {sub} needs --ckpt_path, a checkpoint written by barp fit: without one the "
@@ -106,30 +156,15 @@ def main(args: list[str] | None = None) -> BarpCLI | None:
         The CLI object (its ``trainer``, ``model`` and ``datamodule`` are available to callers and tests).
     """
     import barp.loggers  # noqa: F401 - registers barp's logger classes for bare names in configs
-    from barp.callbacks import PredictionWriter, ResultsTable
+    import barp.models.baselines  # noqa: F401 - registers the comparison methods for bare class names
+    from barp.cli.callbacks import PredictionWriter, ResultsTable
     from barp.data.datamodule import RoutingDataModule
-    from barp.module import BaRPModule  # noqa: F401 - registers BaRPModule for bare class names
-    import barp.routers  # noqa: F401 - registers the comparison methods for bare class names
-    from barp.router_module import RouterModule
+    from barp.models.barp import BaRPModule  # noqa: F401 - registers BaRPModule for bare class names
+    from barp.models.base import RouterModule
 
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] in (["--version"], ["-V"]):
         print(f"barp {__version__}")
-        return None
-    if argv[:1] == ["sweep"]:
-        from barp.evaluation.sweep_cli import run_sweep_cli
-
-        run_sweep_cli(argv[1:])
-        return None
-    if argv[:1] == ["ope"]:
-        from barp.ope.cli import run_ope_cli
-
-        run_ope_cli(argv[1:])
-        return None
-    if argv[:1] in (["serve"], ["calibrate"]):
-        from barp.service.cli import run_calibrate_cli, run_serve_cli
-
-        (run_serve_cli if argv[0] == "serve" else run_calibrate_cli)(argv[1:])
         return None
     with exit_on_user_error("barp"):
         check_config_files(argv)

@@ -8,7 +8,7 @@ the outcomes):
 
 1. Rows are stratified over :data:`TASKS` (each family gets ``num_prompts // 8`` rows, the remainder going to the first
    families) and shuffled. Each row gets a visible difficulty ``d ~ U(0, 1)``.
-2. The prompt text is built from the family's templates (:mod:`barp.data.synthetic_text`) so that ``d`` shows in the
+2. The prompt text is built from the family's templates (:mod:`barp.data.synthetic.text`) so that ``d`` shows in the
    wording (harder prompts use advanced vocabulary, more steps or constraints and are longer), and the prompt gets a
    subject domain (stem, humanities, writing, code or everyday) that shows in its topic.
 3. A hidden shift ``h ~ N(0, 0.12)`` per row keeps the outcome from being perfectly predictable from the text, and
@@ -37,7 +37,7 @@ import numbers
 
 import numpy as np
 
-from barp.data.synthetic_text import BUILDERS, DOMAINS
+from barp.data.synthetic.text import BUILDERS, DOMAINS
 from barp.data.table import OutcomeTable
 from barp.errors import ConfigError
 
@@ -92,7 +92,7 @@ SKILL: dict[str, tuple[float, ...]] = {
     "zero-one-ai/Yi-34B-Chat":           (0.70, 0.52, 0.42, 0.72, 0.66, 0.70, 0.80, 0.68),
 }  # fmt: skip
 
-#: Per model, a skill offset per subject domain (columns in :data:`~barp.data.synthetic_text.DOMAINS` order), added
+#: Per model, a skill offset per subject domain (columns in :data:`~barp.data.synthetic.text.DOMAINS` order), added
 #: to the family skill: Claude models are stronger on humanities and writing, GPT models and Code Llama on STEM and
 #: code, small models hold up best on everyday prompts. So the best model varies within a family, visibly by topic.
 DOMAIN_SKILL: dict[str, tuple[float, ...]] = {

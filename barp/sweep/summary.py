@@ -7,8 +7,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from barp.evaluation.aiq import aiq, cost_to_reach, mean_regret, score_at_cost
-from barp.evaluation.bootstrap import PerPrompt, bootstrap_aiq
+from barp.metrics.aiq import aiq, cost_to_reach, mean_regret, score_at_cost
+from barp.metrics.bootstrap import PerPrompt, bootstrap_aiq
 
 SINGLE_PREFIX = "single:"
 
@@ -57,7 +57,7 @@ def summarize(rows: list[dict], meta: dict | None = None,
         rows: The sweep rows; the ``task == "all"`` rows are used.
         meta: Extra fields to record (tau, grid, seed, checkpoint, ...).
         per_prompt: Per (split, method), the per-prompt choices behind the rows (in the rows' w_c order); when given,
-            each entry gets bootstrap intervals (:func:`barp.evaluation.bootstrap.bootstrap_aiq`).
+            each entry gets bootstrap intervals (:func:`barp.metrics.bootstrap.bootstrap_aiq`).
         resamples: Bootstrap resamples.
         seed: Bootstrap seed.
         reference: Method the paired AIQ differences are taken against.

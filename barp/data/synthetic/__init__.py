@@ -1,0 +1,11 @@
+"""The built-in benchmark: a SYNTHETIC, seeded, RouterBench-shaped outcome table with generated prompts (no download)."""
+
+from barp.data.synthetic.generator import (
+    DEFAULT_OOD_TASKS,
+    MODELS,
+    PRICES,
+    TASKS,
+    generate_synthetic,
+)
+
+__all__ = ["DEFAULT_OOD_TASKS", "MODELS", "PRICES", "TASKS", "generate_synthetic"]

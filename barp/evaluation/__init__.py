@@ -1,1 +1,0 @@
-"""Evaluation: routing metrics, reference policies, result tables."""

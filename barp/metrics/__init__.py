@@ -1,0 +1,1 @@
+"""Pure evaluation maths: routing metrics, AIQ, bootstrap intervals, reference policies, metric names."""

@@ -1,0 +1,1 @@
+"""Routers as LightningModules: the base RouterModule, BaRP, the comparison methods, checkpoints, trained routers."""

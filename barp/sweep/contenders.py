@@ -1,0 +1,151 @@
+"""What ``barp sweep`` compares: every method behind one interface (:class:`Contender`), so evaluation treats BaRP,
+the trained baselines and the reference policies alike.
+
+A :class:`Contender` maps a batch of prompt embeddings and preferences to one model index per prompt. Routers see the
+prompt (its frozen embedding) and the preference only. Reference policies that need the true outcomes (the oracle)
+say so with ``needs_outcomes = True`` and receive them through the explicit ``outcomes`` argument; evaluation passes
+outcomes to no other router.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from barp.learning.rl import reward
+from barp.metrics.policies import oracle_actions
+from barp.models.base import RouterModule
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """The full outcome rows of a batch: every model's score and cost (shape (B, K) each).
+
+    Only reference policies with ``needs_outcomes = True`` ever receive these.
+    """
+
+    scores: torch.Tensor
+    costs: torch.Tensor
+
+
+class Contender(ABC):
+    """A routing method: chooses one of K models per prompt at a given preference.
+
+    Attributes:
+        name: The method's name in result files (``sweep.csv``'s ``method`` column).
+        needs_outcomes: True only for reference policies that read the true outcome rows (the oracle).
+    """
+
+    name: str
+    needs_outcomes: ClassVar[bool] = False
+
+    @abstractmethod
+    def choose(self, emb: torch.Tensor, w: torch.Tensor, outcomes: Outcomes | None = None) -> torch.Tensor:
+        """Choose a model per prompt.
+
+        Args:
+            emb: Prompt embeddings, shape (B, D).
+            w: Preferences (w_q, w_c), shape (B, 2).
+            outcomes: The true outcome rows; given only to routers with ``needs_outcomes = True``.
+
+        Returns:
+            Model indices in [0, K), shape (B,), dtype long.
+        """
+
+
+class ModuleContender(Contender):
+    """Adapter: a trained :class:`~barp.models.base.RouterModule` (BaRP or a trainable baseline) as a Contender.
+
+    Greedy routing: the argmax of the module's :meth:`~barp.models.base.RouterModule.route` scores, in eval mode
+    and without gradients.
+
+    Args:
+        module: The trained module.
+        name: The method's name in result files.
+    """
+
+    def __init__(self, module: RouterModule, name: str) -> None:
+        self.module = module.eval()
+        self.name = name
+
+    @torch.no_grad()
+    def choose(self, emb: torch.Tensor, w: torch.Tensor, outcomes: Outcomes | None = None) -> torch.Tensor:
+        if outcomes is not None:
+            raise ValueError(f"{self.name}: a trained router must not receive the outcome rows")
+        device = self.module.device
+        return self.module.route(emb.to(device), w.to(device)).argmax(dim=-1).cpu()
+
+
+
+# ---------------------------------------------------------------------- reference policies
+class SingleModel(Contender):
+    """Always the same model.
+
+    Args:
+        index: The model's column index.
+        name: The method's name in result files (default ``single:<index>``).
+    """
+
+    def __init__(self, index: int, name: str | None = None) -> None:
+        self.index = int(index)
+        self.name = name or f"single:{index}"
+
+    def choose(self, emb: torch.Tensor, w: torch.Tensor, outcomes: Outcomes | None = None) -> torch.Tensor:
+        return torch.full((len(emb),), self.index, dtype=torch.long)
+
+
+def cheapest_and_most_expensive(mean_costs: np.ndarray) -> tuple[SingleModel, SingleModel]:
+    """The ``cheapest`` and ``most_expensive`` single-model routers, by mean cost on the training split.
+
+    Args:
+        mean_costs: Mean cost per model over the training prompts (list prices are public), shape (K,).
+    """
+    costs = np.asarray(mean_costs)
+    return (SingleModel(int(costs.argmin()), "cheapest"),
+            SingleModel(int(costs.argmax()), "most_expensive"))
+
+
+class RandomChoice(Contender):
+    """A uniformly random model per prompt, seeded: the same inputs give the same choices on every call.
+
+    Args:
+        num_models: Number of candidate models K.
+        seed: Seed of the draws (a fresh generator per call, so results do not depend on call order).
+        name: The method's name in result files.
+    """
+
+    def __init__(self, num_models: int, seed: int = 0, name: str = "random") -> None:
+        self.num_models = int(num_models)
+        self.seed = int(seed)
+        self.name = name
+
+    def choose(self, emb: torch.Tensor, w: torch.Tensor, outcomes: Outcomes | None = None) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed)
+        return torch.randint(self.num_models, (len(emb),), generator=gen)
+
+
+class Oracle(Contender):
+    """Per prompt, the model with the best TRUE reward at the given preference, the cheapest among ties.
+
+    Reads the full outcome rows, so it is an upper bound on every router's reward, not a router.
+
+    Args:
+        tau: Cost scale of the reward (USD), the same tau the routers are evaluated with.
+        name: The method's name in result files.
+    """
+
+    needs_outcomes: ClassVar[bool] = True
+
+    def __init__(self, tau: float, name: str = "oracle") -> None:
+        self.tau = float(tau)
+        self.name = name
+
+    def choose(self, emb: torch.Tensor, w: torch.Tensor, outcomes: Outcomes | None = None) -> torch.Tensor:
+        if outcomes is None:
+            raise ValueError("the oracle needs the outcome rows (outcomes=Outcomes(scores, costs))")
+        rewards = reward(outcomes.scores, outcomes.costs, w, self.tau)
+        return oracle_actions(rewards, outcomes.costs)
