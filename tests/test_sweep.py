@@ -116,6 +116,22 @@ def test_rerun_gives_identical_numbers_whatever_the_method_subset(swept, tmp_pat
     assert all(first[(r["method"], r["w_c"], r["split"], r["task"])] == r for r in again)
 
 
+def test_aiq_does_not_depend_on_the_other_methods_swept(swept, tmp_path):
+    """The AIQ cost range is fixed by the split's outcomes: BaRP swept alone gets the AIQ it gets beside everyone."""
+    out, ckpt, _ = swept
+    main(["sweep", *SMALL, "--ckpt_path", ckpt, "--output", str(tmp_path), "--progress", "false",
+          "--methods", "[barp]", "--bootstrap", "0"])
+    alone = json.loads((tmp_path / "summary.json").read_text())
+    full = json.loads((out / "sweep" / "summary.json").read_text())
+    for split in ("id", "ood"):
+        assert alone["splits"][split]["cost_range"] == full["splits"][split]["cost_range"]
+        assert alone["results"]["barp"][split]["aiq"] == full["results"]["barp"][split]["aiq"]
+        # and the range is the most expensive single model's mean cost, whatever else is swept
+        singles = [r for r in read_rows(out / "sweep" / "sweep.csv")
+                   if r["split"] == split and r["task"] == "all" and r["method"].startswith("single:")]
+        assert full["splits"][split]["cost_range"][1] == pytest.approx(max(float(r["cost"]) for r in singles))
+
+
 @pytest.mark.parametrize("option, value, named", [("--methods", "[nope]", "nope"),
                                                    ("--bootstrap", "-1", "--bootstrap must be an integer >= 0")])
 def test_sweep_rejects_bad_options_and_writes_nothing(swept, tmp_path, capsys, option, value, named):

@@ -12,7 +12,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from barp.atomic import atomic_write_text
 from barp.data.datamodule import SPLIT_ORDER
-from barp.models.base import REFERENCES, RouterModule, pref_key
+from barp.metrics.evaluation import REFERENCES, SPLITS, metric_name
+from barp.models.base import RouterModule
 
 
 def _log_dir(trainer: L.Trainer) -> Path:
@@ -22,12 +23,12 @@ def _log_dir(trainer: L.Trainer) -> Path:
 def results_rows(metrics: dict[str, float], module: RouterModule) -> list[dict[str, object]]:
     """Rows (split, w_c, policy, score, cost, reward) from logged test metrics."""
     rows = []
-    for split in ("id", "ood"):
+    for split in SPLITS:
         for w_c in sorted(module.eval_preferences):
-            prefix = f"test/{split}/" if w_c == module.eval_w_c else f"test/{split}/{pref_key(w_c)}/"
+            at = None if w_c == module.eval_w_c else w_c
             for policy in ("BaRP" if type(module).__name__ == "BaRPModule" else type(module).__name__,) + REFERENCES:
-                name = "" if policy not in REFERENCES else f"{policy}_"
-                keys = [f"{prefix}{name}{m}" for m in ("score", "cost", "reward")]
+                ref = policy if policy in REFERENCES else None
+                keys = [metric_name("test", split, m, at, ref) for m in ("score", "cost", "reward")]
                 if all(k in metrics for k in keys):
                     rows.append({"split": split, "w_c": w_c, "policy": policy,
                                  **{m: float(metrics[k]) for m, k in zip(("score", "cost", "reward"), keys)}})
@@ -60,15 +61,15 @@ def format_table(rows: list[dict[str, object]], metrics: dict[str, float] | None
 
 
 def _aiq_line(split: str, metrics: dict[str, float] | None) -> list[str]:
-    key = f"test/{split}/aiq"
+    key = metric_name("test", split, "aiq")
     return [f"{split:<5}  AIQ over these preferences: {metrics[key]:.4f}", ""] if metrics and key in metrics else [""]
 
 
 def format_headline(metrics: dict[str, float]) -> str:
     """The primary-preference metrics by their logged names, e.g. ``test/id/reward = 0.3312``."""
-    names = [f"test/{split}/{prefix}{m}" for split in ("id", "ood")
-             for prefix in ("", "oracle_", "random_", "cheapest_", "most_expensive_") for m in ("score", "cost", "reward")]
-    names += [f"test/{split}/aiq" for split in ("id", "ood")]
+    names = [metric_name("test", split, m, policy=policy) for split in SPLITS
+             for policy in (None, *REFERENCES) for m in ("score", "cost", "reward")]
+    names += [metric_name("test", split, "aiq") for split in SPLITS]
     return "\n".join(f"{n} = {metrics[n]:.6g}" for n in names if n in metrics)
 
 

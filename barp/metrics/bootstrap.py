@@ -32,11 +32,12 @@ def _interval(values: np.ndarray, level: float) -> list[float]:
 
 
 def bootstrap_aiq(methods: dict[str, PerPrompt], resamples: int, seed: int, reference: str | None = None,
-                  level: float = 0.95) -> dict[str, dict]:
+                  level: float = 0.95, model_costs: np.ndarray | None = None) -> dict[str, dict]:
     """Percentile intervals of each method's AIQ, and of its AIQ minus the reference's, under a paired bootstrap.
 
-    The cost range of each resample is [0, the highest mean cost of any method at any preference], as for the point
-    estimate (:func:`barp.sweep.summary.summarize`), so pass every method of the split.
+    The cost range of each resample is [0, the most expensive model's mean cost on the resample] when
+    ``model_costs`` is given, as for the point estimate (:func:`barp.metrics.evaluation.aiq_cost_range`); without
+    it, [0, the highest mean cost of any of ``methods`` at any preference].
 
     Args:
         methods: Per method, its per-prompt choices on one split (all with the same n prompts, in the same order).
@@ -44,6 +45,7 @@ def bootstrap_aiq(methods: dict[str, PerPrompt], resamples: int, seed: int, refe
         seed: Seed of the resampling (same seed and inputs: same intervals).
         reference: Method to compare every other one with (None: no differences).
         level: Coverage of the intervals.
+        model_costs: Every model's cost on each of the n prompts, shape (n, K).
 
     Returns:
         ``{method: {"aiq_ci": [lo, hi]}}``, plus ``"aiq_diff_ci": [lo, hi]`` (method minus reference) and
@@ -63,7 +65,10 @@ def bootstrap_aiq(methods: dict[str, PerPrompt], resamples: int, seed: int, refe
     np.add.at(counts, (np.arange(resamples)[:, None], idx), 1.0)
     weights = counts / n
     means = {name: (weights @ m.score.T, weights @ m.cost.T) for name, m in methods.items()}
-    high = np.max([c.max(axis=1) for _, c in means.values()], axis=0)  # common cost range per resample
+    if model_costs is not None:  # common cost range per resample
+        high = (weights @ np.asarray(model_costs, dtype=np.float64)).max(axis=1)
+    else:
+        high = np.max([c.max(axis=1) for _, c in means.values()], axis=0)
     values = {name: np.array([aiq(c[b], s[b], (0.0, high[b])) if high[b] > 0 else np.nan for b in range(resamples)])
               for name, (s, c) in means.items()}
     out = {name: {"aiq_ci": _interval(v, level)} for name, v in values.items()}

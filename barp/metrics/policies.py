@@ -1,4 +1,4 @@
-"""Reference policies computed from the full outcome table: oracle, random, and single models.
+"""The oracle's choice, computed from the full outcome table (see :mod:`barp.metrics.evaluation` for every policy).
 
 These are not routers (the oracle reads every outcome); they bound and anchor a router's numbers.
 """
@@ -21,8 +21,3 @@ def oracle_actions(rewards: torch.Tensor, costs: torch.Tensor, atol: float = 1e-
     best = rewards.max(dim=-1, keepdim=True).values
     tied_costs = torch.where(rewards >= best - atol, costs, torch.full_like(costs, float("inf")))
     return tied_costs.argmin(dim=-1)
-
-
-def random_expectation(values: torch.Tensor) -> torch.Tensor:
-    """Expected value per row of a uniformly random choice among K models (exact, not sampled)."""
-    return values.mean(dim=-1)

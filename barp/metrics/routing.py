@@ -43,7 +43,12 @@ class RoutingMetrics(Metric):
             self.picks.index_add_(0, action.long(), torch.ones_like(score, dtype=torch.float64))
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """Split means (``score``, ``cost``, ``reward``), ``share/<model>`` and ``task=<task>/<metric>``."""
+        """Split means (``score``, ``cost``, ``reward``), ``share/<model>`` and ``task=<task>/<metric>`` (float32,
+        for logging; :meth:`means` gives them in float64)."""
+        return {k: v.float() for k, v in self.means().items()}
+
+    def means(self) -> dict[str, torch.Tensor]:
+        """The float64 values behind :meth:`compute`."""
         n = self.count.sum().clamp_min(1.0)
         out = {
             "score": self.score_sum.sum() / n,
@@ -56,7 +61,7 @@ class RoutingMetrics(Metric):
             if self.count[i] > 0:
                 for key in ("score", "cost", "reward"):
                     out[f"task={task}/{key}"] = getattr(self, f"{key}_sum")[i] / self.count[i]
-        return {k: v.float() for k, v in out.items()}
+        return out
 
 
 class ModelCostMetric(Metric):

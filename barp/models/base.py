@@ -21,7 +21,14 @@ from barp.learning.rl import (
     reward,
 )
 from barp.metrics.aiq import aiq
-from barp.metrics.policies import oracle_actions, random_expectation
+from barp.metrics.evaluation import (
+    REFERENCES,
+    SPLITS,
+    aiq_cost_range,
+    chosen,
+    metric_name,
+    reference_outcome,
+)
 from barp.metrics.routing import ModelCostMetric, RoutingMetrics
 from barp.models.checkpoints import (
     RECORD_KEY,
@@ -34,14 +41,6 @@ from barp.models.checkpoints import (
     model_order,
     restore_rng,
 )
-
-REFERENCES = ("oracle", "random", "cheapest", "most_expensive")
-SPLITS = ("id", "ood")
-
-
-def pref_key(w_c: float) -> str:
-    """Metric-name fragment for a preference, e.g. ``wc=0.9``."""
-    return f"wc={w_c:g}"
 
 
 class RouterModule(L.LightningModule):
@@ -264,58 +263,50 @@ class RouterModule(L.LightningModule):
         if self._column_order is not None:  # the data's columns in the router's arm order
             order = self._column_order.to(scores.device)
             scores, costs = scores[:, order], costs[:, order]
-        rows = torch.arange(len(emb), device=emb.device)
         self.eval_metrics[f"{stage}_{split}_model_cost"].update(costs)
+        cheapest, most_expensive = (int(j) for j in self.reference_models)
         for w_c in self.eval_preferences:
             w = preference_tensor(w_c, len(emb), emb.device)
-            all_rewards = reward(scores, costs, w, self.tau_value)
-            action = self.route(emb, w).argmax(dim=-1)
-            self._update(stage, split, w_c, "router", task, action, scores, costs, all_rewards, rows)
-            if stage != "test":
-                continue
-            self._update(stage, split, w_c, "oracle", task, oracle_actions(all_rewards, costs), scores, costs,
-                         all_rewards, rows)
-            for policy, j in (("cheapest", self.reference_models[0]), ("most_expensive", self.reference_models[1])):
-                self._update(stage, split, w_c, policy, task, torch.full_like(task, int(j)), scores, costs,
-                             all_rewards, rows)
-            self.eval_metrics[self._metric_key(stage, split, w_c, "random")].update(
-                task, None, random_expectation(scores), random_expectation(costs), random_expectation(all_rewards)
-            )
-
-    def _update(self, stage, split, w_c, policy, task, action, scores, costs, all_rewards, rows) -> None:
-        self.eval_metrics[self._metric_key(stage, split, w_c, policy)].update(
-            task, action, scores[rows, action], costs[rows, action], all_rewards[rows, action]
-        )
+            rewards = reward(scores, costs, w, self.tau_value)
+            outcomes = {"router": chosen(self.route(emb, w).argmax(dim=-1), scores, costs, rewards)}
+            if stage == "test":
+                outcomes.update({policy: reference_outcome(policy, scores, costs, rewards, cheapest, most_expensive)
+                                 for policy in REFERENCES})
+            for policy, o in outcomes.items():
+                self.eval_metrics[self._metric_key(stage, split, w_c, policy)].update(
+                    task, o.action, o.score, o.cost, o.reward)
 
     def _log_eval(self, stage: str) -> None:
         for split in SPLITS:
             router_rewards, points = [], []
             for w_c in self.eval_preferences:
-                prefix = f"{stage}/{split}/" if w_c == self.eval_w_c else f"{stage}/{split}/{pref_key(w_c)}/"
+                at = None if w_c == self.eval_w_c else w_c
                 for policy in ("router",) + REFERENCES:
                     metric = self.eval_metrics[self._metric_key(stage, split, w_c, policy)]
                     if not metric.update_called:
                         continue
                     values = metric.compute()
                     if policy == "router":
-                        logged = {prefix + k: v for k, v in values.items()}
+                        logged = {metric_name(stage, split, k, at): v for k, v in values.items()}
                         router_rewards.append(values["reward"])
                         points.append((float(values["cost"]), float(values["score"])))
                     else:
-                        logged = {f"{prefix}{policy}_{k}": values[k] for k in ("score", "cost", "reward")}
+                        logged = {metric_name(stage, split, k, at, policy): values[k] for k in ("score", "cost", "reward")}
                     self.log_dict(logged, add_dataloader_idx=False)
                     metric.reset()
             if router_rewards:
                 # one number for the whole trade-off range: what checkpoint selection should watch
-                self.log(f"{stage}/{split}/reward_avg", torch.stack(router_rewards).mean(), add_dataloader_idx=False)
+                self.log(metric_name(stage, split, "reward_avg"), torch.stack(router_rewards).mean(),
+                         add_dataloader_idx=False)
             model_cost = self.eval_metrics[f"{stage}_{split}_model_cost"]
             if len(points) >= 2 and model_cost.update_called:
-                # the frontier's area over [0, the split's most expensive model's mean cost]: selecting on it
-                # favours the checkpoint with the best trade-offs over the whole cost range (see evaluation.aiq)
+                # the frontier's area over the split's cost range: selecting on it favours the checkpoint with the
+                # best trade-offs over the whole cost range (see barp.metrics.evaluation.aiq_cost_range)
                 costs, scores = map(list, zip(*points))
-                high = max(float(model_cost.compute().max()), *costs)
-                if high > 0:
-                    self.log(f"{stage}/{split}/aiq", float(aiq(costs, scores, (0.0, high))), add_dataloader_idx=False)
+                cost_range = aiq_cost_range(model_cost.compute().cpu().numpy())
+                if cost_range[1] > 0:
+                    self.log(metric_name(stage, split, "aiq"), float(aiq(costs, scores, cost_range)),
+                             add_dataloader_idx=False)
             model_cost.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:

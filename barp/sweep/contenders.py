@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from barp.learning.rl import reward
+from barp.metrics.evaluation import Outcome, chosen, reference_outcome
 from barp.metrics.policies import oracle_actions
 from barp.models.base import RouterModule
 
@@ -55,6 +56,21 @@ class Contender(ABC):
         Returns:
             Model indices in [0, K), shape (B,), dtype long.
         """
+
+    def outcome(self, emb: torch.Tensor, w: torch.Tensor, scores: torch.Tensor, costs: torch.Tensor,
+                rewards: torch.Tensor) -> Outcome:
+        """What this method gets on each prompt (see :mod:`barp.metrics.evaluation`): its choice's outcome.
+
+        Args:
+            emb, w: As for :meth:`choose`.
+            scores, costs, rewards: Every model's outcomes at ``w``, shape (B, K); passed to :meth:`choose` only
+                when ``needs_outcomes``.
+        """
+        action = self.choose(emb, w, Outcomes(scores, costs) if self.needs_outcomes else None)
+        try:
+            return chosen(action, scores, costs, rewards)
+        except ValueError as err:
+            raise RuntimeError(f"{self.name}: choose() returned {err}") from None
 
 
 class ModuleContender(Contender):
@@ -126,6 +142,11 @@ class RandomChoice(Contender):
     def choose(self, emb: torch.Tensor, w: torch.Tensor, outcomes: Outcomes | None = None) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed)
         return torch.randint(self.num_models, (len(emb),), generator=gen)
+
+    def outcome(self, emb: torch.Tensor, w: torch.Tensor, scores: torch.Tensor, costs: torch.Tensor,
+                rewards: torch.Tensor) -> Outcome:
+        """The exact expectation of random routing (as validation and test report it), not one seeded draw."""
+        return reference_outcome("random", scores, costs, rewards)
 
 
 class Oracle(Contender):

@@ -23,6 +23,7 @@ from barp.atomic import atomic_write_text
 from barp.errors import ConfigError
 from barp.learning.rl import check_w_c, preference_tensor, reward
 from barp.metrics.bootstrap import PerPrompt
+from barp.metrics.routing import RoutingMetrics
 from barp.models.base import RouterModule
 from barp.models.checkpoints import (
     check_encoder,
@@ -138,8 +139,11 @@ def split_data(datamodule, split: Literal["id", "ood"]) -> SplitData:
 
 def evaluate(routers: list[Contender], splits: list[SplitData], grid: list[float], tau: float,
              progress: bool = True, per_prompt: dict[tuple[str, str], PerPrompt] | None = None) -> list[dict]:
-    """Route every split at every preference with every router; rows of ``method, w_c, split, task, n, score, cost,
+    """Route every split at every preference with every method; rows of ``method, w_c, split, task, n, score, cost,
     reward`` (the split mean under ``task = all``, then one row per task).
+
+    Each method's outcome comes from :mod:`barp.metrics.evaluation` and its means from
+    :class:`~barp.metrics.routing.RoutingMetrics`, exactly as in validation and test.
 
     Args:
         routers: The methods; only those with ``needs_outcomes`` get the outcome rows.
@@ -154,28 +158,22 @@ def evaluate(routers: list[Contender], splits: list[SplitData], grid: list[float
               disable=not progress, dynamic_ncols=True) as bar:
         for sp in splits:
             n = len(sp.emb)
-            tasks = np.asarray(sp.tasks)
-            groups = [("all", np.ones(n, dtype=bool))] + [(t, tasks == t) for t in sorted(set(sp.tasks))]
-            rows_idx = torch.arange(n)
+            task_names = sorted(set(sp.tasks))
+            task = torch.as_tensor([task_names.index(t) for t in sp.tasks], dtype=torch.long)
             for router in routers:
                 chosen_q, chosen_c = [], []
                 for w_c in grid:
                     w = preference_tensor(w_c, n)
-                    given = Outcomes(sp.scores, sp.costs) if router.needs_outcomes else None
-                    action = router.choose(sp.emb, w, given).long().cpu()
-                    k = sp.scores.shape[1]
-                    if action.shape != (n,) or (n and (int(action.min()) < 0 or int(action.max()) >= k)):
-                        raise RuntimeError(f"{router.name}: choose() returned invalid model indices "
-                                           f"(shape {tuple(action.shape)}, expected ({n},) in [0, {k}))")
-                    q = sp.scores[rows_idx, action].double().numpy()
-                    c = sp.costs[rows_idx, action].double().numpy()
-                    r = reward(sp.scores, sp.costs, w, tau)[rows_idx, action].double().numpy()
-                    chosen_q.append(q)
-                    chosen_c.append(c)
-                    for task, mask in groups:
-                        out.append({"method": router.name, "w_c": float(w_c), "split": sp.name, "task": task,
-                                    "n": int(mask.sum()), "score": float(q[mask].mean()),
-                                    "cost": float(c[mask].mean()), "reward": float(r[mask].mean())})
+                    o = router.outcome(sp.emb, w, sp.scores, sp.costs, reward(sp.scores, sp.costs, w, tau))
+                    metrics = RoutingMetrics([str(j) for j in range(sp.scores.shape[1])], task_names)
+                    metrics.update(task, o.action, o.score, o.cost, o.reward)
+                    means = metrics.means()
+                    chosen_q.append(o.score.double().numpy())
+                    chosen_c.append(o.cost.double().numpy())
+                    for name, prefix, count in [("all", "", n)] + [
+                            (t, f"task={t}/", int(metrics.count[i])) for i, t in enumerate(task_names)]:
+                        out.append({"method": router.name, "w_c": float(w_c), "split": sp.name, "task": name,
+                                    "n": count, **{k: float(means[prefix + k]) for k in ("score", "cost", "reward")}})
                     bar.update()
                 if per_prompt is not None:
                     per_prompt[(sp.name, router.name)] = PerPrompt(np.stack(chosen_q), np.stack(chosen_c))
@@ -298,7 +296,8 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
             "comparison_training": budget, "bootstrap": bootstrap,
             "methods": [r.name for r in routers], "n": {s.name: len(s.emb) for s in splits}}
     reference = checkpoint.name if checkpoint is not None and checkpoint in routers else None
-    summary = summarize(rows, meta, per_prompt if bootstrap else None, bootstrap, seed, reference)
+    model_costs = {s.name: s.costs.double().numpy() for s in splits}
+    summary = summarize(rows, meta, per_prompt if bootstrap else None, bootstrap, seed, reference, model_costs)
     write_outputs(rows, summary, Path(output))
     if wandb_logger and str(wandb_logger.get("class_path", "")).endswith("WandbLogger"):
         log_to_wandb(wandb_logger, rows, summary, Path(output) / "pareto.png")

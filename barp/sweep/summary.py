@@ -9,6 +9,7 @@ import numpy as np
 
 from barp.metrics.aiq import aiq, cost_to_reach, mean_regret, score_at_cost
 from barp.metrics.bootstrap import PerPrompt, bootstrap_aiq
+from barp.metrics.evaluation import aiq_cost_range
 
 SINGLE_PREFIX = "single:"
 
@@ -16,8 +17,8 @@ DEFINITIONS = {
     "aiq": "RouterBench's AIQ: area under the method's non-decreasing convex hull of (cost, score) points over the "
            "split's cost_range, divided by the range's width; the hull is 0 below the method's cheapest point and "
            "flat beyond its best point",
-    "cost_range": "[0, the highest mean cost per query of any method at any w_c on the split] (USD), common to all "
-                  "methods of the split",
+    "cost_range": "[0, the most expensive single model's mean cost per query on the split] (USD): fixed by the "
+                  "split's outcomes, so a method's AIQ does not depend on which other methods were swept",
     "best_single_model": "the single model with the highest mean score on the split (the cheaper one among ties)",
     "score_at_best_single_cost": "the method's hull score at the best single model's cost (null if the method's "
                                  "cheapest operating point costs more)",
@@ -50,7 +51,7 @@ def _clean(x: float | None) -> float | None:
 
 def summarize(rows: list[dict], meta: dict | None = None,
               per_prompt: dict[tuple[str, str], PerPrompt] | None = None, resamples: int = 1000, seed: int = 0,
-              reference: str | None = None) -> dict:
+              reference: str | None = None, model_costs: dict[str, np.ndarray] | None = None) -> dict:
     """Build the summary from sweep rows (``method, w_c, split, task, n, score, cost, reward``).
 
     Args:
@@ -61,6 +62,9 @@ def summarize(rows: list[dict], meta: dict | None = None,
         resamples: Bootstrap resamples.
         seed: Bootstrap seed.
         reference: Method the paired AIQ differences are taken against.
+        model_costs: Per split, every model's cost on every test prompt, shape (N, K): the AIQ cost range is
+            [0, the most expensive model's mean cost] (:func:`barp.metrics.evaluation.aiq_cost_range`). None: the
+            most expensive of the ``single:`` methods' mean costs in ``rows``.
 
     Returns:
         ``{"definitions", "meta", "splits": {split: {cost_range, best_single_model}}, "results": {method: {split:
@@ -72,8 +76,13 @@ def summarize(rows: list[dict], meta: dict | None = None,
         summary["meta"]["bootstrap_reference"] = reference
     for split in splits:
         pts = _points(rows, split)
-        cost_range = (0.0, max(float(p["cost"].max()) for p in pts.values()))
         singles = {m: p for m, p in pts.items() if m.startswith(SINGLE_PREFIX)}
+        if model_costs is not None:
+            cost_range = aiq_cost_range(model_costs[split].mean(axis=0))
+        elif singles:
+            cost_range = aiq_cost_range([p["cost"].mean() for p in singles.values()])
+        else:
+            raise ValueError(f"summarize: split {split!r} needs model_costs or single-model rows for its AIQ range")
         best = None
         if singles:
             name = min(singles, key=lambda m: (-singles[m]["score"].mean(), singles[m]["cost"].mean()))
@@ -94,7 +103,10 @@ def summarize(rows: list[dict], meta: dict | None = None,
             summary["results"].setdefault(method, {})[split] = entry
         if per_prompt is not None and cost_range[1] > 0:
             chosen = {m: per_prompt[(split, m)] for m in pts}  # AIQ does not depend on the points' order
-            for method, extra in bootstrap_aiq(chosen, resamples, seed, reference).items():
+            # the same range as the point estimate: the split's models, else the single-model methods' costs
+            costs = model_costs[split] if model_costs is not None else np.stack(
+                [chosen[m].cost[0] for m in singles], axis=1)
+            for method, extra in bootstrap_aiq(chosen, resamples, seed, reference, model_costs=costs).items():
                 summary["results"][method][split].update(extra)
     return summary
 
