@@ -56,7 +56,8 @@ def test_curve_on_a_table_is_the_chosen_models_means_with_intervals_around_them(
     assert curve.score[0] == pytest.approx(scores[:, 0].mean())
     np.testing.assert_allclose(curve.shares[1], np.bincount(choices[1], minlength=3) / 40)
     assert curve.shares[0].tolist() == [1.0, 0.0, 0.0]
-    assert np.all(curve.cost_per_1k_ci[:, 0] <= curve.cost_per_1k) and np.all(curve.cost_per_1k <= curve.cost_per_1k_ci[:, 1])
+    assert np.all(curve.cost_per_1k_ci[:, 0] <= curve.cost_per_1k)
+    assert np.all(curve.cost_per_1k <= curve.cost_per_1k_ci[:, 1])
     assert curve.best_single_score == pytest.approx(scores.mean(0).max())
     again = curve_from_table(np.array([0.0, 1.0]), choices, scores, costs, MODELS, "t", resamples=200, seed=1)
     np.testing.assert_array_equal(again.score_ci, curve.score_ci)  # seeded
@@ -122,7 +123,8 @@ def test_bad_calibrate_input_is_one_error_and_exit_code_2(calibrated, tmp_path, 
 
     ckpt, _ = calibrated
     with pytest.raises(SystemExit) as exit_:
-        main(["calibrate", "--ckpt_path", ckpt, "--output", str(tmp_path / "o"), "--target.max_share", '{"gpt-5": 0.2}'])
+        main(["calibrate", "--ckpt_path", ckpt, "--output", str(tmp_path / "o"),
+              "--target.max_share", '{"gpt-5": 0.2}'])
     assert exit_.value.code == 2 and not (tmp_path / "o").exists()
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("barp calibrate: error:") and "unknown model 'gpt-5'" in last

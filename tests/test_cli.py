@@ -54,8 +54,8 @@ def test_fit_writes_config_checkpoint_and_metrics(fitted):
     assert Path(ckpt).is_file()
     assert (log_dir / "config.yaml").is_file()
     header = (log_dir / "metrics.csv").read_text().splitlines()[0].split(",")
-    for key in ("train/loss", "train/reward", "train/entropy", "val/id/reward", "val/id/wc=0.9/reward", "val/id/reward_avg",
-                "val/id/aiq"):
+    for key in ("train/loss", "train/reward", "train/entropy", "val/id/reward", "val/id/wc=0.9/reward",
+                "val/id/reward_avg", "val/id/aiq"):
         assert key in header, key
     rows = [dict(zip(header, line.split(","))) for line in (log_dir / "metrics.csv").read_text().splitlines()[1:]]
     aiqs = [float(r["val/id/aiq"]) for r in rows if r.get("val/id/aiq")]

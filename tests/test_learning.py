@@ -16,11 +16,12 @@ def routing_problem(seed: int = 0) -> OutcomeTable:
     """Math prompts are solved by model 'math-small', poems by 'poet-small'; 'big' solves all at 20x the cost."""
     rng = np.random.default_rng(seed)
     prompts, tasks = [], []
-    for i in range(80):
+    for _ in range(80):
         prompts.append(f"Tom has {rng.integers(2, 90)} {rng.choice(SUBJECTS)} and buys {rng.integers(2, 50)} more. "
                        "How many does he have now?")
         tasks.append("math")
-        prompts.append(f"Write a short poem about {rng.choice(THEMES)} in the style of a {rng.choice(['sonnet', 'haiku', 'ballad'])}.")
+        prompts.append(f"Write a short poem about {rng.choice(THEMES)} "
+                       f"in the style of a {rng.choice(['sonnet', 'haiku', 'ballad'])}.")
         tasks.append("poetry")
     n = len(prompts)
     is_math = np.array([t == "math" for t in tasks])

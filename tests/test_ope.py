@@ -260,7 +260,8 @@ def test_dr_and_snips_intervals_contain_the_true_reward_of_a_trained_barp(traine
         truth = float(np.mean((1 - w_c) * q - w_c * np.minimum(c / tau, 1)))
         for name in ("dr", "snips"):
             r = found[w_c, name, "reward"]
-            print(f"w_c={w_c} {name}: {r.estimate:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}] truth {truth:.4f} ESS {r.ess:.1f}")
+            print(f"w_c={w_c} {name}: {r.estimate:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}] "
+                  f"truth {truth:.4f} ESS {r.ess:.1f}")
             assert r.ci_low <= truth <= r.ci_high, (w_c, name, r, truth)
     with open(out / "ope" / "ope.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

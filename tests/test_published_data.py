@@ -19,7 +19,9 @@ from barp.errors import ConfigError, DataValidationError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "data" / "llmrouter-dcrouter"
-_spec = importlib.util.spec_from_file_location("barp_published_fixtures", ROOT / "tests" / "fixtures" / "make_fixtures.py")
+_spec = importlib.util.spec_from_file_location(
+    "barp_published_fixtures", ROOT / "tests" / "fixtures" / "make_fixtures.py"
+)
 mf = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mf)
 
@@ -131,7 +133,9 @@ def test_llmrouter_and_litellm_price_tables(fx, tmp_path):
     with pytest.raises(DataValidationError, match=rf"neg\.json: model '{mf.MODELS[0]}': input_price -1 is not"):
         load_table(records, prices=str(tmp_path / "neg.json"))
     (tmp_path / "odd.json").write_text(json.dumps({m: {"price": 1} for m in mf.MODELS}))
-    with pytest.raises(DataValidationError, match=r"odd\.json: model .*input_price, output_price.*got keys \['price'\]"):
+    with pytest.raises(
+        DataValidationError, match=r"odd\.json: model .*input_price, output_price.*got keys \['price'\]"
+    ):
         load_table(records, prices=str(tmp_path / "odd.json"))
 
 

@@ -25,7 +25,8 @@ def _with(arr, i, j, value):
 @pytest.mark.parametrize(
     "changes, expected",
     [
-        (lambda t: {"scores": _with(t.scores, 2, 1, np.nan)}, ["data/my.csv", "'score'", "row 2", "'p2'", "'m1'", "nan"]),
+        (lambda t: {"scores": _with(t.scores, 2, 1, np.nan)},
+         ["data/my.csv", "'score'", "row 2", "'p2'", "'m1'", "nan"]),
         (lambda t: {"scores": _with(t.scores, 0, 0, 1.5)}, ["'score'", "row 0", "1.5", "[0, 1]"]),
         (lambda t: {"scores": _with(t.scores, 0, 2, -0.2)}, ["'score'", "row 0", "'m2'", "-0.2"]),
         (lambda t: {"costs": _with(t.costs, 3, 0, -1e-4)}, ["'cost'", "row 3", "'m0'", "-0.0001"]),
@@ -37,7 +38,8 @@ def _with(arr, i, j, value):
         (lambda t: {"models": ["m0", "m0", "m2"]}, ["duplicate model name", "'m0'"]),
         (lambda t: {"tasks": ["a"] * 5}, ["'tasks'", "expected 6"]),
         (lambda t: {"scores": t.scores[:, :2]}, ["'score'", "shape"]),
-        (lambda t: {"prompt_ids": [], "prompts": [], "tasks": [], "scores": np.zeros((0, 3)), "costs": np.zeros((0, 3))},
+        (lambda t: {"prompt_ids": [], "prompts": [], "tasks": [],
+                    "scores": np.zeros((0, 3)), "costs": np.zeros((0, 3))},
          ["no rows"]),
     ],
 )

@@ -49,7 +49,8 @@ def check_output(path: str, output: str) -> None:
     """
     out = Path(output).expanduser()
     if out.is_dir():
-        raise ConfigError(f"--output {output!r} is a folder: name the parquet file to write, e.g. {output}/data.parquet")
+        raise ConfigError(f"--output {output!r} is a folder: name the parquet file to write, "
+                          f"e.g. {output}/data.parquet")
     if not out.exists():
         return
     spec = str(path)

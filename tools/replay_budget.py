@@ -74,7 +74,7 @@ def main(ckpt_path: str, budget_per_1k: float, steps: list[float] | None = None,
     print(f"{'policy':<26} {'spend/1k':>18} {'overshoot':>17} {'worst running':>15} {'score':>16}")
     out = {}
     for name, results in rows.items():
-        get = lambda k: np.array([r[k] for r in results])  # noqa: E731
+        get = lambda k, results=results: np.array([r[k] for r in results])  # noqa: E731
         out[name] = {k: (float(get(k).mean()), float(get(k).std())) for k in results[0]}
         s, o, w, q = (out[name][k] for k in ("spend_per_1k", "overshoot", "worst_running", "score"))
         print(f"{name:<26} {s[0]:>9.4f} ± {s[1]:<6.4f} {o[0]:>+8.1%} ± {o[1]:<5.1%} {w[0]:>+8.1%} ± {w[1]:<4.0%}"

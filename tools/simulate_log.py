@@ -2,7 +2,8 @@
 
 Example::
 
-    python tools/simulate_log.py --recipe configs/experiments/synthetic.yaml --passes 4 --output runs/logs/uniform.parquet
+    python tools/simulate_log.py --recipe configs/experiments/synthetic.yaml --passes 4 \\
+        --output runs/logs/uniform.parquet
     barp fit --config configs/experiments/synthetic.yaml --data.init_args.train_log runs/logs/uniform.parquet
 
 It builds the recipe's data (its ``data.init_args``, with ``--data`` overrides), takes one split of the table (the

@@ -52,7 +52,8 @@ def format_table(rows: list[dict[str, object]], metrics: dict[str, float] | None
         last_split = split
         own = policies.get(router)
         line = f"{split:<5} {w_c:>4.2g}  "
-        line += (f"{own['score']:>16.4f} {own['cost']:>10.3e} {own['reward']:>8.4f}" if own else " " * 36) + " |" + " " * 9
+        own_cells = f"{own['score']:>16.4f} {own['cost']:>10.3e} {own['reward']:>8.4f}" if own else " " * 36
+        line += own_cells + " |" + " " * 9
         line += "".join(f" {policies[p]['reward']:>14.4f}" if p in policies else " " * 15 for p in REFERENCES)
         lines.append(line)
     if last_split is not None:

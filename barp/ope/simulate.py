@@ -136,8 +136,8 @@ def simulate_log(
     served = _served_preferences(w_c, len(rows), rng)
     probs = np.asarray(policy(rows, served), dtype=np.float64)
     if probs.shape != (len(rows), table.num_models) or not np.isfinite(probs).all() or (probs < 0).any():
-        raise ValueError(f"the logging policy must give finite probabilities >= 0 of shape {(len(rows), table.num_models)}, "
-                         f"got shape {probs.shape}")
+        raise ValueError(f"the logging policy must give finite probabilities >= 0 of shape "
+                         f"{(len(rows), table.num_models)}, got shape {probs.shape}")
     probs = probs / probs.sum(axis=1, keepdims=True)
     actions = _draw(probs, rng)
     feedback = BanditEnvironment(table).pull(torch.as_tensor(rows), torch.as_tensor(actions))  # chosen cells only
@@ -205,10 +205,12 @@ def simulate(
 
 def _router_policy(table: OutcomeTable, module, embeddings, temperature: float, epsilon: float) -> PolicyFn:
     if module is None or embeddings is None:
-        raise ConfigError("router logging needs module=... (a trained router) and embeddings=... of the table's prompts")
+        raise ConfigError("router logging needs module=... (a trained router) and embeddings=... of the table's "
+                          "prompts")
     embeddings = np.asarray(embeddings)
     if embeddings.ndim != 2 or len(embeddings) != table.num_prompts:
-        raise ConfigError(f"embeddings must have one row per table prompt ({table.num_prompts}), got {embeddings.shape}")
+        raise ConfigError(f"embeddings must have one row per table prompt ({table.num_prompts}), "
+                          f"got {embeddings.shape}")
     names = list(module.model_names)
     if sorted(names) != sorted(table.models):
         raise ConfigError(f"the router's models {names} differ from the table's {table.models}")

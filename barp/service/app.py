@@ -156,7 +156,9 @@ def create_app(service: RoutingService, max_batch: int = 256, max_prompt_chars: 
         except UnknownDecision:
             raise ApiError(404, f"field 'decision_id': unknown decision id {body.decision_id!r}") from None
         except DuplicateFeedback:
-            raise ApiError(409, f"field 'decision_id': decision {body.decision_id!r} already has its feedback")
+            raise ApiError(
+                409, f"field 'decision_id': decision {body.decision_id!r} already has its feedback"
+            ) from None
 
     @app.get("/health")
     def health() -> dict[str, Any]:

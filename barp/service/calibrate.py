@@ -8,8 +8,9 @@ saved in the checkpoint; or on a served-request log with ``--log``), giving the 
 queries, score and traffic share per model (:mod:`barp.service.curve`), with bootstrap intervals. The chosen w_c is
 the smallest that meets every constraint (the most weight on quality the budget allows), or, for a score target, the
 largest (the most weight on cost that keeps the score). Picking the highest estimated score instead would chase the
-noise of a flat stretch of the curve and leave budget unspent. Writes ``curve.csv``, ``curve.png`` and ``calibration.json`` (the target, the chosen w_c, its
-estimates and the whole curve; ``barp serve --calibration`` reads it) atomically into ``--output``.
+noise of a flat stretch of the curve and leave budget unspent. Writes ``curve.csv``, ``curve.png`` and
+``calibration.json`` (the target, the chosen w_c, its estimates and the whole curve; ``barp serve --calibration``
+reads it) atomically into ``--output``.
 """
 
 from __future__ import annotations
@@ -99,9 +100,9 @@ def choose(curve: Curve, target: Target, criterion: Literal["estimate", "interva
     if target.score_fraction is not None:
         ok &= (curve.score_ci[:, 0] if side else curve.score) >= target.score_fraction * curve.best_single_score
     if not ok.any():
-        reach = (f"on {curve.source} the cost per 1k queries ranges over [{np.nanmin(cost):.4g}, {np.nanmax(cost):.4g}] "
-                 f"USD and the score up to {np.nanmax(curve.score):.4f} (best single model "
-                 f"{curve.best_single_model}: {curve.best_single_score:.4f})")
+        reach = (f"on {curve.source} the cost per 1k queries ranges over "
+                 f"[{np.nanmin(cost):.4g}, {np.nanmax(cost):.4g}] USD and the score up to {np.nanmax(curve.score):.4f} "
+                 f"(best single model {curve.best_single_model}: {curve.best_single_score:.4f})")
         raise ConfigError(f"target ({target.describe()}): no w_c in [{curve.w_c[0]:g}, {curve.w_c[-1]:g}] meets it "
                           f"by its {'interval' if side else 'estimate'}; {reach}")
     idx = np.flatnonzero(ok)

@@ -47,8 +47,8 @@ def sweep_parser() -> ArgumentParser:
     parser.add_function_arguments(sweep, skip={"datamodule", "module_class", "wandb_logger", "seed", "max_epochs",
                                                "output"})
     parser.add_argument("--output", type=str | None, default=None,
-                        help="Folder for sweep.csv, summary.json and pareto.png (default: <trainer.default_root_dir>/sweep, "
-                             "else runs/sweep).")
+                        help="Folder for sweep.csv, summary.json and pareto.png "
+                             "(default: <trainer.default_root_dir>/sweep, else runs/sweep).")
     parser.add_argument("--seed", type=int | None, default=None,
                         help="Seed for training the comparison methods and the random router (default: "
                              "seed_everything of the config, else 0).")

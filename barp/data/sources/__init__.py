@@ -1,8 +1,9 @@
 """Data sources: turn logged routing files (RouterBench, users' own tables, score records) into an OutcomeTable.
 
 :func:`load_table` is the single entry point: it resolves the path (a file, a glob, comma-separated files, or an
-``hf://`` hub path, or a ``datasets`` folder or hub dataset), reads each file safely (pickles only when pinned or trusted), detects or applies the layout,
-validates every value with errors naming the file, column and row, and concatenates the files.
+``hf://`` hub path, or a ``datasets`` folder or hub dataset), reads each file safely (pickles only when pinned or
+trusted), detects or applies the layout, validates every value with errors naming the file, column and row, and
+concatenates the files.
 """
 
 from __future__ import annotations

@@ -86,7 +86,9 @@ def read_local(path: str) -> RawFile:
     try:
         data = load_from_disk(str(Path(folder).expanduser()))
     except Exception as exc:  # corrupt Arrow files, version mismatches
-        raise DataValidationError(f"{folder}: cannot be read as a datasets folder ({type(exc).__name__}: {exc})")
+        raise DataValidationError(
+            f"{folder}: cannot be read as a datasets folder ({type(exc).__name__}: {exc})"
+        ) from exc
     return _raw(_pick_split(data, split, folder), path)
 
 
@@ -124,7 +126,9 @@ def read_hub(url: str, cache_dir: str | None = None) -> RawFile:
             f"`datasets.load_dataset('{repo}', revision='{revision}').save_to_disk(DIR)` and pass DIR as the path."
         )
         if hub_offline():
-            raise DataValidationError(f"{url}: the hub is offline (HF_HUB_OFFLINE is set) and {local} is empty. {manual}")
+            raise DataValidationError(
+                f"{url}: the hub is offline (HF_HUB_OFFLINE is set) and {local} is empty. {manual}"
+            )
         try:
             from huggingface_hub import snapshot_download
 

@@ -168,7 +168,7 @@ class LoggedFeedback:
 
     # ------------------------------------------------------------------ file form
     def to_frame(self) -> pd.DataFrame:
-        """The log in its file layout: ``prompt_id, prompt, model, propensity, score, cost, w_c`` (+ timestamp, note)."""
+        """The log in file layout: ``prompt_id, prompt, model, propensity, score, cost, w_c`` (+ timestamp, note)."""
         data: dict[str, object] = {
             "prompt_id": self.prompt_ids,
             "prompt": self.prompts,
@@ -271,7 +271,9 @@ def _check_columns(frame: pd.DataFrame, source: str) -> None:
     require(frame, REQUIRED_COLUMNS, source, f"served-request log (optional columns: {list(OPTIONAL_COLUMNS)})")
 
 
-def read_log(path: str | os.PathLike, models: Sequence[str] | None = None, trust_pickle: bool = False) -> LoggedFeedback:
+def read_log(
+    path: str | os.PathLike, models: Sequence[str] | None = None, trust_pickle: bool = False
+) -> LoggedFeedback:
     """Read and validate one served-request log file (CSV, TSV, JSON, JSON lines or parquet).
 
     Args:

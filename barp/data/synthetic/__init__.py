@@ -1,4 +1,7 @@
-"""The built-in benchmark: a SYNTHETIC, seeded, RouterBench-shaped outcome table with generated prompts (no download)."""
+"""The built-in benchmark: a SYNTHETIC, seeded, RouterBench-shaped outcome table with generated prompts.
+
+No download is needed.
+"""
 
 from barp.data.synthetic.generator import (
     DEFAULT_OOD_TASKS,
