@@ -26,6 +26,7 @@ import numpy as np
 from jsonargparse import auto_cli
 
 from barp.atomic import atomic_write_text
+from barp.sweep.harness import ALL_METHODS
 
 Table = Literal["per_task", "cost", "heads", "algorithms", "summary"]
 HEADS = ("mlp", "linear", "bilinear")
@@ -198,8 +199,7 @@ def paper_tables(
     grid = sorted({*(round(0.1 * i, 1) for i in range(11)), *grid_cost, float(w_c)})
     out = Path(output)
     seeds = [first_seed + i for i in range(num_seeds)]
-    all_methods = list(methods or ["barp", "single_models", "cheapest", "most_expensive", "oracle", "knn", "mlp",
-                                   "mf", "linucb", "linear_ts", "epsilon_greedy"])
+    all_methods = list(methods or [m for m in ALL_METHODS if m != "random"])
     runs_by_head: dict[str, list] = defaultdict(list)
     heads = HEADS if "heads" in tables else HEADS[:1]
     for seed in seeds:

@@ -129,4 +129,3 @@ class PredictionWriter(BasePredictionWriter):
         buf = io.StringIO()
         csv.writer(buf).writerows(lines)
         atomic_write_text(path, buf.getvalue())
-        self.last_path = path

@@ -31,7 +31,12 @@ class Command:
 def barp_commands() -> dict[str, Command]:
     """barp's own subcommands, in the order ``barp --help`` lists them."""
     from barp.ope.cli import ope_parser, run_ope
-    from barp.service.cli import calibrate_parser, run_calibrate, run_serve, serve_parser
+    from barp.service.cli import (
+        calibrate_parser,
+        run_calibrate,
+        run_serve,
+        serve_parser,
+    )
     from barp.sweep.cli import run_sweep, sweep_parser
 
     return {
@@ -90,7 +95,8 @@ class BarpCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         if subcommand in self.barp_commands:
-            self.result = self.barp_commands[subcommand].run(self.config[subcommand], self._subcommand_parsers[subcommand])
+            command, parser = self.barp_commands[subcommand], self._subcommand_parsers[subcommand]
+            self.result = command.run(self.config[subcommand], parser)
             return
         super()._run_subcommand(subcommand)
 
@@ -142,7 +148,8 @@ class BarpCLI(LightningCLI):
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
-            ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+            checkpoints = self.trainer.checkpoint_callback
+            ckpt = "best" if checkpoints and checkpoints.best_model_path else None
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,6 @@ class OutcomeTable:
     scores: np.ndarray
     costs: np.ndarray
     source: str = "<memory>"
-    _validated: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompt_ids", [str(p) for p in self.prompt_ids])

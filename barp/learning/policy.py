@@ -81,7 +81,6 @@ class BaRPPolicy(nn.Module):
         preference_features: PreferenceFeatures = "raw",
     ) -> None:
         super().__init__()
-        self.head_kind = head
         self.pref = PreferenceEncoder(pref_dim, preference_features)
         in_dim = embed_dim + pref_dim
         if head == "mlp":

@@ -291,7 +291,8 @@ class RouterModule(L.LightningModule):
                         router_rewards.append(values["reward"])
                         points.append((float(values["cost"]), float(values["score"])))
                     else:
-                        logged = {metric_name(stage, split, k, at, policy): values[k] for k in ("score", "cost", "reward")}
+                        logged = {metric_name(stage, split, k, at, policy): values[k]
+                                  for k in ("score", "cost", "reward")}
                     self.log_dict(logged, add_dataloader_idx=False)
                     metric.reset()
             if router_rewards:

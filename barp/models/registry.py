@@ -8,7 +8,6 @@ import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import yaml
@@ -22,8 +21,6 @@ from barp.models.baselines.bandits import (
 )
 from barp.models.baselines.mf import MFRouter
 from barp.models.baselines.offline import KNNRouter, MLPRouter
-
-TrainableMethod = Literal["knn", "mlp", "mf", "linucb", "linear_ts", "epsilon_greedy"]
 
 #: Method name (as in result files) -> its RouterModule class (as in ``configs/model/<name>.yaml``).
 METHOD_CLASSES: dict[str, type[RouterModule]] = {

@@ -24,9 +24,8 @@ from typing import Any, Literal
 import numpy as np
 
 from barp.errors import ConfigError
-from barp.service.calibration_files import CALIBRATION_JSON, CURVE_CSV, CURVE_PNG, write_outputs
+from barp.service.calibration_files import write_outputs
 from barp.service.curve import Curve, curve_from_log, curve_from_table, greedy_choices
-
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ import numpy as np
 from barp.atomic import atomic_path, atomic_write_text
 from barp.service.curve import Curve
 
-
 CURVE_CSV, CURVE_PNG, CALIBRATION_JSON = "curve.csv", "curve.png", "calibration.json"
 
 

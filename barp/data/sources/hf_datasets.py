@@ -14,12 +14,12 @@ same layout detection, column mapping and validation as files; messages name the
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from barp.data.sources.files import RawFile
 from barp.data.sources.hub import hub_offline
 from barp.errors import DataValidationError
+from barp.paths import cache_root
 
 DATASET_PREFIX = "hf-dataset://"
 SPLIT_SEPARATOR = "#"
@@ -106,7 +106,7 @@ def _parse(url: str) -> tuple[str, str, str | None]:
 def snapshot_dir(url: str, cache_dir: str | None = None) -> Path:
     """Where the hub dataset ``url`` is (or would be) kept locally."""
     repo, revision, _ = _parse(url)
-    root = Path(cache_dir or os.environ.get("BARP_CACHE") or Path.home() / ".cache" / "barp").expanduser()
+    root = cache_root(cache_dir)
     return root / "hub" / "datasets" / f"{repo}@{revision}"
 
 

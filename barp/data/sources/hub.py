@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from barp.errors import DataValidationError
+from barp.paths import cache_root
 
 HUB_PREFIX = "hf://"
 ROUTERBENCH_REPO = "withmartian/routerbench"
@@ -65,7 +66,7 @@ def resolve_hub_path(url: str, cache_dir: str | None = None) -> Path:
         DataValidationError: The file is not there and the hub is offline, unreachable or refuses the download.
     """
     repo, revision, filename = _parse(url)
-    root = Path(cache_dir or os.environ.get("BARP_CACHE") or Path.home() / ".cache" / "barp").expanduser()
+    root = cache_root(cache_dir)
     local_dir = root / "hub" / repo
     target = local_dir / filename
     if target.is_file():

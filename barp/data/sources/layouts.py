@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, get_args
 
-from barp.data.sources import generic, records, routerbench
+import barp.data.sources.generic as generic
+import barp.data.sources.records as records
+import barp.data.sources.routerbench as routerbench
 from barp.data.sources.assemble import LoadOptions
 from barp.data.sources.files import RawFile
 from barp.data.table import OutcomeTable
