@@ -44,7 +44,7 @@ def test_sweep_writes_three_files_with_every_method(swept):
     assert sorted(p.name for p in folder.iterdir()) == ["pareto.png", "summary.json", "sweep.csv"]
     assert (folder / "sweep.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
     rows = read_rows(folder / "sweep.csv")
-    expected = {"barp", "cheapest", "most_expensive", "random", "oracle", *TRAINED,
+    expected = {"barp", "cheapest", "most_expensive", "best_fixed", "random", "oracle", *TRAINED,
                 *(f"single:{m}" for m in dm.model_names)}
     assert {r["method"] for r in rows} == expected
     sizes = {"id": len(dm.splits.test), "ood": len(dm.splits.ood)}

@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from barp.learning.rl import reward
+from barp.learning.rl import preference_tensor, reward
 from barp.metrics.evaluation import Outcome, chosen, reference_outcome
 from barp.metrics.policies import oracle_actions
 from barp.models.base import RouterModule
@@ -123,6 +123,58 @@ def cheapest_and_most_expensive(mean_costs: np.ndarray) -> tuple[SingleModel, Si
     costs = np.asarray(mean_costs)
     return (SingleModel(int(costs.argmin()), "cheapest"),
             SingleModel(int(costs.argmax()), "most_expensive"))
+
+
+class BestFixed(Contender):
+    """At each preference, the single model with the highest mean reward over the TRAINING rows, for every prompt.
+
+    "The best single model chosen on training data": for the preference w = (w_q, w_c) it routes every prompt to
+    ``argmax_k mean_i [w_q * score_ik - w_c * min(cost_ik / tau, 1)]`` over the training rows i (full training
+    outcomes, like the other single-model references), the cheaper model (by mean training cost) among ties. It
+    reads no test outcome: only the training rows given here, so ``needs_outcomes`` is False.
+
+    Args:
+        train_scores: Every model's score on each training row, shape (N, K).
+        train_costs: Every model's cost (USD) on each training row, shape (N, K).
+        tau: Cost scale of the reward (USD), the same tau the routers are evaluated with.
+        name: The method's name in result files.
+    """
+
+    def __init__(self, train_scores, train_costs, tau: float, name: str = "best_fixed") -> None:
+        self.scores = torch.as_tensor(np.asarray(train_scores), dtype=torch.float64)
+        self.costs = torch.as_tensor(np.asarray(train_costs), dtype=torch.float64)
+        if self.scores.ndim != 2 or self.scores.shape != self.costs.shape or not len(self.scores):
+            raise ValueError(f"best_fixed: training scores and costs must be non-empty (N, K) arrays of one shape, "
+                             f"got {tuple(self.scores.shape)} and {tuple(self.costs.shape)}")
+        self.tau = float(tau)
+        self.name = name
+        self._mean_cost = self.costs.mean(dim=0)
+
+    @classmethod
+    def from_datamodule(cls, datamodule, tau: float, name: str = "best_fixed") -> BestFixed:
+        """Built from a set-up datamodule's training split (``datamodule.splits.train``) only."""
+        rows = np.asarray(datamodule.splits.train)
+        return cls(datamodule.table.scores[rows], datamodule.table.costs[rows], tau, name)
+
+    def mean_rewards(self, w_c: float) -> torch.Tensor:
+        """Each model's mean training reward at ``w = (1 - w_c, w_c)``, shape (K,)."""
+        w = preference_tensor(w_c, len(self.scores)).to(torch.float64)
+        return reward(self.scores, self.costs, w, self.tau).mean(dim=0)
+
+    def best_model(self, w_c: float) -> int:
+        """The model chosen at ``w = (1 - w_c, w_c)``: the highest mean training reward, the cheapest among ties."""
+        means = self.mean_rewards(w_c)
+        tied = torch.nonzero(means >= means.max() - 1e-12).flatten()
+        return int(tied[self._mean_cost[tied].argmin()])
+
+    def choose(self, emb: torch.Tensor, w: torch.Tensor, outcomes: Outcomes | None = None) -> torch.Tensor:
+        if outcomes is not None:
+            raise ValueError(f"{self.name}: chosen on training data; it must not receive the test outcome rows")
+        w_c = w[:, 1].double()
+        action = torch.empty(len(w), dtype=torch.long)
+        for value in torch.unique(w_c):
+            action[w_c == value] = self.best_model(float(value))
+        return action
 
 
 class RandomChoice(Contender):

@@ -34,6 +34,7 @@ from barp.models.checkpoints import (
 from barp.models.registry import METHOD_CLASSES, read_method_configs, train_method
 from barp.models.trained import module_class as checkpoint_class
 from barp.sweep.contenders import (
+    BestFixed,
     Contender,
     ModuleContender,
     Oracle,
@@ -45,8 +46,8 @@ from barp.sweep.contenders import (
 from barp.sweep.pareto import plot_pareto
 from barp.sweep.summary import SINGLE_PREFIX, summarize
 
-Method = Literal["barp", "single_models", "cheapest", "most_expensive", "random", "oracle", "knn", "mlp", "mf",
-                 "linucb", "linear_ts", "epsilon_greedy"]
+Method = Literal["barp", "single_models", "cheapest", "most_expensive", "best_fixed", "random", "oracle", "knn",
+                 "mlp", "mf", "linucb", "linear_ts", "epsilon_greedy"]
 ALL_METHODS: list[str] = list(get_args(Method))
 COLUMNS = ["method", "w_c", "split", "task", "n", "score", "cost", "reward"]
 DEFAULT_GRID = [round(0.1 * i, 1) for i in range(11)]
@@ -203,6 +204,8 @@ def build_routers(methods: list[str], checkpoint: ModuleContender | None, datamo
             routers.append(cheapest)
         elif m == "most_expensive":
             routers.append(expensive)
+        elif m == "best_fixed":  # per preference, the best single model on the training rows' full outcomes
+            routers.append(BestFixed.from_datamodule(datamodule, tau))
         elif m == "random":
             routers.append(RandomChoice(len(datamodule.model_names), seed))
         elif m == "oracle":
