@@ -296,6 +296,7 @@ def leave_one_out(
     num_prompts: int | None = None,
     max_epochs: int | None = None,
     reuse: bool = True,
+    train: bool = True,
     wandb: bool = False,
 ) -> dict[str, dict]:
     """Leave one task family out: per family and seed, train BaRP without the family, sweep it against the best fixed
@@ -313,6 +314,8 @@ def leave_one_out(
         num_prompts: Override the built-in benchmark's size (quick runs; synthetic recipes only).
         max_epochs: Override the training epochs of BaRP and of the comparison methods (quick runs).
         reuse: Reuse finished sweeps (and finished fits) under ``output`` instead of retraining.
+        train: False: train nothing, render only the (family, seed) runs already swept under ``output`` (partial
+            results of a run still going); the rest are listed as not yet run.
         wandb: Log the tables and the plot to one W&B run (offline unless WANDB_MODE=online); also on when the
             recipe's ``trainer.logger`` is a WandbLogger.
 
@@ -331,21 +334,30 @@ def leave_one_out(
         raise ConfigError(f"--families: {bad} cannot be held out; the data's families that can are {holdable}")
     out = Path(output)
     seeds = [first_seed + i for i in range(num_seeds)]
-    runs: dict[str, list] = {}
-    sweeps: dict[str, list[str]] = {}
-    for family in chosen:
-        for seed in seeds:
+    runs: dict[str, list] = {f: [] for f in chosen}
+    sweeps: dict[str, list[str]] = {f: [] for f in chosen}
+    missing: list[str] = []
+    for seed in seeds:  # seed-major: an interrupted run has every family at the first seeds
+        for family in chosen:
+            run_dir = out / family / f"seed{seed}"
+            if not train and not (run_dir / "sweep" / "summary.json").is_file():
+                missing.append(f"{family}/seed{seed}")
+                continue
             print(f"leave_one_out: {family}, seed {seed}", file=sys.stderr, flush=True)
-            sweep_dir, _ = fit_and_sweep(recipe, cfg, out / family / f"seed{seed}", family, seed, num_prompts,
-                                         max_epochs, reuse)
-            runs.setdefault(family, []).append(read_sweep(sweep_dir))
-            sweeps.setdefault(family, []).append(str(sweep_dir))
+            sweep_dir, _ = fit_and_sweep(recipe, cfg, run_dir, family, seed, num_prompts, max_epochs, reuse)
+            runs[family].append(read_sweep(sweep_dir))
+            sweeps[family].append(str(sweep_dir))
+    runs = {f: r for f, r in runs.items() if r}
+    if not runs:
+        raise ConfigError(f"--train false: no finished sweep under {output!r} for {chosen} and seeds {seeds}")
     results = aggregate(runs)
     for family in results:
         results[family]["sweeps"] = sweeps[family]
     text = render(results, recipe, seeds)
+    if missing:
+        text += f"\nNot yet run (--train false): {', '.join(missing)}.\n"
     meta = {"recipe": recipe, "seeds": seeds, "families": chosen, "methods": METHODS, "points": POINTS,
-            "w_c": GRID, "num_prompts": num_prompts, "max_epochs": max_epochs,
+            "w_c": GRID, "num_prompts": num_prompts, "max_epochs": max_epochs, "missing": missing,
             "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     atomic_write_text(out / "lofo.md", text + "\n")
     atomic_write_text(out / "lofo.json", json.dumps({"meta": meta, "families": results}, indent=2) + "\n")
