@@ -319,3 +319,28 @@ def test_checkpoint_loads_need_no_unsafe_types(trained):
         assert any(name.endswith("data.pkl") for name in z.namelist())
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     json.dumps(saved["datamodule_hyper_parameters"])  # plain values only
+
+
+# ------------------------------------------------------------------ the module owns its frozen encoder
+def test_module_owns_its_frozen_encoder_rebuilt_from_its_checkpoint(trained):
+    from barp.models.barp import BaRPModule
+    from barp.models.base import ENCODER_KEY
+    from barp.models.trained import TrainedRouter
+
+    data, ckpt, _ = trained
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert saved[ENCODER_KEY] == {"encoder": saved["datamodule_hyper_parameters"]["encoder"], "max_length": 256,
+                                  "truncation_side": "left",
+                                  "encoder_dtype": saved["datamodule_hyper_parameters"]["encoder_dtype"]}
+    assert not any("encoder" in key for key in saved["state_dict"])  # never stored as weights
+    module = BaRPModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+    prompts = ["Question 3: what is 3 plus 3?", "Write a haiku about rain."]
+    emb = module.embed(prompts)  # built on first use from the recorded settings
+    assert emb.shape == (2, module.embed_dim)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-4)
+    params = {id(p) for p in module.parameters()}
+    assert not any(id(p) in params for p in module.encoder.parameters())  # not trained, not in the optimiser
+    assert all(not p.requires_grad for p in module.encoder.parameters())
+    assert module.decide(prompts, w_c=0.2) == TrainedRouter.from_checkpoint(ckpt).route(prompts, w_c=0.2)
+    probs = module.probabilities(prompts, 0.2)
+    assert probs.shape == (2, len(MODELS)) and torch.allclose(probs.sum(-1), torch.ones(2))

@@ -6,13 +6,16 @@ Every trainable router (BaRP, and comparison methods) subclasses :class:`RouterM
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from barp.data.environment import BanditEnvironment
-from barp.encoders import DEFAULT_ENCODER, count_parameters
+from barp.encoders import DEFAULT_ENCODER, SentenceEncoder, count_parameters
 from barp.errors import ConfigError
 from barp.learning.rl import (
     check_w_c,
@@ -42,9 +45,53 @@ from barp.models.checkpoints import (
     restore_rng,
 )
 
+#: Checkpoint key of the frozen encoder's settings (name, max length, truncation side, dtype).
+ENCODER_KEY = "barp_encoder"
+#: The data options that decide how a prompt is embedded, and their defaults for checkpoints that lack one.
+ENCODER_OPTIONS = {"encoder": DEFAULT_ENCODER, "max_length": 256, "truncation_side": "left", "encoder_dtype": "float32"}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The routed model for one prompt, the policy's probability of it, and the probability that it was served.
+
+    ``propensity`` is 1 for greedy routing (the argmax is always served); when exploring it is the probability of
+    the served model under the exploring distribution, the value a served-request log records.
+    """
+
+    model: str
+    probability: float
+    propensity: float = 1.0
+
+
+def encoder_settings(data_hparams: dict) -> dict:
+    """The frozen encoder's settings in a datamodule's hyperparameters (defaults for the options it lacks)."""
+    return {key: data_hparams.get(key, default) for key, default in ENCODER_OPTIONS.items()}
+
+
+def check_prompts(prompts: Sequence[str]) -> list[str]:
+    """The prompts as a list of strings; a bare string or a non-string item is refused."""
+    if isinstance(prompts, (str, bytes)):
+        raise ConfigError(f"prompts must be a list of prompt texts, got one {type(prompts).__name__} "
+                          f"({prompts[:40]!r}): pass [prompt] to route one prompt")
+    try:
+        items = list(prompts)
+    except TypeError:
+        raise ConfigError(f"prompts must be a list of prompt texts, got {type(prompts).__name__}") from None
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise ConfigError(f"prompts[{i}] must be a string, got {type(item).__name__} ({item!r:.40})")
+    return items
+
 
 class RouterModule(L.LightningModule):
-    """Shared evaluation for routers over frozen prompt embeddings.
+    """Shared evaluation for routers over frozen prompt embeddings, and routing of raw prompts.
+
+    The module owns its frozen encoder: never trained, never in the optimiser and never stored as weights, it is
+    rebuilt on first use (:attr:`encoder`) from the settings the module recorded from its training data (name, max
+    length, truncation side, dtype; saved in every checkpoint). Training and evaluation read cached embeddings;
+    :meth:`probabilities` and :meth:`decide` embed raw prompt text with it, so the Python API, ``barp ope`` and
+    ``barp serve`` all route through the module.
 
     Metric names: ``{stage}/{split}/{metric}`` at the primary preference ``eval_w_c`` and
     ``{stage}/{split}/wc={w_c}/{metric}`` at each of ``extra_eval_w_c``; ``{stage}/{split}/reward_avg`` is the
@@ -118,6 +165,8 @@ class RouterModule(L.LightningModule):
         self._data_record: dict | None = None  # what checkpoints record about the training data
         self._rng_state: dict | None = None  # a resumed fit's random generators, restored at train start
         self._trained = False  # set by a training step or a trained checkpoint; evaluation refuses otherwise
+        self.encoder_settings = {**ENCODER_OPTIONS, "encoder": encoder}
+        self.__dict__["_frozen_encoder"] = None  # not an nn.Module attribute: never in state_dict or the optimiser
 
     def _build_metrics(self) -> nn.ModuleDict:
         metrics = nn.ModuleDict()
@@ -164,6 +213,8 @@ class RouterModule(L.LightningModule):
         order = model_order(self.model_names, list(dm.model_names), "the data")
         self._column_order = None if order is None else torch.as_tensor(order)
         env = dm.train_environment()
+        if hasattr(dm, "hparams"):
+            self.encoder_settings = encoder_settings(dict(dm.hparams))
         if stage == "fit":
             self.env = env
             if hasattr(dm, "splits") and hasattr(dm, "hparams"):
@@ -182,6 +233,7 @@ class RouterModule(L.LightningModule):
         """Record the training data (models, tasks, encoder, training prompts) and every random generator's state."""
         if self._data_record is not None:
             checkpoint[RECORD_KEY] = self._data_record
+        checkpoint[ENCODER_KEY] = dict(self.encoder_settings)
         checkpoint[RNG_KEY] = capture_rng()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -192,6 +244,8 @@ class RouterModule(L.LightningModule):
         """
         self._trained = int(checkpoint.get("global_step", 0)) > 0
         self._data_record = checkpoint.get(RECORD_KEY) or self._data_record
+        saved = checkpoint.get(ENCODER_KEY) or encoder_settings(checkpoint.get("datamodule_hyper_parameters") or {})
+        self.encoder_settings = {**ENCODER_OPTIONS, **saved}
         trainer = self._trainer
         dm = trainer.datamodule if trainer is not None else None
         if dm is None or not hasattr(dm, "splits") or not hasattr(dm, "hparams"):
@@ -251,6 +305,69 @@ class RouterModule(L.LightningModule):
             # actions); the checkpoint may also load after it (strategies that restore after setup).
             restore_rng(self._rng_state)
             self._rng_state = None
+
+    # ------------------------------------------------------------------ raw prompts
+    @property
+    def encoder(self) -> SentenceEncoder:
+        """The frozen sentence encoder, built on first use from :attr:`encoder_settings` on the module's device."""
+        built = self.__dict__.get("_frozen_encoder")  # (settings, device, encoder)
+        settings, device = dict(self.encoder_settings), str(self.device)
+        if built is None or built[:2] != (settings, device):
+            encoder = SentenceEncoder(settings["encoder"], max_length=settings["max_length"],
+                                      truncation_side=settings["truncation_side"], dtype=settings["encoder_dtype"],
+                                      device=device)
+            built = (settings, device, encoder)
+            self.__dict__["_frozen_encoder"] = built
+        return built[2]
+
+    def attach_encoder(self, encoder: SentenceEncoder) -> None:
+        """Use an already built frozen encoder (its settings must be the module's) instead of building one."""
+        self.__dict__["_frozen_encoder"] = (dict(self.encoder_settings), str(self.device), encoder)
+
+    def embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Embeddings of raw prompt texts with the module's frozen encoder, shape (N, D), on the module's device."""
+        prompts = check_prompts(prompts)
+        if not prompts:
+            return torch.zeros(0, self.embed_dim, device=self.device)
+        return torch.as_tensor(self.encoder.encode(prompts), device=self.device)
+
+    @torch.inference_mode()
+    def probabilities(self, prompts: Sequence[str], w_c: float) -> torch.Tensor:
+        """The policy's distribution over models per prompt at preference ``(1 - w_c, w_c)``, shape (N, K)."""
+        emb = self.embed(prompts)
+        w = preference_tensor(check_w_c(w_c), len(emb), emb.device)
+        return torch.softmax(self.route(emb, w), dim=-1) if len(emb) else torch.zeros(0, len(self.model_names))
+
+    def decide(self, prompts: Sequence[str], w_c: float = 0.5, temperature: float | None = None,
+               epsilon: float = 0.0, seed: int | None = None) -> list[Decision]:
+        """Route raw prompts at cost weight ``w_c``: greedily (the default), or exploring.
+
+        Exploring (``temperature`` given, or ``epsilon > 0``) samples each prompt's model from
+        ``(1 - epsilon) softmax(logits / temperature) + epsilon / K`` and reports the sampled model's probability
+        under it as the decision's ``propensity``, so that the served requests can be evaluated and trained on
+        off-policy (``barp ope``, ``data.train_log``).
+
+        Args:
+            prompts: Prompt texts (a list, even for one prompt).
+            w_c: Cost weight in [0, 1] (quality weight is ``1 - w_c``).
+            temperature: Softmax temperature of exploring routing (default 1 when only ``epsilon`` is given).
+            epsilon: Share of uniform exploration in [0, 1].
+            seed: Seed of the exploration draws (None: PyTorch's global generator).
+        """
+        if temperature is None and not epsilon:
+            best, idx = self.probabilities(prompts, w_c).max(dim=-1)
+            return [Decision(self.model_names[i], float(p)) for i, p in zip(idx.tolist(), best.tolist())]
+        emb = self.embed(prompts)
+        if not len(emb):
+            return []
+        with torch.inference_mode():
+            logits = self.route(emb, preference_tensor(check_w_c(w_c), len(emb), emb.device))
+        serving = exploration_probabilities(logits, 1.0 if temperature is None else temperature, epsilon)
+        generator = None if seed is None else torch.Generator(device=serving.device).manual_seed(int(seed))
+        chosen = torch.multinomial(serving, 1, generator=generator).squeeze(-1)
+        policy = torch.softmax(logits, dim=-1)
+        return [Decision(self.model_names[a], float(policy[i, a]), float(serving[i, a]))
+                for i, a in enumerate(chosen.tolist())]
 
     # ------------------------------------------------------------------ evaluation
     def _split_name(self, stage: str, dataloader_idx: int) -> str:
