@@ -47,7 +47,7 @@ class _Rows(Dataset):
         return {k: v[i] for k, v in self.tensors.items()}
 
     def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        index = torch.as_tensor(idx, dtype=torch.long)
+        index = torch.as_tensor(idx, dtype=torch.long).to(next(iter(self.tensors.values())).device)
         return {k: v[index] for k, v in self.tensors.items()}
 
 
@@ -333,11 +333,21 @@ class RoutingDataModule(L.LightningDataModule):
         if self.train_log is not None:
             log_rows = torch.arange(len(self.train_log)).repeat(repeats)
             emb = torch.as_tensor(self._log_embeddings)[torch.as_tensor(self._log_prompt_index)[log_rows]]
-            return self._loader({"emb": emb, "row": log_rows}, self.hparams.batch_size, shuffle=True)
+            return self._loader(self._on_train_device({"emb": emb, "row": log_rows}), self.hparams.batch_size,
+                                shuffle=True)
         rows = np.tile(self.splits.train, self.hparams.train_repeats)
         tensors = self._tensors(rows, outcomes=False)
         tensors["row"] = torch.arange(len(self.splits.train)).repeat(self.hparams.train_repeats)  # env positions
-        return self._loader(tensors, self.hparams.batch_size, shuffle=True)
+        return self._loader(self._on_train_device(tensors), self.hparams.batch_size, shuffle=True)
+
+    def _on_train_device(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The training tensors on the trainer's accelerator, once, when batches are gathered in this process
+        (``num_workers = 0``): each batch is then one indexing on the device, with no host-to-device copy."""
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else None
+        if device is None or device.type == "cpu" or self.hparams.num_workers > 0:
+            return tensors
+        return {k: v.to(device) for k, v in tensors.items()}
 
     def val_dataloader(self) -> DataLoader:
         """ID validation batches with full outcomes (for evaluation only)."""
