@@ -5,21 +5,33 @@ The encoder is frozen, so each prompt is embedded once. One folder per encoder s
 and adds one shard per chunk, written to a temporary name and renamed: an interrupted run keeps every finished
 chunk and never leaves a broken shard. A shard damaged anyway (a truncated copy, a full disk) is reported by name,
 set aside as ``*.damaged`` and its texts are embedded again.
+
+Several processes may fill one cache at once. Shards are named by the hash of their text keys and only ever appear
+by an atomic rename, so two runs embedding the same texts write the same shard names and the last rename wins with an
+equally valid file; a reader that finds a shard gone (merged away by another run) reads the folder again. Under DDP
+(``group``, see :class:`DistributedGroup`) each process embeds its share of the missing texts into its own part
+shards (``shard-*-r<rank>.npz``); the processes then exchange their vectors, one process per node writes them as the
+shards a single process would have written, and each process removes its parts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from barp.atomic import atomic_path
+from barp.atomic import atomic_path, atomic_write_text
+
+log = logging.getLogger("barp.encoders.cache")
 
 #: Texts embedded per shard: an interrupted run loses at most this many texts' work.
 CHUNK_SIZE = 1024
@@ -61,18 +73,32 @@ class EmbeddingCache:
         if not self.folder.is_dir():
             return store
         dim = None
-        for shard in sorted(self.folder.glob("shard-*.npz")):
-            keys, vectors = self._read_shard(shard, dim)
-            if keys is None:
-                continue
-            dim = vectors.shape[1]
-            for k, v in zip(keys, vectors):
-                store[k.tobytes()] = v
+        done: set[Path] = set()
+        for _ in range(100):  # another process may merge shards away meanwhile: read the folder again
+            vanished = False
+            for shard in sorted(set(self.folder.glob("shard-*.npz")) - done):
+                done.add(shard)
+                try:
+                    keys, vectors = self._read_shard(shard, dim)
+                except FileNotFoundError:
+                    vanished = True
+                    continue
+                if keys is None:
+                    continue
+                dim = vectors.shape[1]
+                for k, v in zip(keys, vectors):
+                    store[k.tobytes()] = v
+            if not vanished:
+                break
         return store
 
     @staticmethod
     def _read_shard(shard: Path, dim: int | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """A shard's keys and vectors; a damaged shard is reported, renamed ``*.damaged`` and skipped."""
+        """A shard's keys and vectors; a damaged shard is reported, renamed ``*.damaged`` and skipped.
+
+        Raises:
+            FileNotFoundError: The shard is gone (another process merged it away).
+        """
         try:
             with np.load(shard, allow_pickle=False) as data:
                 keys, vectors = data["keys"], data["vectors"]
@@ -83,33 +109,58 @@ class EmbeddingCache:
                 problem = f"vectors of shape {vectors.shape} for {len(keys)} keys"
             elif not np.isfinite(vectors).all():
                 problem = "non-finite vectors"
+        except FileNotFoundError:
+            raise
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             problem = f"{type(err).__name__}: {err}"
         if problem is None:
             return keys, vectors
         warnings.warn(f"embedding cache: shard {shard} is damaged ({problem}); set aside as "
                       f"{shard.name}.damaged, its prompts are embedded again", stacklevel=3)
-        try:
+        with contextlib.suppress(OSError):  # a read-only cache: skipped again next time
             os.replace(shard, shard.with_name(shard.name + ".damaged"))
-        except OSError:
-            pass  # a read-only cache: skipped again next time
         return None, None
 
-    def _write_shard(self, keys: list[bytes], vectors: np.ndarray) -> Path:
+    def _write_shard(self, keys: list[bytes], vectors: np.ndarray, tag: str = "") -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         meta = self.folder / "setting.json"
         if not meta.exists():
-            meta.write_text(json.dumps(self.setting, indent=2))
+            atomic_write_text(meta, json.dumps(self.setting, indent=2))
         digest = hashlib.sha1(b"".join(keys)).hexdigest()[:16]
-        final = self.folder / f"shard-{digest}.npz"
+        final = self.folder / f"shard-{digest}{tag}.npz"
         with atomic_path(final) as tmp, open(tmp, "wb") as fh:
             # raw 20-byte keys as uint8 rows ("S20" would drop trailing zero bytes)
             keys_u8 = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 20)
             np.savez(fh, keys=keys_u8, vectors=vectors.astype(np.float32))
         return final
 
+    @staticmethod
+    def _missing(keys: list[bytes], store: dict[bytes, np.ndarray]) -> list[int]:
+        """Index of the first occurrence of each key not in ``store``, in order."""
+        seen: set[bytes] = set()
+        out = []
+        for i, k in enumerate(keys):
+            if k not in store and k not in seen:
+                seen.add(k)
+                out.append(i)
+        return out
+
+    def _compute(self, pending: list[tuple[bytes, str]], compute: Callable[[list[str]], np.ndarray],
+                 chunk_size: int, tag: str = "") -> tuple[dict[bytes, np.ndarray], list[Path]]:
+        """Embed ``pending`` (key, text) pairs ``chunk_size`` at a time, saving each chunk as a shard at once."""
+        step = max(int(chunk_size), 1)
+        out: dict[bytes, np.ndarray] = {}
+        written = []
+        for start in range(0, len(pending), step):
+            chunk = pending[start:start + step]
+            vectors = np.asarray(compute([t for _, t in chunk]), dtype=np.float32)
+            written.append(self._write_shard([k for k, _ in chunk], vectors, tag))
+            out.update(zip((k for k, _ in chunk), vectors))
+        return out, written
+
     def get_or_compute(
-        self, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray], chunk_size: int = CHUNK_SIZE
+        self, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray], chunk_size: int = CHUNK_SIZE,
+        group: DistributedGroup | None = None,
     ) -> tuple[np.ndarray, int]:
         """Return embeddings for ``texts`` in order, computing only the ones not cached.
 
@@ -118,20 +169,84 @@ class EmbeddingCache:
             compute: Called with the missing unique texts, ``chunk_size`` at a time; returns their vectors. Each
                 chunk is saved as a shard as soon as it is computed.
             chunk_size: Texts per call of ``compute`` (and per shard).
+            group: The processes of a distributed run, which then share the missing texts (every process calls
+                this with the same texts); None (or a group of one) computes them all here.
 
         Returns:
-            The (len(texts), dim) float32 array and the number of texts that had to be computed.
+            The (len(texts), dim) float32 array and the number of texts that had to be computed (by all processes).
         """
         store = self._load()
         keys = [text_key(t) for t in texts]
-        missing: dict[bytes, str] = {}
-        for k, t in zip(keys, texts):
-            if k not in store and k not in missing:
-                missing[k] = t
-        pending = list(missing.items())
-        for start in range(0, len(pending), max(int(chunk_size), 1)):
-            chunk = pending[start:start + max(int(chunk_size), 1)]
-            vectors = np.asarray(compute([t for _, t in chunk]), dtype=np.float32)
-            self._write_shard([k for k, _ in chunk], vectors)
-            store.update(zip((k for k, _ in chunk), vectors))
+        if group is None or group.world_size <= 1:
+            missing = self._missing(keys, store)
+            computed, _ = self._compute([(keys[i], texts[i]) for i in missing], compute, chunk_size)
+            store.update(computed)
+            return np.stack([store[k] for k in keys]).astype(np.float32), len(missing)
+        # rank 0's view of the cache decides the work (another run may add shards while the ranks read it)
+        missing = group.broadcast(self._missing(keys, store))
+        if missing:
+            pending = [(keys[i], texts[i]) for i in missing]
+            share = pending[group.rank::group.world_size]
+            log.info("embedding cache: process %d of %d embeds %d of the %d uncached prompts", group.rank,
+                     group.world_size, len(share), len(pending))
+            mine, parts = self._compute(share, compute, chunk_size, tag=f"-r{group.rank}")
+            blob = (b"".join(mine), np.stack(list(mine.values())) if mine else None)
+            for joined, vectors in group.all_gather(blob):
+                if vectors is not None:
+                    store.update(zip((joined[j:j + 20] for j in range(0, len(joined), 20)), vectors))
+            if group.local_leader:  # the shards one process would have written, in its order
+                ordered = [k for k, _ in pending]
+                for start in range(0, len(ordered), max(int(chunk_size), 1)):
+                    chunk = ordered[start:start + max(int(chunk_size), 1)]
+                    self._write_shard(chunk, np.stack([store[k] for k in chunk]))
+            group.barrier()
+            for part in parts:
+                part.unlink(missing_ok=True)
+        if any(k not in store for k in keys):  # read by rank 0 only: load it (or, if gone, embed it) here
+            store.update(self._load())
+            rest = self._missing(keys, store)
+            store.update(self._compute([(keys[i], texts[i]) for i in rest], compute, chunk_size)[0])
         return np.stack([store[k] for k in keys]).astype(np.float32), len(missing)
+
+
+class DistributedGroup:
+    """The processes of an initialised ``torch.distributed`` run, as :meth:`EmbeddingCache.get_or_compute` uses them.
+
+    Args:
+        local_rank: This process's rank on its node (the process with local rank 0 writes the node's cache).
+    """
+
+    def __init__(self, local_rank: int | None = None) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        if local_rank is None:
+            local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
+        self.local_leader = local_rank == 0
+
+    @staticmethod
+    def current(local_rank: int | None = None) -> DistributedGroup | None:
+        """The group of the running distributed job, or None when ``torch.distributed`` is not initialised."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+            return None
+        return DistributedGroup(local_rank)
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value``, on every process."""
+        box = [value]
+        self._dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every process's ``value``, in rank order."""
+        out: list[Any] = [None] * self.world_size
+        self._dist.all_gather_object(out, value)
+        return out
+
+    def barrier(self) -> None:
+        """Wait for every process."""
+        self._dist.barrier()
