@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +24,20 @@ def test_ddp_two_processes_train_and_test(tmp_path):
         "--data.init_args.num_prompts", "240",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # an empty embedding cache (with the session's remembered encoder dtype, so no probe runs): both processes embed
+    cache = tmp_path / "cache"
+    from barp.encoders import default_dtype_file
+
+    if default_dtype_file().exists():
+        (cache / "embeddings").mkdir(parents=True)
+        shutil.copy(default_dtype_file(), cache / "embeddings" / default_dtype_file().name)
+    env = dict(os.environ, OMP_NUM_THREADS="1", BARP_CACHE=str(cache))
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "distributed_backend=gloo" in proc.stderr + proc.stdout
+    shares = dict(re.findall(r"process (\d) of 2 embeds (\d+) of the \d+ uncached", proc.stderr + proc.stdout))
+    assert set(shares) == {"0", "1"} and all(int(v) > 0 for v in shares.values()), shares
+    assert not list(cache.rglob("shard-*-r*.npz"))  # the processes' parts are merged into ordinary shards
     results = json.loads(next(tmp_path.rglob("test_results.json")).read_text())
     metrics = results["metrics"]
     assert metrics["test/id/oracle_reward"] >= metrics["test/id/reward"]

@@ -16,15 +16,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from barp.data.embedding_cache import EmbeddingCache, default_cache_dir
+from barp.data.embedding_cache import (
+    DistributedGroup,
+    EmbeddingCache,
+    default_cache_dir,
+)
 from barp.data.environment import BanditEnvironment, LoggedEnvironment
 from barp.data.splits import Splits, make_splits
 from barp.data.table import OutcomeTable
 from barp.encoders import (
     DEFAULT_ENCODER,
+    DTYPE_FILE,
+    EncoderDtype,
     SentenceEncoder,
     check_max_length,
     encoder_identity,
+    resolve_dtype,
     resolve_encoder_path,
 )
 from barp.errors import ConfigError
@@ -95,7 +102,10 @@ class RoutingDataModule(L.LightningDataModule):
         max_length: Encoder max tokens per prompt.
         truncation_side: Which end of a long prompt to cut; ``left`` keeps the end (the question).
         encoder_batch_size: Prompts per encoder forward pass.
-        encoder_dtype: Encoder compute dtype.
+        encoder_dtype: Encoder compute dtype. ``auto`` (default) uses the fastest dtype whose embeddings agree with
+            float32's (cosine >= 0.999 on every prompt of a short probe, run once per machine and remembered in
+            ``<cache_dir>/embeddings/encoder_dtype.json``); ``float32`` is the reference. Once resolved,
+            ``hparams.encoder_dtype`` (and so every checkpoint and the embedding cache's key) holds the dtype used.
         encoder_device: Device for embedding (``cpu``, ``cuda``); embeddings are cached either way.
         cache_dir: Embedding cache folder; default ``$BARP_CACHE`` or ``~/.cache/barp``.
         batch_size: Training batch size (per device).
@@ -128,7 +138,7 @@ class RoutingDataModule(L.LightningDataModule):
         max_length: int = 256,
         truncation_side: Literal["left", "right"] = "left",
         encoder_batch_size: int = 64,
-        encoder_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        encoder_dtype: EncoderDtype = "auto",
         encoder_device: str = "cpu",
         cache_dir: str | None = None,
         batch_size: int = 256,
@@ -282,31 +292,66 @@ class RoutingDataModule(L.LightningDataModule):
         return self._embeddings[self.splits.train]
 
     # ------------------------------------------------------------------ embeddings
-    def _cache(self) -> EmbeddingCache:
+    def _cache_root(self) -> Path:
+        hp = self.hparams
+        return (Path(hp.cache_dir).expanduser() if hp.cache_dir else default_cache_dir()) / "embeddings"
+
+    def _resolve_dtype(self, group: DistributedGroup | None = None) -> str:
+        """Resolve ``encoder_dtype`` (``auto``: probe once per machine) and keep the result in the hyperparameters,
+        so the cache key, checkpoints and a served router all see the dtype the prompts were embedded in. Under DDP
+        every process takes rank 0's choice."""
         hp = self.hparams
         check_max_length(hp.encoder, hp.max_length, "data.max_length")
-        root = Path(hp.cache_dir).expanduser() if hp.cache_dir else default_cache_dir()
-        return EmbeddingCache(root / "embeddings", encoder_identity(hp.encoder), hp.max_length,
-                              hp.truncation_side, hp.encoder_dtype)
+        dtype = resolve_dtype(hp.encoder_dtype, hp.encoder, hp.max_length, hp.truncation_side, hp.encoder_batch_size,
+                              hp.encoder_device, self._cache_root() / DTYPE_FILE)
+        if group is not None:
+            dtype = group.broadcast(dtype)
+        hp.encoder_dtype = dtype
+        return dtype
+
+    def _cache(self) -> EmbeddingCache:
+        hp = self.hparams
+        dtype = self._resolve_dtype()
+        return EmbeddingCache(self._cache_root(), encoder_identity(hp.encoder), hp.max_length, hp.truncation_side,
+                              dtype)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         hp = self.hparams
         encoder = SentenceEncoder(hp.encoder, hp.max_length, hp.truncation_side, hp.encoder_batch_size,
-                                  hp.encoder_dtype, hp.encoder_device)
+                                  self._resolve_dtype(), hp.encoder_device)
         return encoder.encode(texts, progress=True)
 
+    def _distributed(self) -> DistributedGroup | None:
+        """The DDP processes sharing the embedding work: set when a trainer runs this module on several."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        return DistributedGroup.current(trainer.local_rank)
+
     def prepare_data(self) -> None:
-        """Embed every prompt not yet in the cache (runs once per node, before ``setup``)."""
+        """Embed every prompt not yet in the cache (runs once per node, before ``setup``).
+
+        Under DDP this only resolves ``encoder_dtype`` (so a probe runs once per node, before the other processes
+        wait for it); ``setup`` then shares the uncached prompts among the processes.
+        """
+        if self.trainer is not None and self.trainer.world_size > 1:
+            self._resolve_dtype()
+            return
         self._embeddings, _ = self._cache().get_or_compute(self.table.prompts, self._encode)
         if self.train_log is not None:
             self._log_embeddings, _ = self._cache().get_or_compute(self._log_prompts, self._encode)
 
     def setup(self, stage: str | None = None) -> None:
-        """Load embeddings (from the cache that ``prepare_data`` filled) and check the split sizes."""
-        if self._embeddings is None:  # ranks other than the one that ran prepare_data
-            self._embeddings, _ = self._cache().get_or_compute(self.table.prompts, self._encode)
+        """Load embeddings (from the cache that ``prepare_data`` filled; under DDP each process embeds its share of
+        the uncached prompts first) and check the split sizes."""
+        group = self._distributed()
+        if group is not None and (self._embeddings is None
+                                  or (self.train_log is not None and self._log_embeddings is None)):
+            self._resolve_dtype(group)  # every process embeds with rank 0's dtype
+        if self._embeddings is None:
+            self._embeddings, _ = self._cache().get_or_compute(self.table.prompts, self._encode, group=group)
         if self.train_log is not None and self._log_embeddings is None:
-            self._log_embeddings, _ = self._cache().get_or_compute(self._log_prompts, self._encode)
+            self._log_embeddings, _ = self._cache().get_or_compute(self._log_prompts, self._encode, group=group)
         if len(self.splits.train) == 0:
             raise ConfigError(f"{self.table.source}: the training split is empty; lower val/test fractions")
 
