@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from barp.data.embedding_cache import EmbeddingCache
+from barp.data.embedding_cache import EmbeddingCache, text_key
 from barp.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +60,32 @@ def test_a_damaged_shard_is_named_set_aside_and_rebuilt(tmp_path, damage):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the next run is quiet and computes nothing
         assert cache.get_or_compute(texts, fake)[1] == 0
+
+
+def test_a_shard_merged_away_while_read_is_not_damage(tmp_path, monkeypatch):
+    """Another process may replace part shards by merged ones between listing the folder and reading a shard."""
+    cache = EmbeddingCache(tmp_path, "enc", 8, "left", "float32")
+    texts = ["alpha", "beta", "gamma", "delta"]
+    cache.get_or_compute(texts[:2], fake)
+    part = next(tmp_path.rglob("shard-*.npz"))
+    real_read = EmbeddingCache._read_shard
+
+    def merge_then_read(shard, dim):
+        if shard == part and part.exists():  # the other process merges: writes the union, removes the part
+            cache._write_shard([text_key(t) for t in texts], fake(texts))
+            part.unlink()
+        return real_read(shard, dim)
+
+    monkeypatch.setattr(EmbeddingCache, "_read_shard", staticmethod(merge_then_read))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "damaged" warning
+        emb, computed = cache.get_or_compute(texts, _no_compute)
+    assert computed == 0 and np.array_equal(emb, fake(texts))
+    assert not list(tmp_path.rglob("*.damaged"))
+
+
+def _no_compute(texts):
+    raise AssertionError(f"computed {texts}")
 
 
 # ------------------------------------------------------------------ item 7: prepare_data
