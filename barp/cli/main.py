@@ -14,7 +14,8 @@ from barp import __version__
 from barp.cli.config_files import check_config_files
 from barp.errors import ConfigError, exit_on_user_error
 
-EVAL_TIME_OPTIONS = ("eval_w_c", "extra_eval_w_c", "predict_w_c", "predict_temperature", "predict_epsilon")
+EVAL_TIME_OPTIONS = ("eval_w_c", "extra_eval_w_c", "predict_w_c", "predict_temperature", "predict_epsilon",
+                     "fallback_quantile", "fallback_neighbours")
 #: Subcommands that evaluate or apply a trained router: they need a checkpoint.
 NEEDS_CHECKPOINT = ("validate", "test", "predict")
 

@@ -44,7 +44,10 @@ from barp.models.checkpoints import (
     model_order,
     restore_rng,
 )
+from barp.models.shift import ShiftGuard, check_knobs
 
+#: Checkpoint key of the shift guard (:mod:`barp.models.shift`), when the module has one.
+GUARD_KEY = "barp_shift_guard"
 #: Checkpoint key of the frozen encoder's settings (name, max length, truncation side, dtype).
 ENCODER_KEY = "barp_encoder"
 #: The data options that decide how a prompt is embedded, and their defaults for checkpoints that lack one.
@@ -116,6 +119,11 @@ class RouterModule(L.LightningModule):
             (the default) routes greedily.
         predict_epsilon: Share of uniform exploration when ``predict`` explores (with ``predict_temperature``,
             or alone at temperature 1).
+        fallback_quantile: Distribution-shift guard (:mod:`barp.models.shift`): greedy routing sends a prompt whose
+            familiarity (mean cosine similarity to its ``fallback_neighbours`` nearest training prompts) is below
+            this quantile of the validation prompts' to the model with the best mean validation reward at the
+            preference. None: no guard. An evaluation-time option: it applies to a trained checkpoint too.
+        fallback_neighbours: Nearest training prompts the familiarity averages over.
     """
 
     def __init__(
@@ -131,6 +139,8 @@ class RouterModule(L.LightningModule):
         predict_w_c: float = 0.5,
         predict_temperature: float | None = None,
         predict_epsilon: float = 0.0,
+        fallback_quantile: float | None = None,
+        fallback_neighbours: int = 10,
     ) -> None:
         super().__init__()
         if len(model_names) < 2:
@@ -151,6 +161,10 @@ class RouterModule(L.LightningModule):
             except ConfigError as err:
                 raise ConfigError(f"model.predict_temperature / model.predict_epsilon: {err}") from None
             self.predict_exploration = (temperature, float(predict_epsilon))
+        check_knobs(fallback_quantile, fallback_neighbours)
+        self.fallback_quantile = fallback_quantile
+        self.fallback_neighbours = fallback_neighbours
+        self.guard: ShiftGuard | None = None  # set at setup from the data, or restored from a checkpoint
         self.model_names = list(model_names)
         self.embed_dim = int(embed_dim)
         self.encoder_name = encoder
@@ -227,6 +241,17 @@ class RouterModule(L.LightningModule):
                 mean_cost = mean_cost[order]
             self.reference_models.copy_(torch.stack([mean_cost.argmin(), mean_cost.argmax()]))
         self.eval_split_names = dm.eval_splits
+        if self.fallback_quantile is not None and hasattr(dm, "splits"):
+            self.guard = self._build_guard(dm)
+
+    def _build_guard(self, dm) -> ShiftGuard:
+        """The shift guard from the data's training prompts and validation split (never a test split)."""
+        val = dm.splits.val
+        scores, costs = torch.as_tensor(dm.table.scores[val]), torch.as_tensor(dm.table.costs[val])
+        if self._column_order is not None:
+            scores, costs = scores[:, self._column_order], costs[:, self._column_order]
+        return ShiftGuard.build(torch.as_tensor(dm.train_embeddings()), torch.as_tensor(dm._embeddings[val]),
+                                scores, costs, self.tau_value, self.fallback_quantile, self.fallback_neighbours)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -234,6 +259,8 @@ class RouterModule(L.LightningModule):
         if self._data_record is not None:
             checkpoint[RECORD_KEY] = self._data_record
         checkpoint[ENCODER_KEY] = dict(self.encoder_settings)
+        if self.guard is not None:
+            checkpoint[GUARD_KEY] = self.guard.state()
         checkpoint[RNG_KEY] = capture_rng()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -246,6 +273,10 @@ class RouterModule(L.LightningModule):
         self._data_record = checkpoint.get(RECORD_KEY) or self._data_record
         saved = checkpoint.get(ENCODER_KEY) or encoder_settings(checkpoint.get("datamodule_hyper_parameters") or {})
         self.encoder_settings = {**ENCODER_OPTIONS, **saved}
+        guard = checkpoint.get(GUARD_KEY)
+        if guard is not None and self.fallback_quantile == guard["quantile"] \
+                and self.fallback_neighbours == guard["neighbours"]:
+            self.guard = ShiftGuard.from_state(guard)  # what the guard was at training; data at hand rebuild it
         trainer = self._trainer
         dm = trainer.datamodule if trainer is not None else None
         if dm is None or not hasattr(dm, "splits") or not hasattr(dm, "hparams"):
@@ -306,6 +337,16 @@ class RouterModule(L.LightningModule):
             restore_rng(self._rng_state)
             self._rng_state = None
 
+    def greedy(self, emb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Greedy routing: the argmax of :meth:`route`, with the shift guard's fallback where it fires."""
+        action = self.route(emb, w).argmax(dim=-1)
+        if self.fallback_quantile is not None:
+            if self.guard is None:
+                raise ConfigError("model.fallback_quantile is set, but the shift guard has no data: route inside a "
+                                  "Trainer with the data, or load a checkpoint trained with the same guard settings")
+            action = self.guard.apply(action, emb, w)[0]
+        return action
+
     # ------------------------------------------------------------------ raw prompts
     @property
     def encoder(self) -> SentenceEncoder:
@@ -354,10 +395,13 @@ class RouterModule(L.LightningModule):
             epsilon: Share of uniform exploration in [0, 1].
             seed: Seed of the exploration draws (None: PyTorch's global generator).
         """
-        if temperature is None and not epsilon:
-            best, idx = self.probabilities(prompts, w_c).max(dim=-1)
-            return [Decision(self.model_names[i], float(p)) for i, p in zip(idx.tolist(), best.tolist())]
         emb = self.embed(prompts)
+        if temperature is None and not epsilon:
+            with torch.inference_mode():
+                w = preference_tensor(check_w_c(w_c), len(emb), emb.device)
+                probs = torch.softmax(self.route(emb, w), dim=-1)
+                idx = self.greedy(emb, w)
+            return [Decision(self.model_names[i], float(probs[r, i])) for r, i in enumerate(idx.tolist())]
         if not len(emb):
             return []
         with torch.inference_mode():
@@ -385,7 +429,7 @@ class RouterModule(L.LightningModule):
         for w_c in self.eval_preferences:
             w = preference_tensor(w_c, len(emb), emb.device)
             rewards = reward(scores, costs, w, self.tau_value)
-            outcomes = {"router": chosen(self.route(emb, w).argmax(dim=-1), scores, costs, rewards)}
+            outcomes = {"router": chosen(self.greedy(emb, w), scores, costs, rewards)}
             if stage == "test":
                 outcomes.update({policy: reference_outcome(policy, scores, costs, rewards, cheapest, most_expensive)
                                  for policy in REFERENCES})
@@ -447,7 +491,8 @@ class RouterModule(L.LightningModule):
         probs = torch.softmax(logits, dim=-1)
         out = {"row": batch["row"], "split": batch["split"], "w_c": self.predict_w_c}
         if self.predict_exploration is None:
-            out["probability"], out["action"] = probs.max(dim=-1)
+            out["action"] = self.greedy(batch["emb"], w)
+            out["probability"] = probs.gather(-1, out["action"].unsqueeze(-1)).squeeze(-1)
             return out
         serving = exploration_probabilities(logits, *self.predict_exploration)
         action = torch.multinomial(serving, 1).squeeze(-1)

@@ -1,0 +1,120 @@
+"""Distribution-shift-aware routing: know when a prompt is unlike the training prompts, and fall back.
+
+A router extrapolates on a prompt unlike anything it was trained on, and often badly (the leave-one-family-out
+results in docs/evaluation.md). :class:`ShiftGuard` measures how far a prompt is from the training prompts (its
+*familiarity*: the mean cosine similarity to its ``neighbours`` nearest training prompts) and, below a threshold,
+replaces the router's greedy choice with the *fallback*: the single model with the best mean reward at the
+operator's preference, measured on the validation split (so it is what is known to work across the training
+families, at that preference).
+
+Everything is set from training and validation data, never from a test split:
+
+- the threshold is the ``quantile`` of the familiarity of the validation prompts (unseen in training but in
+  distribution), so the guard fires on that share of in-distribution prompts, and on far more of an unseen family;
+- the fallback's per-model mean score and mean normalised cost ``min(c / tau, 1)`` are the validation split's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from barp.errors import ConfigError
+
+#: At most this many training prompts are kept as the reference set (a seeded sample of larger training splits).
+MAX_REFERENCE = 8192
+
+
+@dataclass
+class ShiftGuard:
+    """Familiarity of prompts to the training prompts, and the fallback model per preference.
+
+    Attributes:
+        reference: L2-normalised embeddings of (a sample of) the training prompts, shape (M, D).
+        threshold: Familiarity below which a prompt gets the fallback.
+        quality: Mean validation score of each model, shape (K,).
+        cost: Mean validation normalised cost ``min(c / tau, 1)`` of each model, shape (K,).
+        neighbours: Nearest training prompts the familiarity averages over.
+        quantile: Share of validation prompts below the threshold (the knob it was set with).
+    """
+
+    reference: torch.Tensor
+    threshold: float
+    quality: torch.Tensor
+    cost: torch.Tensor
+    neighbours: int
+    quantile: float
+
+    @classmethod
+    def build(cls, train_emb: torch.Tensor, val_emb: torch.Tensor, val_scores: torch.Tensor, val_costs: torch.Tensor,
+              tau: float, quantile: float, neighbours: int = 10, seed: int = 0) -> ShiftGuard:
+        """Set the guard from the training prompts and the validation split.
+
+        Args:
+            train_emb: Training prompt embeddings, shape (N, D).
+            val_emb: Validation prompt embeddings, shape (V, D).
+            val_scores: Every model's validation scores, shape (V, K).
+            val_costs: Every model's validation costs (USD), shape (V, K).
+            tau: Cost scale of the reward.
+            quantile: Share of validation prompts the guard may fire on, in (0, 1).
+            neighbours: Nearest training prompts the familiarity averages over.
+            seed: Seed of the reference sample when there are more than :data:`MAX_REFERENCE` training prompts.
+
+        Raises:
+            ConfigError: No validation prompts, too few training prompts, or a knob out of range.
+        """
+        check_knobs(quantile, neighbours)
+        if len(val_emb) == 0:
+            raise ConfigError("model.fallback_quantile: the shift guard is set on the validation split, which is "
+                              "empty: give the data a val_fraction or a val_path")
+        if len(train_emb) < neighbours:
+            raise ConfigError(f"model.fallback_neighbours={neighbours} exceeds the {len(train_emb)} training prompts")
+        reference = train_emb.float()
+        if len(reference) > MAX_REFERENCE:
+            keep = np.random.default_rng(seed).choice(len(reference), MAX_REFERENCE, replace=False)
+            reference = reference[torch.as_tensor(np.sort(keep))]
+        reference = torch.nn.functional.normalize(reference, dim=-1)
+        guard = cls(reference, 0.0, val_scores.double().mean(0).float(),
+                    (val_costs.double() / tau).clamp(max=1.0).mean(0).float(), int(neighbours), float(quantile))
+        guard.threshold = float(torch.quantile(guard.familiarity(val_emb).double(), quantile))
+        return guard
+
+    def familiarity(self, emb: torch.Tensor) -> torch.Tensor:
+        """Mean cosine similarity of each prompt to its ``neighbours`` nearest reference prompts, shape (B,)."""
+        reference = self.reference.to(emb.device)
+        out = []
+        for block in torch.nn.functional.normalize(emb.float(), dim=-1).split(2048):
+            out.append((block @ reference.T).topk(self.neighbours, dim=-1).values.mean(-1))
+        return torch.cat(out) if out else torch.zeros(0, device=emb.device)
+
+    def fallback(self, w: torch.Tensor) -> torch.Tensor:
+        """The model with the best mean validation reward at each preference ``w`` (B, 2), shape (B,)."""
+        value = w[:, :1] * self.quality.to(w.device) - w[:, 1:] * self.cost.to(w.device)
+        return value.argmax(dim=-1)
+
+    def apply(self, action: torch.Tensor, emb: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The router's greedy ``action`` with every unfamiliar prompt's replaced by the fallback; and the mask of
+        the prompts that fell back."""
+        novel = self.familiarity(emb) < self.threshold
+        return torch.where(novel, self.fallback(w), action), novel
+
+    def state(self) -> dict:
+        """What a checkpoint stores (tensors and numbers only)."""
+        return {"reference": self.reference.cpu(), "threshold": self.threshold, "quality": self.quality.cpu(),
+                "cost": self.cost.cpu(), "neighbours": self.neighbours, "quantile": self.quantile}
+
+    @classmethod
+    def from_state(cls, state: dict) -> ShiftGuard:
+        """The guard a checkpoint stored with :meth:`state`."""
+        return cls(state["reference"], float(state["threshold"]), state["quality"], state["cost"],
+                   int(state["neighbours"]), float(state["quantile"]))
+
+
+def check_knobs(quantile: float | None, neighbours: int) -> None:
+    """Refuse a quantile outside (0, 1) or a neighbour count below 1, naming the option."""
+    if quantile is not None and (isinstance(quantile, bool) or not 0 < quantile < 1):
+        raise ConfigError(f"model.fallback_quantile must be in (0, 1) (or null: no guard), got {quantile!r}")
+    if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
+        raise ConfigError(f"model.fallback_neighbours must be an integer >= 1, got {neighbours!r}")
