@@ -393,9 +393,9 @@ def _read_choices(path: Path) -> dict:
 
 def default_dtype_file() -> Path:
     """Where ``auto`` choices are remembered by default: beside the default embedding cache."""
-    from barp.data.embedding_cache import default_cache_dir
+    from barp.paths import cache_root
 
-    return default_cache_dir() / "embeddings" / DTYPE_FILE
+    return cache_root() / "embeddings" / DTYPE_FILE
 
 
 def resolve_dtype(dtype: str = "auto", name: str = DEFAULT_ENCODER, max_length: int = 256,

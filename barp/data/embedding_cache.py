@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from barp.atomic import atomic_path, atomic_write_text
+from barp.paths import cache_root
 
 log = logging.getLogger("barp.encoders.cache")
 
@@ -39,7 +40,7 @@ CHUNK_SIZE = 1024
 
 def default_cache_dir() -> Path:
     """``$BARP_CACHE`` if set, else ``~/.cache/barp``."""
-    return Path(os.environ.get("BARP_CACHE", Path.home() / ".cache" / "barp")).expanduser()
+    return cache_root()
 
 
 def text_key(text: str) -> bytes:
