@@ -344,3 +344,18 @@ def test_module_owns_its_frozen_encoder_rebuilt_from_its_checkpoint(trained):
     assert module.decide(prompts, w_c=0.2) == TrainedRouter.from_checkpoint(ckpt).route(prompts, w_c=0.2)
     probs = module.probabilities(prompts, 0.2)
     assert probs.shape == (2, len(MODELS)) and torch.allclose(probs.sum(-1), torch.ones(2))
+
+
+def test_checkpoints_naming_the_former_module_paths_still_load(trained, tmp_path):
+    """Checkpoints written before the modules moved into layers name ``barp.module.BaRPModule``."""
+    from barp.models.trained import TrainedRouter
+
+    data, ckpt, _ = trained
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert saved["hyper_parameters"]["_class_path"] == "barp.models.barp.BaRPModule"
+    saved["hyper_parameters"]["_class_path"] = "barp.module.BaRPModule"
+    old = tmp_path / "old.ckpt"
+    torch.save(saved, old)
+    assert TrainedRouter.from_checkpoint(old).route(["hello"]) == TrainedRouter.from_checkpoint(ckpt).route(["hello"])
+    cli = main(["test", *run_args(data, tmp_path / "run"), "--ckpt_path", str(old)])
+    assert type(cli.model).__name__ == "BaRPModule" and "test/id/aiq" in cli.trainer.callback_metrics

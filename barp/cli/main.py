@@ -119,6 +119,7 @@ class BarpCLI(LightningCLI):
         router is evaluated or served at, the operator's current choice must win: that is BaRP's point.
         """
         from barp.models.checkpoints import load_checkpoint
+        from barp.models.trained import alias_former_modules
 
         sub = self.config.get("subcommand")
         if self._is_barp_command():
@@ -128,7 +129,8 @@ class BarpCLI(LightningCLI):
             raise ConfigError(f"barp {sub} needs --ckpt_path, a checkpoint written by barp fit: without one the "
                               "router is untrained and its results mean nothing")
         if ckpt_path:
-            load_checkpoint(ckpt_path)  # missing, folder, truncated, foreign or code-carrying: one clear error
+            # missing, folder, truncated, foreign or code-carrying: one clear error
+            alias_former_modules(load_checkpoint(ckpt_path))
         if sub == "fit":
             self._check_training_budget(self.config[sub].get("trainer") or {})
         init = self.config[sub]["model"].get("init_args") if sub else None

@@ -33,6 +33,18 @@ FORMER_MODULES = {
 }
 
 
+
+def alias_former_modules(ckpt: dict[str, Any]) -> None:
+    """Make the module path an older checkpoint names importable (as the module it moved to), so that parsers that
+    import a checkpoint's ``_class_path`` themselves (LightningCLI's) read it too. Only barp's own former paths."""
+    class_path = str((ckpt.get("hyper_parameters") or {}).get("_class_path", ""))
+    old = class_path.rpartition(".")[0]
+    if old in FORMER_MODULES and old not in sys.modules:
+        new = importlib.import_module(FORMER_MODULES[old])
+        sys.modules[old] = new
+        parent, _, leaf = old.rpartition(".")
+        setattr(importlib.import_module(parent), leaf, new)
+
 def module_class(ckpt: dict[str, Any], option: str = "--ckpt_path") -> type:
     """The :class:`~barp.models.base.RouterModule` subclass that wrote a checkpoint (from its ``_class_path``).
 
@@ -41,6 +53,7 @@ def module_class(ckpt: dict[str, Any], option: str = "--ckpt_path") -> type:
     ``barp.routers.*``) still load.
     """
     class_path = str(ckpt["hyper_parameters"].get("_class_path", "barp.models.barp.BaRPModule"))
+    alias_former_modules(ckpt)  # Lightning's loader imports the checkpoint's class path itself
     module_name, _, class_name = class_path.rpartition(".")
     module_name = FORMER_MODULES.get(module_name, module_name)
     cls = None
