@@ -222,6 +222,8 @@ AGREEMENT = 0.999
 SPEEDUP_MARGIN = 1.1
 #: File (in the embedding cache folder) remembering each machine's ``auto`` choice.
 DTYPE_FILE = "encoder_dtype.json"
+#: Max tokens per prompt of the probe (whatever the run's ``max_length``: one choice per machine and encoder).
+PROBE_MAX_LENGTH = 256
 
 _QUESTIONS = (
     "What is the capital of Australia?",
@@ -369,13 +371,15 @@ def probe_dtypes(name: str = DEFAULT_ENCODER, max_length: int = 256, truncation_
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (a lock file) where the platform has ``fcntl``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")  # noqa: SIM115 - closed below
+    except (ImportError, OSError):  # not POSIX, or a read-only cache: no lock
         yield
         return
-    with open(path, "a") as handle:
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -398,19 +402,27 @@ def default_dtype_file() -> Path:
     return cache_root() / "embeddings" / DTYPE_FILE
 
 
+def choice_key(name: str = DEFAULT_ENCODER, device: str = "cpu") -> str:
+    """The key of an ``auto`` choice in the dtype file: the machine (:func:`machine_key`) and the encoder."""
+    return f"{machine_key(device)}; encoder={encoder_identity(name)}"
+
+
 def resolve_dtype(dtype: str = "auto", name: str = DEFAULT_ENCODER, max_length: int = 256,
                   truncation_side: str = "left", batch_size: int = 64, device: str = "cpu",
                   store: str | Path | None = None) -> str:
     """The compute dtype ``dtype`` stands for: itself, or for ``auto`` this machine's remembered or probed choice.
 
-    ``auto`` looks the machine (:func:`machine_key`) and encoder up in ``store``; the first time, it runs
-    :func:`probe_dtypes`, logs one line with the speeds and cosines and remembers the choice there, so later runs
-    skip the probe. Concurrent first runs probe one at a time (a lock file), the later ones reading the first's
-    choice.
+    ``auto`` looks the machine and encoder (:func:`choice_key`) up in ``store``; the first time, it runs
+    :func:`probe_dtypes` (at :data:`PROBE_MAX_LENGTH` tokens, left truncation, batches of 64, whatever the run's
+    settings, so that the choice depends on the machine and encoder only), logs one line with the speeds and cosines
+    and remembers the choice there, so later runs skip the probe. Concurrent first runs probe one at a time (a lock
+    file), the later ones reading the first's choice.
 
     Args:
         dtype: ``auto`` or one of :data:`ENCODER_DTYPES`.
-        name, max_length, truncation_side, batch_size, device: The encoder's settings (probed as they are).
+        name, device: The encoder and the device it runs on.
+        max_length, truncation_side, batch_size: The run's settings (``max_length`` is the probe's cut for an
+            encoder with fewer positions than :data:`PROBE_MAX_LENGTH`).
         store: The JSON file of choices; default :func:`default_dtype_file`.
 
     Raises:
@@ -421,13 +433,17 @@ def resolve_dtype(dtype: str = "auto", name: str = DEFAULT_ENCODER, max_length: 
             raise ConfigError(f"encoder dtype must be auto or one of {list(ENCODER_DTYPES)}, got {dtype!r}")
         return dtype
     path = Path(store).expanduser() if store is not None else default_dtype_file()
-    key = f"{machine_key(device)}; encoder={encoder_identity(name)}; max_length={max_length}"
+    key = choice_key(name, device)
     with _locked(path.with_name(path.name + ".lock")):
         entry = _read_choices(path).get(key)
         if isinstance(entry, dict) and entry.get("dtype") in ENCODER_DTYPES:
             log.debug("encoder dtype auto -> %s (remembered in %s)", entry["dtype"], path)
             return str(entry["dtype"])
-        result = probe_dtypes(name, max_length, truncation_side, batch_size, device)
+        try:  # one choice per machine and encoder: probed at the default cut (or the encoder's positions)
+            probe_length = check_max_length(name, PROBE_MAX_LENGTH)
+        except ConfigError:
+            probe_length = max_length
+        result = probe_dtypes(name, probe_length, "left", 64, device)
         result["probed"] = time.strftime("%Y-%m-%d %H:%M:%S")
         choices = _read_choices(path)
         choices[key] = result

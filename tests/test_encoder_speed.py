@@ -29,8 +29,8 @@ def _no_probe(*args, **kwargs):
 def test_auto_dtype_agrees_with_float32_and_is_remembered(monkeypatch):
     chosen = resolve_dtype("auto")  # probes unless an earlier test of this session did (same cache, same machine)
     choices = json.loads(default_dtype_file().read_text())
-    entries = [v for k, v in choices.items() if f"threads={encoders.encoder_threads()};" in k]
-    assert len(entries) == 1 and entries[0]["dtype"] == chosen
+    entries = [choices[encoders.choice_key()]]
+    assert entries[0]["dtype"] == chosen
     assert set(entries[0]["speeds"]) == {"float32", "bfloat16"}  # CPU: nothing else is timed
     assert entries[0]["min_cosine"]["float32"] == pytest.approx(1.0, abs=1e-6)
     if chosen != "float32":
