@@ -132,3 +132,40 @@ def test_import_breakdown_attributes_self_time_to_packages(bench):
     out = bench.import_breakdown("json")  # a fresh interpreter importing only the standard library: fast
     assert out["self_s"]["barp"] == 0 and out["self_s"]["torch"] == 0 and out["self_s"]["other"] > 0
     assert out["total_s"] == pytest.approx(sum(out["self_s"].values()))
+
+
+IMPORTTIME = """\
+import time: self [us] | cumulative | imported package
+import time:          10000 |      10000 |       pandas.core
+import time:          20000 |      30000 |     pandas
+import time:            5000 |      35000 |   barp.data.sources
+import time:          40000 |      40000 |       torch.nn
+import time:          10000 |      50000 |     torch
+import time:            1000 |      51000 |   lightning.pytorch
+import time:            2000 |      88000 | barp.cli.main
+"""
+
+
+def test_import_breakdown_names_the_packages_barp_itself_imports(bench, monkeypatch):
+    class Done:
+        stderr = IMPORTTIME
+
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: Done())
+    out = bench.import_breakdown("barp.cli.main")
+    assert out["self_s"]["barp"] == pytest.approx(0.007) and out["self_s"]["torch"] == pytest.approx(0.05)
+    # pandas is imported by a barp module (barp's to make lazy); torch by Lightning (upstream), so not listed
+    assert out["imported_by_barp_s"] == {"lightning": pytest.approx(0.051), "pandas": pytest.approx(0.03)}
+
+
+def test_startup_section_reports_barp_help_and_import_of_the_cli(bench, monkeypatch):
+    seconds = {"pass": 0.05, "import torch": 3.0, "import transformers": 1.5, "import lightning": 8.0,
+               "import barp.cli.main": 8.5}
+    monkeypatch.setattr(bench, "_timed", lambda cmd: seconds.get(cmd[-1], 9.0))  # barp --help: 9 s
+    monkeypatch.setattr(bench, "import_breakdown", lambda module: {"self_s": {"barp": 0.01}, "total_s": 7.0})
+    section = bench.startup_section(1)
+    s = section["seconds"]
+    assert s["barp_help"] == 9.0 and s["import_barp_cli"] == 8.5
+    assert s["import_barp_cli_beyond_import_lightning"] == pytest.approx(0.5)
+    assert s["barp_help_beyond_import_lightning"] == pytest.approx(1.0)
+    assert "barp.cli.main" in section["commands"]["import_barp_cli"]
+    assert section["ratios"]["import_lightning_vs_barp_help"]["value"] == pytest.approx(8.0 / 9.0)

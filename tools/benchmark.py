@@ -14,8 +14,9 @@ Writes ``OUTPUT/benchmark.json`` and prints a table. Sections (docs/performance.
   neighbour critic; pulls/s after a warm-up, and their ratio.
 - ``routing``: :class:`~barp.models.trained.TrainedRouter` (encoder + policy) against its encoder alone, single prompts
   (p50/p95 latency) and batches of 32 (prompts/s), taking turns on the same prompts.
-- ``startup``: fresh interpreters timing ``barp --help``, ``import barp.cli`` and the imports of torch,
-  transformers and lightning alone, plus ``python -X importtime`` of ``barp.cli`` split by package.
+- ``startup``: fresh interpreters timing ``barp --help``, ``import barp.cli.main`` and the imports of torch,
+  transformers and lightning alone, plus ``python -X importtime`` of ``barp.cli.main`` split by package, and the
+  outside packages that barp's own modules (not Lightning) import first.
 - ``growth``: at each size, the embedding pipeline (cache, dedup, sort, tokenise, forward, pool, shards), one
   training epoch, and the time and peak memory of the critic's neighbour search.
 - ``gpu``: the encoder in fp16/bf16 and training on the device, when CUDA is available; otherwise ``skipped``.
@@ -111,14 +112,16 @@ def length_mix(n_short: int, n_long: int, seed: int = 0) -> list[str]:
         pool = pools[i % len(pools)]
         j = (i // len(pools)) * 6 % max(len(pool) - 5, 1)
         shots = pool[j:j + 6]
-        long.append("\n\n".join(f"Example {s + 1}:\n{t}" for s, t in enumerate(shots[:5])) + "\n\nQuestion:\n" + shots[5])
+        examples = "\n\n".join(f"Example {s + 1}:\n{t}" for s, t in enumerate(shots[:5]))
+        long.append(examples + "\n\nQuestion:\n" + shots[5])
     mix = short + long
     rng = np.random.default_rng(seed)
     return [mix[i] for i in rng.permutation(len(mix))]
 
 
 # ---------------------------------------------------------------------------------------------------- encoder
-def plain_encoder(device: str = "cpu", max_length: int = 256, batch_size: int = 32) -> Callable[[list[str]], np.ndarray]:
+def plain_encoder(device: str = "cpu", max_length: int = 256,
+                  batch_size: int = 32) -> Callable[[list[str]], np.ndarray]:
     """The usual transformers recipe: fp32, fixed-size batches in input order, padded to ``max_length``.
 
     Truncation keeps the end of a long prompt, as barp does, so that only the compute path differs.
@@ -270,8 +273,9 @@ def lightning_fit(dm, model_args: dict, deterministic: bool, device: str, max_st
 def bare_loop(dm, model_args: dict, steps: int, warmup: int, deterministic: bool, device: str) -> dict:
     """The same training step as BaRPModule's, written as a plain PyTorch loop on the same data.
 
-    Policy (:class:`~barp.learning.policy.BaRPPolicy`), preferences, sampling, reward, REINFORCE loss with the batch-mean
-    baseline or the neighbour critic's loss (:class:`~barp.learning.critic.NeighbourCritic`), linear entropy decay, Adam.
+    Policy (:class:`~barp.learning.policy.BaRPPolicy`), preferences, sampling, reward, REINFORCE loss with the
+    batch-mean baseline or the neighbour critic's loss (:class:`~barp.learning.critic.NeighbourCritic`, estimates once
+    per prompt as BaRPModule does), linear entropy decay, Adam.
     """
     from barp.learning.critic import NeighbourCritic
     from barp.learning.policy import BaRPPolicy
@@ -307,8 +311,8 @@ def bare_loop(dm, model_args: dict, steps: int, warmup: int, deterministic: bool
         for first in range(0, n, batch):
             if step >= steps:
                 break
-            rows = perm[first:first + batch].to(device)
-            x, rows = emb[rows].repeat_interleave(k, dim=0), rows.repeat_interleave(k)
+            prompts = perm[first:first + batch].to(device)
+            x, rows = emb[prompts].repeat_interleave(k, dim=0), prompts.repeat_interleave(k)
             w = sample_preferences(len(x), device=device, cost_power=a.get("cost_power", 1.0))
             logits = policy(x, w)
             actions = torch.distributions.Categorical(logits=logits).sample()
@@ -318,7 +322,7 @@ def bare_loop(dm, model_args: dict, steps: int, warmup: int, deterministic: bool
             if critic is not None:
                 t = time.perf_counter()
                 critic.observe(rows, actions, q, normalized_cost(c, tau))
-                values = critic.values(rows, w)
+                values = critic.values(prompts, w, repeats=k)
                 critic_s += time.perf_counter() - t if step >= warmup else 0.0
                 loss = critic_policy_loss(logits, values, actions, r, a.get("critic_residual", 0.0), beta).loss
             else:
@@ -361,7 +365,8 @@ def training_section(steps: int, warmup: int, repeats: int, device: str = "cpu")
             for r in range(repeats):
                 for which in (("lightning", "bare") if r % 2 == 0 else ("bare", "lightning")):
                     if which == "lightning":
-                        runs[which].append(lightning_fit(dm, args, deterministic, device, max_steps=steps, warmup=warmup))
+                        runs[which].append(lightning_fit(dm, args, deterministic, device, max_steps=steps,
+                                                         warmup=warmup))
                     else:
                         runs[which].append(bare_loop(dm, args, steps, warmup, deterministic, device))
             section[key] = {which: max(v, key=lambda run: run["pulls_per_s"]) for which, v in runs.items()}
@@ -441,22 +446,36 @@ def _timed(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def import_breakdown(module: str = "barp.cli") -> dict:
-    """``python -X importtime -c "import MODULE"``: self time (s) summed per package group, and the total."""
+def import_breakdown(module: str = "barp.cli.main") -> dict:
+    """``python -X importtime -c "import MODULE"``: self time (s) summed per package group, and the total; and, per
+    outside package that a barp module imports first (so barp, not Lightning, makes ``barp --help`` load it), its
+    cumulative time (``imported_by_barp_s``)."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"], capture_output=True,
                           text=True, check=True)
     groups = {name: 0.0 for name in PACKAGES} | {"other": 0.0}
     owner = {pkg: name for name, pkgs in PACKAGES.items() for pkg in pkgs}
     others: dict[str, float] = {}
+    rows = []  # (cumulative s, depth, module), children before their parent as importtime prints them
     for line in proc.stderr.splitlines():
-        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|\s*(\S+)", line)
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
         if m:
-            top, seconds = m.group(3).split(".")[0], int(m.group(1)) / 1e6
+            top, seconds = m.group(4).split(".")[0], int(m.group(1)) / 1e6
             groups[owner.get(top, "other")] += seconds
             if top not in owner:
                 others[top] = others.get(top, 0.0) + seconds
+            rows.append((int(m.group(2)) / 1e6, len(m.group(3)) // 2, m.group(4)))
+    by_barp: dict[str, float] = {}
+    waiting: dict[int, list[int]] = {}  # depth -> rows whose parent (the next row one level up) is still to come
+    for i, (_, depth, name) in enumerate(rows):
+        for child in waiting.pop(depth + 1, []):
+            top = rows[child][2].split(".")[0]
+            if name.split(".")[0] == "barp" and top not in ("barp", "__future__"):
+                by_barp[top] = by_barp.get(top, 0.0) + rows[child][0]
+        waiting.setdefault(depth, []).append(i)
     largest = dict(sorted(others.items(), key=lambda kv: -kv[1])[:8])
-    return {"self_s": groups, "total_s": sum(groups.values()), "largest_other_self_s": largest}
+    heavy = dict(sorted(((k, v) for k, v in by_barp.items() if v >= 0.005), key=lambda kv: -kv[1]))
+    return {"self_s": groups, "total_s": sum(groups.values()), "largest_other_self_s": largest,
+            "imported_by_barp_s": heavy}
 
 
 def startup_section(repeats: int) -> dict:
@@ -464,7 +483,7 @@ def startup_section(repeats: int) -> dict:
     py = sys.executable
     probes = {"python_bare": [py, "-c", "pass"], "import_torch": [py, "-c", "import torch"],
               "import_transformers": [py, "-c", "import transformers"],
-              "import_lightning": [py, "-c", "import lightning"], "import_barp_cli": [py, "-c", "import barp.cli"],
+              "import_lightning": [py, "-c", "import lightning"], "import_barp_cli": [py, "-c", "import barp.cli.main"],
               "barp_help": _barp_command() + ["--help"]}
     times: dict[str, list[float]] = {k: [] for k in probes}
     names = list(probes)
@@ -472,9 +491,11 @@ def startup_section(repeats: int) -> dict:
         for name in names[r % len(names):] + names[:r % len(names)]:
             times[name].append(_timed(probes[name]))
     section: dict = {"repeats": repeats, "commands": {k: " ".join(v) for k, v in probes.items()},
-                     "seconds": {k: min(v) for k, v in times.items()}, "importtime_barp_cli": import_breakdown()}
+                     "seconds": {k: min(v) for k, v in times.items()},
+                     "importtime_barp_cli": import_breakdown("barp.cli.main")}
     s = section["seconds"]
     s["barp_help_beyond_import_lightning"] = s["barp_help"] - s["import_lightning"]
+    s["import_barp_cli_beyond_import_lightning"] = s["import_barp_cli"] - s["import_lightning"]
     add_ratio(section, "import_lightning_vs_barp_help", "seconds.import_lightning", "seconds.barp_help")
     add_ratio(section, "import_barp_cli_vs_barp_help", "seconds.import_barp_cli", "seconds.barp_help")
     add_ratio(section, "import_torch_vs_barp_help", "seconds.import_torch", "seconds.barp_help")
@@ -496,14 +517,13 @@ def peak_memory(fn: Callable[[], object]) -> tuple[float, float | None]:
     Linux only: hands freed heap memory back to the system (``malloc_trim``, so that memory ``fn`` reuses counts
     again), resets the process's high-water mark (``/proc/self/clear_refs``) and reads ``VmHWM`` after.
     """
+    import contextlib
     import ctypes
     import gc
 
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
     try:
         Path("/proc/self/clear_refs").write_text("5")
         before = _rss_kb("VmRSS")
@@ -568,7 +588,7 @@ def growth_section(sizes: list[int], device: str = "cpu") -> dict:
             k = min(section["critic_neighbours"], len(emb) - 1)
             row["train_prompts"] = len(emb)
             row["neighbour_search_s"], row["neighbour_search_peak_mib"] = peak_memory(
-                lambda: nearest_neighbours(emb, k))
+                lambda emb=emb, k=k: nearest_neighbours(emb, k))
             row["full_similarity_matrix_mib"] = len(emb) ** 2 * 4 / 2**20
             fit = lightning_fit(dm, {**model_args, "critic_neighbours": k}, deterministic, device, max_epochs=1)
             row.update(epoch_s=fit["epoch_s"][0], fit_s=fit["fit_s"], epoch_steps=fit["steps"])
@@ -691,13 +711,15 @@ def report(results: dict) -> str:
                          f"{r['batch'][name]['prompts_per_s']:7.1f} prompts/s")
     if "startup" in s and "seconds" in s["startup"]:
         st = s["startup"]
-        lines.append("\nstart-up (fresh interpreter, best of %d):" % st["repeats"])
+        lines.append(f"\nstart-up (fresh interpreter, best of {st['repeats']}):")
         for name, sec in st["seconds"].items():
             lines.append(f"  {name:<36} {sec:6.2f} s")
         imp = st["importtime_barp_cli"]
-        lines.append("  python -X importtime 'import barp.cli', self time by package: " + ", ".join(
+        lines.append("  python -X importtime 'import barp.cli.main', self time by package: " + ", ".join(
             f"{k} {v:.2f} s" for k, v in imp["self_s"].items()) + f" (total {imp['total_s']:.2f} s); largest "
             "other: " + ", ".join(f"{k} {v:.2f} s" for k, v in imp["largest_other_self_s"].items()))
+        lines.append("  outside packages a barp module imports first (cumulative): " + (", ".join(
+            f"{k} {v:.2f} s" for k, v in imp.get("imported_by_barp_s", {}).items()) or "none"))
     if "growth" in s:
         g = s["growth"]
         lines.append("\ngrowth (" + g["embedding"] + "):")

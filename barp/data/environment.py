@@ -30,13 +30,17 @@ class Feedback:
 def _make_puller(scores: np.ndarray, costs: np.ndarray) -> Callable[[torch.Tensor, torch.Tensor], Feedback]:
     s = torch.as_tensor(np.array(scores, dtype=np.float32))
     c = torch.as_tensor(np.array(costs, dtype=np.float32))
+    on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {s.device: (s, c)}  # copied once per device
 
     def pull(rows: torch.Tensor, arms: torch.Tensor) -> Feedback:
-        r = rows.detach().long().cpu()
-        a = arms.detach().long().cpu()
-        if r.shape != a.shape or r.dim() != 1:
-            raise ValueError(f"pull needs one arm per row: rows {tuple(r.shape)}, arms {tuple(a.shape)}")
-        return Feedback(score=s[r, a].to(rows.device), cost=c[r, a].to(rows.device))
+        if rows.shape != arms.shape or rows.dim() != 1:
+            raise ValueError(f"pull needs one arm per row: rows {tuple(rows.shape)}, arms {tuple(arms.shape)}")
+        device = rows.device
+        if device not in on_device:
+            on_device[device] = (s.to(device), c.to(device))
+        scores_d, costs_d = on_device[device]
+        r, a = rows.detach().long(), arms.detach().long().to(device)
+        return Feedback(score=scores_d[r, a], cost=costs_d[r, a])
 
     return pull
 
@@ -112,12 +116,16 @@ class LoggedEnvironment:
         self.num_rows = len(self._action)
         self.num_prompts = int(self._prompt.max()) + 1 if self.num_rows else 0
         self.num_arms = len(self.models)
+        self._on_device: tuple[torch.Tensor, ...] | None = None
 
     def logged(self, rows: torch.Tensor) -> LoggedBatch:
         """The logged requests ``rows`` (log row numbers), on ``rows``' device."""
-        r = rows.detach().long().cpu()
-        return LoggedBatch(*(t[r].to(rows.device) for t in (self._prompt, self._action, self._propensity,
-                                                            self._score, self._cost)))
+        device = rows.device
+        if self._on_device is None or self._on_device[0].device != device:  # the log's columns, copied once
+            self._on_device = tuple(t.to(device) for t in (self._prompt, self._action, self._propensity,
+                                                           self._score, self._cost))
+        r = rows.detach().long()
+        return LoggedBatch(*(t[r] for t in self._on_device))
 
     def pull(self, rows: torch.Tensor, arms: torch.Tensor) -> Feedback:
         """Always refused: a log holds only the served model's outcome of each request."""

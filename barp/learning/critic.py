@@ -64,45 +64,62 @@ class NeighbourCritic:
         self.cost = torch.zeros(n, num_models, dtype=torch.float64)
         self.seen = torch.zeros(n, num_models, dtype=torch.bool)
 
+    def _on(self, device: torch.device) -> None:
+        """Keep the memory and the neighbour lists on ``device`` (the training batches'), moved once."""
+        if self.seen.device != device:
+            self.neighbours, self.score, self.cost, self.seen = (
+                t.to(device) for t in (self.neighbours, self.score, self.cost, self.seen))
+
     def observe(self, rows: torch.Tensor, actions: torch.Tensor, score: torch.Tensor, cost_norm: torch.Tensor) -> None:
         """Record pulled outcomes: prompt ``rows[i]`` got model ``actions[i]`` with ``score[i]``, ``cost_norm[i]``.
 
-        ``cost_norm`` is ``min(cost / tau, 1)``. A cell already in memory keeps its first outcome.
+        ``cost_norm`` is ``min(cost / tau, 1)``. A cell already in memory keeps its first outcome. Tensor ops on
+        ``rows``' device only (no host round trip): a cell in memory is written back with its own value.
         """
-        r, a = rows.detach().long().cpu(), actions.detach().long().cpu()
-        new = ~self.seen[r, a]
-        r, a = r[new], a[new]
-        self.score[r, a] = score.detach().cpu().double()[new]
-        self.cost[r, a] = cost_norm.detach().cpu().double()[new]
-        self.seen[r, a] = True
+        self._on(rows.device)
+        r, a = rows.detach().long(), actions.detach().long().to(rows.device)
+        old = self.seen[r, a]
+        self.score.index_put_((r, a), torch.where(old, self.score[r, a], score.detach().to(self.score)))
+        self.cost.index_put_((r, a), torch.where(old, self.cost[r, a], cost_norm.detach().to(self.cost)))
+        self.seen.index_put_((r, a), torch.ones_like(old))
 
     def estimates(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(q_hat, c_hat)`` of every model for the prompts ``rows``, each shape (B, K) (float64, CPU)."""
+        """``(q_hat, c_hat)`` of every model for the prompts ``rows``, each (B, K), float64 on ``rows``' device."""
+        self._on(rows.device)
         seen = self.seen.double()
         total = seen.sum(0)
         global_q = self.score.sum(0) / total.clamp(min=1)
         global_c = self.cost.sum(0) / total.clamp(min=1)
-        nb = self.neighbours[rows.detach().long().cpu()]  # (B, k)
+        nb = self.neighbours[rows.detach().long()]  # (B, k)
         count = seen[nb].sum(1) + self.prior
-        if bool((count == 0).any()):  # prior 0 and no neighbour has tried the model: nothing to estimate from
+        if self.prior == 0:  # no neighbour has tried the model and no prior: nothing to estimate from (0 / 1)
             count = count.clamp(min=1)
         q_hat = (self.score[nb].sum(1) + self.prior * global_q) / count
         c_hat = (self.cost[nb].sum(1) + self.prior * global_c) / count
         return q_hat, c_hat
 
-    def values(self, rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """``Q_hat_w(x, a) = w_q q_hat - w_c c_hat`` for every model, shape (B, K), on ``w``'s device and dtype."""
-        q_hat, c_hat = self.estimates(rows)
-        q_hat, c_hat = q_hat.to(w.device, w.dtype), c_hat.to(w.device, w.dtype)
+    def values(self, rows: torch.Tensor, w: torch.Tensor, repeats: int = 1) -> torch.Tensor:
+        """``Q_hat_w(x, a) = w_q q_hat - w_c c_hat`` for every model, shape (B, K), on ``w``'s device and dtype.
+
+        With ``repeats = k``, ``rows`` are the distinct prompts of a batch whose ``w`` holds k consecutive
+        preferences per prompt (``repeat_interleave``): the estimates are computed once per prompt.
+        """
+        q_hat, c_hat = self.estimates(rows.to(w.device))
+        q_hat, c_hat = q_hat.to(w.dtype), c_hat.to(w.dtype)
+        if repeats > 1:
+            q_hat, c_hat = q_hat.repeat_interleave(repeats, dim=0), c_hat.repeat_interleave(repeats, dim=0)
         return w[:, :1] * q_hat - w[:, 1:] * c_hat
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The memory (for checkpoints); the neighbour lists are recomputed from the embeddings."""
-        return {"score": self.score.clone(), "cost": self.cost.clone(), "seen": self.seen.clone()}
+        return {"score": self.score.cpu().clone(), "cost": self.cost.cpu().clone(), "seen": self.seen.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore a memory saved by :meth:`state_dict` (same training split)."""
         if tuple(state["seen"].shape) != tuple(self.seen.shape):
             raise ConfigError(f"checkpoint's neighbour critic covers {tuple(state['seen'].shape)} (prompts, models), "
                               f"the training data {tuple(self.seen.shape)}: resume on the data it was trained on")
-        self.score, self.cost, self.seen = state["score"].double(), state["cost"].double(), state["seen"].bool()
+        device = self.seen.device
+        self.score = state["score"].to(device, torch.float64)
+        self.cost = state["cost"].to(device, torch.float64)
+        self.seen = state["seen"].to(device, torch.bool)

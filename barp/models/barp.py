@@ -9,9 +9,10 @@ nearest training prompts (:mod:`barp.learning.critic`, :func:`barp.learning.rl.c
 
 Trained from a log of served requests (``data.train_log``; :class:`~barp.data.environment.LoggedEnvironment`), the
 step is off-policy: the logged model and its outcome replace the sampled pull, and the policy-gradient terms are
-weighted by clipped, self-normalised importance weights pi(a|x, w) / mu(a|x) (:func:`barp.learning.rl.importance_weights`),
-with a fresh preference w per example (the logged score and cost give the reward at any w). The critic's memory
-holds the mean logged outcome of each (prompt, model) the log served, and nothing else.
+weighted by clipped, self-normalised importance weights pi(a|x, w) / mu(a|x)
+(:func:`barp.learning.rl.importance_weights`), with a fresh preference w per example (the logged score and cost give
+the reward at any w). The critic's memory holds the mean logged outcome of each (prompt, model) the log served, and
+nothing else.
 """
 
 from __future__ import annotations
@@ -63,16 +64,17 @@ class BaRPModule(RouterModule):
         cost_power: Training preferences ``w_c = u ** cost_power``, u uniform (1 = the paper's uniform draw; > 1
             draws more small cost weights, where most of the cost range lies).
         preference_features: Inputs of phi: ``raw`` (w_q, w_c) (the paper) or ``log_ratio``, which adds
-            log(w_c / w_q) so that the policy resolves small cost weights (see :class:`~barp.learning.policy.PreferenceEncoder`).
+            log(w_c / w_q) so that the policy resolves small cost weights
+            (see :class:`~barp.learning.policy.PreferenceEncoder`).
         critic: ``none`` (REINFORCE with ``baseline``; the paper) or ``neighbours`` (ours): the policy follows a
             critic that estimates every model's score and cost on a prompt from the outcomes pulled on its
-            ``critic_neighbours`` nearest training prompts (:mod:`barp.learning.critic`), so it does not fit each prompt's
-            own noisy outcomes. With a critic, ``baseline`` is not used (the critic's value of the pulled model is
-            the baseline of the correction term).
+            ``critic_neighbours`` nearest training prompts (:mod:`barp.learning.critic`), so it does not fit each
+            prompt's own noisy outcomes. With a critic, ``baseline`` is not used (the critic's value of the pulled
+            model is the baseline of the correction term).
         critic_neighbours: Neighbours per training prompt.
         critic_prior: Pseudo-observations at each model's global mean in the critic's estimates.
-        critic_residual: Weight of the observed-reward correction (:func:`~barp.learning.rl.critic_policy_loss`): 0 learns
-            from the critic's estimates only, 1 is unbiased (doubly robust).
+        critic_residual: Weight of the observed-reward correction (:func:`~barp.learning.rl.critic_policy_loss`):
+            0 learns from the critic's estimates only, 1 is unbiased (doubly robust).
         importance_clip: Off-policy training only (``data.train_log``): upper bound of an importance weight
             pi(a|x, w) / mu(a|x) before self-normalisation; None does not clip.
         **kwargs: Evaluation and linking options of :class:`~barp.models.base.RouterModule`.
@@ -131,6 +133,9 @@ class BaRPModule(RouterModule):
         self._total_steps: int | None = None
         self.critic: NeighbourCritic | None = None
         self._critic_state: dict | None = None  # a checkpoint's critic memory, until the critic is built
+        self._train_keys: tuple[str, ...] = ()  # this epoch's training metrics: names, example-weighted sums
+        self._train_sums: torch.Tensor | None = None
+        self._train_count, self._train_beta = 0, 0.0
 
     def setup(self, stage: str) -> None:
         """Also build the neighbour critic (when configured) from the training embeddings at fit start."""
@@ -202,6 +207,7 @@ class BaRPModule(RouterModule):
         if self.env is None:
             raise RuntimeError("BaRPModule needs a datamodule with train_environment() to train")
         emb, rows = batch["emb"], batch["row"]
+        prompts = rows  # each prompt once (the critic's estimates are per prompt)
         k = self.hparams.samples_per_prompt
         if k > 1:  # k independent pulls of each prompt, each with its own preference and sampled model
             emb, rows = emb.repeat_interleave(k, dim=0), rows.repeat_interleave(k, dim=0)
@@ -217,17 +223,16 @@ class BaRPModule(RouterModule):
             if self.critic is None:
                 raise RuntimeError("BaRPModule(critic=...) needs a datamodule with train_embeddings() to train")
             self._observe(rows, actions, feedback)
-            values = self.critic.values(rows, w)
+            values = self.critic.values(prompts, w, repeats=k)
             terms = critic_policy_loss(logits, values, actions, r, self.hparams.critic_residual, beta)
             b = r - terms.advantage  # the critic's value of the pulled model
         else:
             b = self._baseline(r, w, feedback)
             terms = reinforce_loss(logits, actions, r, b, beta)
-        self.log_dict(
+        self._accumulate(
             {"train/loss": terms.loss, "train/policy_loss": terms.policy_loss, "train/entropy": terms.entropy,
              "train/reward": r.mean(), "train/score": feedback.score.mean(), "train/cost": feedback.cost.mean(),
-             "train/baseline": torch.as_tensor(b, dtype=r.dtype).mean(), "train/beta": torch.tensor(beta)},
-            on_step=False, on_epoch=True, batch_size=len(emb),
+             "train/baseline": torch.as_tensor(b, dtype=r.dtype).mean()}, beta, len(emb),
         )
         return terms.loss
 
@@ -246,12 +251,43 @@ class BaRPModule(RouterModule):
         else:
             b = (rho * r).sum() / rho.sum() if self.hparams.baseline != "none" else torch.zeros((), device=r.device)
             terms = reinforce_loss(logits, logged.action, r, b, beta, rho)
-        self.log_dict(
+        self._accumulate(
             {"train/loss": terms.loss, "train/policy_loss": terms.policy_loss, "train/entropy": terms.entropy,
-             "train/logged_reward": r.mean(), "train/max_weight": rho.max(), "train/beta": torch.tensor(beta)},
-            on_step=False, on_epoch=True, batch_size=len(emb),
+             "train/logged_reward": r.mean(), "train/max_weight": rho.max()}, beta, len(emb),
         )
         return terms.loss
+
+    # ------------------------------------------------------------------ training metrics
+    def _accumulate(self, values: dict[str, torch.Tensor], beta: float, n: int) -> None:
+        """Add this step's training metrics, weighted by its ``n`` examples, to the epoch's sums on the device.
+
+        The metrics are logged once per epoch (:meth:`on_train_epoch_end`) as the example-weighted means that
+        ``self.log(..., on_epoch=True, batch_size=n)`` would give. Calling ``self.log_dict`` every step cost Lightning
+        about half of each training step (its result collection walks every logged value per call); nothing here
+        reads a value back to the host, so a step on an accelerator does not wait on it.
+        """
+        step = torch.stack([v.detach().reshape(()).to(torch.float64) for v in values.values()]) * n
+        if self._train_sums is None or self._train_keys != tuple(values):
+            self._train_keys, self._train_sums = tuple(values), torch.zeros_like(step)
+            self._train_count, self._train_beta = 0, 0.0
+        self._train_sums += step
+        self._train_count += n
+        self._train_beta += beta * n
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._train_sums, self._train_count, self._train_beta = None, 0, 0.0
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's example-weighted means of the training metrics (one host read per epoch)."""
+        super().on_train_epoch_end()
+        if self._train_sums is None or self._train_count == 0:
+            return
+        means = (self._train_sums / self._train_count).float()
+        metrics = dict(zip(self._train_keys, means.unbind()))
+        metrics["train/beta"] = torch.tensor(self._train_beta / self._train_count, dtype=torch.float32)
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1)
+        self._train_sums = None
 
     def _observe_log(self, env: LoggedEnvironment) -> None:
         """Fill the critic's memory with the mean logged outcome of every (prompt, model) the log served."""
