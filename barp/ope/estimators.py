@@ -24,12 +24,15 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from barp.data.sources.logs import LoggedFeedback
 from barp.errors import ConfigError
 from barp.learning.rl import check_w_c
+
+if TYPE_CHECKING:  # annotations only: barp.data.sources imports pandas, which every barp command would then load
+    from barp.data.sources.logs import LoggedFeedback
 
 ESTIMATORS = ("ips", "snips", "dr")
 QUANTITIES = ("score", "cost", "reward")
