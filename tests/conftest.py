@@ -47,7 +47,7 @@ def tiny_datamodule(_barp_cache):
     from barp.data.datamodule import RoutingDataModule
 
     dm = RoutingDataModule(ood_tasks=[], batch_size=16)
-    dm._table = make_table(n=60, k=4, seed=1)
+    dm.use_table(make_table(n=60, k=4, seed=1))
     dm.prepare_data()
     dm.setup("fit")
     return dm

@@ -89,7 +89,7 @@ def test_sweep_builds_it_from_the_training_split(_barp_cache):
 
     assert "best_fixed" in ALL_METHODS
     dm = RoutingDataModule(ood_tasks=[], batch_size=16)
-    dm._table = structured_table()
+    dm.use_table(structured_table())
     dm.prepare_data()
     dm.setup("fit")
     (router,) = build_routers(["best_fixed"], None, dm, TAU, seed=0, max_epochs=1, progress=False)

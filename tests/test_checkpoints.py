@@ -119,10 +119,10 @@ def tiny_model_pair(tmp_path_factory):
     out = tmp_path_factory.mktemp("order")
     table = make_table(n=40, k=3, seed=3)
     dm = RoutingDataModule(ood_tasks=[], batch_size=8, val_fraction=0.2, test_fraction=0.3)
-    dm._table = table
+    dm.use_table(table)
     rev = RoutingDataModule(ood_tasks=[], batch_size=8, val_fraction=0.2, test_fraction=0.3)
-    rev._table = OutcomeTable(table.prompt_ids, table.prompts, table.tasks, table.models[::-1],
-                              table.scores[:, ::-1], table.costs[:, ::-1], source="reversed")
+    rev.use_table(OutcomeTable(table.prompt_ids, table.prompts, table.tasks, table.models[::-1],
+                               table.scores[:, ::-1], table.costs[:, ::-1], source="reversed"))
     L.seed_everything(0)
     module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim,
                         extra_eval_w_c=[0.0])

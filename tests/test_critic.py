@@ -91,7 +91,7 @@ def test_doubly_robust_gradient_is_unbiased_for_a_wrong_critic():
 
 def _module_and_data(**kwargs):
     dm = RoutingDataModule(ood_tasks=[], batch_size=8, train_repeats=1, val_fraction=0.1, test_fraction=0.3)
-    dm._table = routing_problem()
+    dm.use_table(routing_problem())
     module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim, tau=2e-3,
                         eval_w_c=0.5, extra_eval_w_c=[0.0], **kwargs)
     return dm, module

@@ -95,7 +95,7 @@ def test_datamodule_keys_cache_and_checkpoint_record_by_resolved_dtype(tmp_path)
 
     dm = RoutingDataModule(ood_tasks=[], cache_dir=str(tmp_path))
     assert dm.hparams.encoder_dtype == "auto"
-    dm._table = make_table(n=12, seed=3)
+    dm.use_table(make_table(n=12, seed=3))
     store = tmp_path / "embeddings" / encoders.DTYPE_FILE
     store.parent.mkdir(parents=True)
     store.write_text(default_dtype_file().read_text() if default_dtype_file().exists() else "{}")
@@ -107,7 +107,7 @@ def test_datamodule_keys_cache_and_checkpoint_record_by_resolved_dtype(tmp_path)
     (setting,) = [json.loads(p.read_text()) for p in (tmp_path / "embeddings").glob("*/setting.json")]
     assert setting["dtype"] == resolved
     explicit = RoutingDataModule(ood_tasks=[], cache_dir=str(tmp_path), encoder_dtype=resolved)
-    explicit._table = dm._table
+    explicit.use_table(dm.table)
     assert explicit._cache().folder == dm._cache().folder  # same dtype, same cache
     if resolved != "float32":
         fp32 = RoutingDataModule(ood_tasks=[], cache_dir=str(tmp_path), encoder_dtype="float32")

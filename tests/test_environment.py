@@ -44,7 +44,7 @@ def _train_steps(dm, module_seed=7, steps=5):
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
         idx = torch.randperm(len(dm.splits.train), generator=gen)[:32]
-        batch = {"emb": torch.as_tensor(dm._embeddings[dm.splits.train[idx.numpy()]]), "row": idx}
+        batch = {"emb": torch.as_tensor(dm.embeddings(dm.splits.train[idx.numpy()])), "row": idx}
         loss = module.training_step(batch, 0)
         opt.zero_grad()
         loss.backward()

@@ -36,7 +36,7 @@ def test_greedy_policy_learns_to_route(tmp_path, baseline):
     L.seed_everything(0)
     k = 1 if baseline in ("batch_mean", "batch_linear") else 4  # same pulls per prompt and per step in every case
     dm = RoutingDataModule(ood_tasks=[], batch_size=32 // k, train_repeats=8 // k, val_fraction=0.1, test_fraction=0.3)
-    dm._table = routing_problem()
+    dm.use_table(routing_problem())
     learner = {"critic": "neighbours", "critic_neighbours": 10} if baseline == "neighbour_critic" else {
         "baseline": baseline}
     module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim,

@@ -252,7 +252,7 @@ def test_dr_and_snips_intervals_contain_the_true_reward_of_a_trained_barp(traine
     printed = capsys.readouterr().out
     assert "SIMULATED" in printed and "snips" in printed
     module = TrainedRouter.from_checkpoint(ckpt).module
-    emb, tau = dm._embeddings[dm.splits.test], module.tau_value
+    emb, tau = dm.embeddings(dm.splits.test), module.tau_value
     found = by_key_wc(results)
     for w_c in (0.2, 0.5, 0.8):
         chosen = target_probabilities(module, emb, w_c).argmax(1)

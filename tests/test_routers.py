@@ -50,7 +50,7 @@ def structured_table(n: int = 60, seed: int = 0) -> OutcomeTable:
 @pytest.fixture(scope="module")
 def dm(_barp_cache) -> RoutingDataModule:
     datamodule = RoutingDataModule(ood_tasks=[], batch_size=16)
-    datamodule._table = structured_table()
+    datamodule.use_table(structured_table())
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
@@ -64,7 +64,7 @@ def trained(dm) -> dict[str, ModuleContender]:
 
 def _eval_batch(dm) -> tuple[torch.Tensor, Outcomes]:
     rows = dm.splits.test
-    return (torch.as_tensor(dm._embeddings[rows]), Outcomes(torch.as_tensor(dm.table.scores[rows]).float(),
+    return (torch.as_tensor(dm.embeddings(rows)), Outcomes(torch.as_tensor(dm.table.scores[rows]).float(),
                                                              torch.as_tensor(dm.table.costs[rows]).float()))
 
 
@@ -110,10 +110,10 @@ def test_random_router_is_seeded_and_oracle_takes_cheapest_tie():
 
 def _train_steps(cls, dm, steps: int = 8):
     L.seed_everything(3)
-    module = cls(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm._embeddings.shape[1],
+    module = cls(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embeddings().shape[1],
                  tau=TAU, pca_dim=8)
     module.env = dm.train_environment()
-    module.fit_pca(torch.as_tensor(dm._embeddings[dm.splits.train]))
+    module.fit_pca(torch.as_tensor(dm.embeddings(dm.splits.train)))
     pulled, original = [], module.env.pull
 
     def recording_pull(rows, arms):
@@ -124,7 +124,7 @@ def _train_steps(cls, dm, steps: int = 8):
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
         idx = torch.randperm(len(dm.splits.train), generator=gen)[:16]
-        module.training_step({"emb": torch.as_tensor(dm._embeddings[dm.splits.train[idx.numpy()]]), "row": idx}, 0)
+        module.training_step({"emb": torch.as_tensor(dm.embeddings(dm.splits.train[idx.numpy()])), "row": idx}, 0)
     return module, pulled
 
 

@@ -76,7 +76,7 @@ def test_guard_in_fit_test_and_the_checkpoint(tmp_path, capsys):
     assert module.guard is not None and module.guard.quantile == 0.1
     assert float(cli.trainer.callback_metrics["test/id/reward"]) > float(cli.trainer.callback_metrics[
         "test/id/random_reward"])
-    emb = torch.as_tensor(dm._embeddings, dtype=torch.float32).to(module.device)
+    emb = torch.as_tensor(dm.embeddings(), dtype=torch.float32).to(module.device)
     fired = {name: float((module.guard.familiarity(emb[rows]) < module.guard.threshold).float().mean())
              for name, rows in (("test", dm.splits.test), ("ood", dm.splits.ood))}
     assert fired["ood"] > fired["test"] + 0.2, fired

@@ -156,7 +156,7 @@ def test_non_gradient_methods_fit_checkpoint_and_test_through_barp_fit(tmp_path,
     assert cli.trainer.global_step == batches  # counted like BaRP's steps, so ModelCheckpoint saves
     ckpt = cli.trainer.checkpoint_callback.best_model_path
     loaded = ModuleContender(cls.load_from_checkpoint(ckpt, map_location="cpu"), name)
-    emb = torch.as_tensor(cli.datamodule._embeddings[cli.datamodule.splits.test])
+    emb = torch.as_tensor(cli.datamodule.embeddings(cli.datamodule.splits.test))
     w = torch.tensor([[0.7, 0.3]]).expand(len(emb), 2)
     assert torch.equal(loaded.choose(emb, w), cli.model.route(emb, w).argmax(-1))
     # barp sweep takes the checkpoint's class from the model config and does not retrain that method

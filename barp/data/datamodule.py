@@ -284,6 +284,22 @@ class RoutingDataModule(L.LightningDataModule):
                                      list(log.models))
         return BanditEnvironment(self.table.subset(self.splits.train))
 
+    def embeddings(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Embeddings of the table's rows ``rows`` (default: every row), shape (N, D), in the table's row order."""
+        if self._embeddings is None:
+            raise RuntimeError("the prompts are not embedded yet: call prepare_data() and setup() first")
+        return self._embeddings if rows is None else self._embeddings[rows]
+
+    def use_table(self, table: OutcomeTable) -> RoutingDataModule:
+        """Serve ``table`` (an in-memory outcome table) instead of the configured source; before setup only.
+
+        For Python use and tests: ``RoutingDataModule(ood_tasks=[...]).use_table(table)``.
+        """
+        if self._splits is not None or self._embeddings is not None:
+            raise RuntimeError("use_table must come before setup(): the splits and embeddings follow the table")
+        self._table, self._roles = table, None
+        return self
+
     def train_embeddings(self) -> np.ndarray:
         """Embeddings of the training split, shape (N, D), row i = training batches' ``row == i`` (no outcomes)."""
         assert self._embeddings is not None, "call setup() first"

@@ -84,7 +84,8 @@ class BaRPPolicy(nn.Module):
         self.pref = PreferenceEncoder(pref_dim, preference_features)
         in_dim = embed_dim + pref_dim
         if head == "mlp":
-            self.head: nn.Module = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, num_models))
+            self.head: nn.Module = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(),
+                                                 nn.Linear(hidden_dim, num_models))
         elif head == "linear":
             self.head = nn.Linear(in_dim, num_models)
         elif head == "bilinear":

@@ -236,7 +236,7 @@ def critic_policy_loss(
     logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
     residual_weight: float, beta: float, weights: torch.Tensor | None = None,
 ) -> ReinforceTerms:
-    """Policy loss with a critic's per-model value estimates (ours; see :mod:`barp.learning.critic`), averaged over the batch.
+    """Policy loss with a critic's per-model value estimates (ours; :mod:`barp.learning.critic`), batch-averaged.
 
     ``loss = -sum_a pi(a) Q_hat(a) - residual_weight * (r - Q_hat(a_pulled)) log pi(a_pulled) - beta * H``.
     The first term is the exact expectation over models of the critic's values (no sampling noise); the second

@@ -250,7 +250,7 @@ class RouterModule(L.LightningModule):
         scores, costs = torch.as_tensor(dm.table.scores[val]), torch.as_tensor(dm.table.costs[val])
         if self._column_order is not None:
             scores, costs = scores[:, self._column_order], costs[:, self._column_order]
-        return ShiftGuard.build(torch.as_tensor(dm.train_embeddings()), torch.as_tensor(dm._embeddings[val]),
+        return ShiftGuard.build(torch.as_tensor(dm.train_embeddings()), torch.as_tensor(dm.embeddings(val)),
                                 scores, costs, self.tau_value, self.fallback_quantile, self.fallback_neighbours)
 
     # ------------------------------------------------------------------ checkpoints

@@ -134,7 +134,7 @@ def checkpoint_split(ckpt_path: str, split: Literal["val", "test", "ood"], route
     order = model_order(router.models, dm.model_names, where)
     cols = np.arange(len(router.models)) if order is None else np.asarray(order)
     table = dm.table
-    return dm._embeddings[rows], table.scores[rows][:, cols], table.costs[rows][:, cols], table.source
+    return dm.embeddings(rows), table.scores[rows][:, cols], table.costs[rows][:, cols], table.source
 
 
 def calibrate(

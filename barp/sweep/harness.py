@@ -133,7 +133,7 @@ def split_data(datamodule, split: Literal["id", "ood"]) -> SplitData:
     """The ID test (``id``) or OOD test (``ood``) rows of a set-up datamodule, with full outcomes (evaluation only)."""
     rows = datamodule.splits.test if split == "id" else datamodule.splits.ood
     table = datamodule.table
-    return SplitData(split, torch.as_tensor(datamodule._embeddings[rows], dtype=torch.float32),
+    return SplitData(split, torch.as_tensor(datamodule.embeddings(rows), dtype=torch.float32),
                      torch.as_tensor(table.scores[rows], dtype=torch.float32),
                      torch.as_tensor(table.costs[rows], dtype=torch.float32), [table.tasks[i] for i in rows])
 

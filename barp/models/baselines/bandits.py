@@ -98,7 +98,7 @@ class LinearBanditModule(RouterModule):
         super().setup(stage)
         dm = self.trainer.datamodule if self._trainer is not None else None
         if stage == "fit" and dm is not None and not bool(self.pca_fitted):
-            self.fit_pca(torch.as_tensor(dm._embeddings[dm.splits.train]).to(self.device))
+            self.fit_pca(torch.as_tensor(dm.embeddings(dm.splits.train)).to(self.device))
 
     def select(self, z: torch.Tensor, a_inv: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """The exploration rule: one arm per row of contexts z (B, D); returns (B,) long."""

@@ -44,10 +44,8 @@ def full_information_training_data(datamodule) -> FullInformationData:
     """
     rows = datamodule.splits.train
     table = datamodule.table.subset(rows)
-    if datamodule._embeddings is None:
-        raise RuntimeError("full_information_training_data: call datamodule.setup() first")
     return FullInformationData(
-        emb=torch.as_tensor(datamodule._embeddings[rows], dtype=torch.float32),
+        emb=torch.as_tensor(datamodule.embeddings(rows), dtype=torch.float32),
         scores=torch.as_tensor(table.scores, dtype=torch.float32),
         costs=torch.as_tensor(table.costs, dtype=torch.float32),
     )
