@@ -359,3 +359,17 @@ def test_checkpoints_naming_the_former_module_paths_still_load(trained, tmp_path
     assert TrainedRouter.from_checkpoint(old).route(["hello"]) == TrainedRouter.from_checkpoint(ckpt).route(["hello"])
     cli = main(["test", *run_args(data, tmp_path / "run"), "--ckpt_path", str(old)])
     assert type(cli.model).__name__ == "BaRPModule" and "test/id/aiq" in cli.trainer.callback_metrics
+
+
+def test_auto_dtype_with_a_checkpoint_embeds_like_the_checkpoint():
+    from jsonargparse import Namespace
+
+    from barp.models.checkpoints import embed_like_checkpoint
+
+    saved = {"datamodule_hyper_parameters": {"encoder_dtype": "float32"}}
+    auto = Namespace(class_path="RoutingDataModule", init_args=Namespace(encoder_dtype="auto"))
+    embed_like_checkpoint(auto, saved)
+    assert auto.init_args.encoder_dtype == "float32"
+    explicit = Namespace(class_path="RoutingDataModule", init_args=Namespace(encoder_dtype="bfloat16"))
+    embed_like_checkpoint(explicit, saved)
+    assert explicit.init_args.encoder_dtype == "bfloat16"  # an explicit choice stays (and is checked later)

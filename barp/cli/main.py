@@ -118,7 +118,7 @@ class BarpCLI(LightningCLI):
         Lightning lets a checkpoint's hyperparameters override the command line. For the preferences a
         router is evaluated or served at, the operator's current choice must win: that is BaRP's point.
         """
-        from barp.models.checkpoints import load_checkpoint
+        from barp.models.checkpoints import embed_like_checkpoint, load_checkpoint
         from barp.models.trained import alias_former_modules
 
         sub = self.config.get("subcommand")
@@ -129,8 +129,9 @@ class BarpCLI(LightningCLI):
             raise ConfigError(f"barp {sub} needs --ckpt_path, a checkpoint written by barp fit: without one the "
                               "router is untrained and its results mean nothing")
         if ckpt_path:
-            # missing, folder, truncated, foreign or code-carrying: one clear error
-            alias_former_modules(load_checkpoint(ckpt_path))
+            checkpoint = load_checkpoint(ckpt_path)  # missing, folder, truncated, foreign or code-carrying: refused
+            alias_former_modules(checkpoint)
+            embed_like_checkpoint(self.config[sub].get("data"), checkpoint)
         if sub == "fit":
             self._check_training_budget(self.config[sub].get("trainer") or {})
         init = self.config[sub]["model"].get("init_args") if sub else None

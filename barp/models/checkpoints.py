@@ -223,3 +223,12 @@ def check_same_training(ckpt: dict[str, Any], datamodule, where: str) -> None:
             f"{where}: the training prompts differ from the checkpoint's ({len(trained)} then, {len(now)} now; "
             f"{_setting_diffs(ckpt, dict(datamodule.hparams))}): resume on the data and split it was trained on."
         )
+
+
+def embed_like_checkpoint(data_config, checkpoint: dict) -> None:
+    """``data.encoder_dtype: auto`` with a checkpoint means the checkpoint's dtype (its policy was trained on those
+    embeddings); an explicit dtype is left as given, and the checkpoint checks refuse it if it differs."""
+    init = data_config.get("init_args") if data_config is not None else None
+    saved = (checkpoint.get("datamodule_hyper_parameters") or {}).get("encoder_dtype")
+    if init is not None and init.get("encoder_dtype") == "auto" and saved not in (None, "auto"):
+        init["encoder_dtype"] = saved

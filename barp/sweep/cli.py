@@ -73,6 +73,10 @@ def run_sweep(cfg, parser: ArgumentParser) -> dict:
         model_class = _module_class(cfg.get("model"))
         cfg = cfg.clone()
         del cfg["model"]  # read for its class only; the checkpoint holds the trained module
+        if cfg.ckpt_path is not None:
+            from barp.models.checkpoints import embed_like_checkpoint, load_checkpoint
+
+            embed_like_checkpoint(cfg.get("data"), load_checkpoint(cfg.ckpt_path))
         init = parser.instantiate_classes(cfg)
         summary = sweep(
             init.data, cfg.ckpt_path, output, methods=cfg.methods, w_c=cfg.w_c, seed=int(seed),
