@@ -191,11 +191,11 @@ def render(results: dict[str, dict], recipe: str, seeds: list[int]) -> str:
     """The Markdown report: the overview (one row per family), the verdict lines, and per family the operating
     points."""
     yes = {True: "yes", False: "no", None: "-"}
-    header = ["held-out family", "OOD prompts", "BaRP ID AIQ", *(f"OOD AIQ {LABELS[m]}" for m in METHODS),
+    header = ["held-out family", "OOD prompts", "seeds", "BaRP ID AIQ", *(f"OOD AIQ {LABELS[m]}" for m in METHODS),
               "BaRP >= best fixed", "BaRP >= linear TS"]
     body = []
     for family, e in results.items():
-        body.append([family, "/".join(str(n) for n in e["n_ood"]), _pm(e["id_aiq"]["barp"]),
+        body.append([family, "/".join(str(n) for n in e["n_ood"]), str(e["seeds"]), _pm(e["id_aiq"]["barp"]),
                      *(_pm(e["ood_aiq"][m]) for m in METHODS),
                      f"{yes[e['barp_ge_best_fixed']]} ({e['seeds_barp_ge_best_fixed']}/{e['seeds']} seeds)",
                      f"{yes[e['barp_ge_linear_ts']]} ({e['seeds_barp_ge_linear_ts']}/{e['seeds']} seeds)"])
@@ -203,10 +203,10 @@ def render(results: dict[str, dict], recipe: str, seeds: list[int]) -> str:
         def over(m: str, split: str = "ood") -> str:
             means = [e[f"{split}_aiq"][m]["mean"] for e in results.values() if e[f"{split}_aiq"][m]["mean"] is not None]
             return f"{np.mean(means):.3f}" if means else "-"
-        body.append(["**mean over families**", "", over("barp", "id"), *(over(m) for m in METHODS),
+        body.append(["**mean over families**", "", "", over("barp", "id"), *(over(m) for m in METHODS),
                      f"{sum(bool(e['barp_ge_best_fixed']) for e in results.values())}/{len(results)} families",
                      f"{sum(bool(e['barp_ge_linear_ts']) for e in results.values())}/{len(results)} families"])
-    parts = [f"# Leave one family out ({len(seeds)} seeds: {seeds}; mean ± std over seeds)\n",
+    parts = [f"# Leave one family out (seeds {seeds}; mean ± std over each family's finished seeds)\n",
              f"Recipe: `{recipe}`. Each row: BaRP trained with that family held out (its prompts are the OOD test), "
              f"swept with w_c = 0, 0.1, ..., 1. AIQ on the held-out family (OOD) per method; BaRP's AIQ on the "
              f"ID test for reference. `best fixed model`: at each w_c the single model with the highest mean "
