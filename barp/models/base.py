@@ -373,11 +373,18 @@ class RouterModule(L.LightningModule):
         return torch.as_tensor(self.encoder.encode(prompts), device=self.device)
 
     @torch.inference_mode()
-    def probabilities(self, prompts: Sequence[str], w_c: float) -> torch.Tensor:
-        """The policy's distribution over models per prompt at preference ``(1 - w_c, w_c)``, shape (N, K)."""
+    def route_prompts(self, prompts: Sequence[str], w_c: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per prompt at preference ``(1 - w_c, w_c)``: the policy's distribution over models (N, K) and the greedy
+        choice (N,) (:meth:`greedy`: the argmax, or the shift guard's fallback), from one embedding pass."""
         emb = self.embed(prompts)
         w = preference_tensor(check_w_c(w_c), len(emb), emb.device)
-        return torch.softmax(self.route(emb, w), dim=-1) if len(emb) else torch.zeros(0, len(self.model_names))
+        if not len(emb):
+            return torch.zeros(0, len(self.model_names)), torch.zeros(0, dtype=torch.long)
+        return torch.softmax(self.route(emb, w), dim=-1), self.greedy(emb, w)
+
+    def probabilities(self, prompts: Sequence[str], w_c: float) -> torch.Tensor:
+        """The policy's distribution over models per prompt at preference ``(1 - w_c, w_c)``, shape (N, K)."""
+        return self.route_prompts(prompts, w_c)[0]
 
     def decide(self, prompts: Sequence[str], w_c: float = 0.5, temperature: float | None = None,
                epsilon: float = 0.0, seed: int | None = None) -> list[Decision]:
@@ -395,13 +402,10 @@ class RouterModule(L.LightningModule):
             epsilon: Share of uniform exploration in [0, 1].
             seed: Seed of the exploration draws (None: PyTorch's global generator).
         """
-        emb = self.embed(prompts)
         if temperature is None and not epsilon:
-            with torch.inference_mode():
-                w = preference_tensor(check_w_c(w_c), len(emb), emb.device)
-                probs = torch.softmax(self.route(emb, w), dim=-1)
-                idx = self.greedy(emb, w)
+            probs, idx = self.route_prompts(prompts, w_c)
             return [Decision(self.model_names[i], float(probs[r, i])) for r, i in enumerate(idx.tolist())]
+        emb = self.embed(prompts)
         if not len(emb):
             return []
         with torch.inference_mode():

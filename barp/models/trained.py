@@ -113,6 +113,10 @@ class TrainedRouter:
         """Candidate model names, in the policy's order."""
         return list(self.module.model_names)
 
+    def route_prompts(self, prompts: Sequence[str], w_c: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distribution over models and the greedy choice per prompt; see :meth:`RouterModule.route_prompts`."""
+        return self.module.route_prompts(prompts, w_c)
+
     def probabilities(self, prompts: Sequence[str], w_c: float) -> torch.Tensor:
         """The policy's distribution over models per prompt at preference ``(1 - w_c, w_c)``, shape (N, K)."""
         return self.module.probabilities(prompts, w_c)

@@ -46,8 +46,8 @@ def target_probabilities(
     w = torch.tensor([1.0 - w_c, w_c], dtype=torch.float32, device=module.device).expand(len(emb), 2)
     with torch.inference_mode():
         scores = module.route(emb, w).double().cpu()
-    if temperature is None:
-        return torch.nn.functional.one_hot(scores.argmax(dim=-1), scores.shape[1]).double().numpy()
+        if temperature is None:
+            return torch.nn.functional.one_hot(module.greedy(emb, w).cpu(), scores.shape[1]).double().numpy()
     if not temperature > 0:
         raise ConfigError(f"--temperature must be > 0 (or null for the greedy policy), got {temperature!r}")
     return torch.softmax(scores / temperature, dim=-1).numpy()

@@ -92,7 +92,7 @@ def greedy_choices(module: torch.nn.Module, embeddings: np.ndarray, grid: np.nda
     with torch.inference_mode():
         for g, w_c in enumerate(grid):
             w = torch.tensor([1.0 - float(w_c), float(w_c)], dtype=torch.float32, device=emb.device)
-            out[g] = module.route(emb, w.expand(len(emb), 2)).argmax(dim=-1).cpu().numpy()
+            out[g] = module.greedy(emb, w.expand(len(emb), 2)).cpu().numpy()
     return out
 
 

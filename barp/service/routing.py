@@ -111,10 +111,11 @@ class RoutingService:
             "policy_probability"}]}``; ``probability`` is the propensity logged for the served model.
         """
         pref, source = self.resolve(w_c, target)
-        probs = self.router.probabilities(list(prompts), pref).double().numpy()
+        probs, greedy = self.router.route_prompts(list(prompts), pref)
+        probs = probs.double().numpy()
         rows = np.arange(len(probs))
         if explore is None:
-            chosen = probs.argmax(axis=1)
+            chosen = greedy.cpu().numpy()
             propensity, mode, note = np.ones(len(probs)), "greedy", "barp serve: greedy"
         else:
             seed = secrets.randbits(63) if seed is None else int(seed)

@@ -76,8 +76,8 @@ class Contender(ABC):
 class ModuleContender(Contender):
     """Adapter: a trained :class:`~barp.models.base.RouterModule` (BaRP or a trainable baseline) as a Contender.
 
-    Greedy routing: the argmax of the module's :meth:`~barp.models.base.RouterModule.route` scores, in eval mode
-    and without gradients.
+    Greedy routing (:meth:`~barp.models.base.RouterModule.greedy`: the argmax of its scores, or the shift guard's
+    fallback), in eval mode and without gradients.
 
     Args:
         module: The trained module.
@@ -93,7 +93,7 @@ class ModuleContender(Contender):
         if outcomes is not None:
             raise ValueError(f"{self.name}: a trained router must not receive the outcome rows")
         device = self.module.device
-        return self.module.route(emb.to(device), w.to(device)).argmax(dim=-1).cpu()
+        return self.module.greedy(emb.to(device), w.to(device)).cpu()
 
 
 
