@@ -91,7 +91,7 @@ def fit_and_sweep(recipe: str, cfg: dict, run_dir: Path, family: str, seed: int,
     Returns:
         The sweep folder and whether anything was trained (False: a finished sweep was reused).
     """
-    from barp.cli import main
+    from barp.cli.main import fit_checkpoint, main
 
     sweep_dir = run_dir / "sweep"
     if reuse and (sweep_dir / "sweep.csv").is_file() and (sweep_dir / "summary.json").is_file():
@@ -102,19 +102,14 @@ def fit_and_sweep(recipe: str, cfg: dict, run_dir: Path, family: str, seed: int,
     record = run_dir / FIT_RECORD
     ckpt = json.loads(record.read_text())["checkpoint"] if reuse and record.is_file() else ""
     if not (ckpt and Path(ckpt).is_file()):
-        fit = ["fit", *common, "--seed_everything", str(seed), "--test_after_fit", "false",
+        fit = [*common, "--seed_everything", str(seed), "--test_after_fit", "false",
                "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run_dir)]
         logger = (cfg.get("trainer") or {}).get("logger")
         if isinstance(logger, dict) and "init_args" in logger:
             fit += ["--trainer.logger.init_args.save_dir", str(run_dir)]
         if max_epochs is not None:
             fit += ["--trainer.max_epochs", str(max_epochs), "--trainer.check_val_every_n_epoch", "1"]
-        cli = main(fit)
-        callback = cli.trainer.checkpoint_callback
-        ckpt = (callback.best_model_path or callback.last_model_path) if callback else ""
-        if not ckpt:
-            ckpt = str(run_dir / "final.ckpt")
-            cli.trainer.save_checkpoint(ckpt)
+        ckpt = fit_checkpoint(fit, str(run_dir / "final.ckpt"))
         atomic_write_text(record, json.dumps({"family": family, "seed": seed, "checkpoint": str(ckpt)}, indent=2)
                           + "\n")
     sweep = ["sweep", *common, "--ckpt_path", str(ckpt), "--output", str(sweep_dir), "--seed", str(seed),

@@ -39,7 +39,7 @@ ALGORITHMS = {"barp": "policy gradient (BaRP, as configured)", "linucb": "LinUCB
 def _fit_and_sweep(recipe: str, out: Path, seed: int, head: str, methods: list[str], grid: list[float],
                    num_prompts: int | None, max_epochs: int | None, reuse: bool) -> Path:
     """Train BaRP with ``head`` for ``seed`` and sweep it; returns the sweep folder."""
-    from barp.cli import main
+    from barp.cli.main import fit_checkpoint, main
 
     sweep_dir = out / f"seed{seed}" / f"head_{head}" / "sweep"
     if reuse and (sweep_dir / "sweep.csv").is_file():
@@ -48,17 +48,12 @@ def _fit_and_sweep(recipe: str, out: Path, seed: int, head: str, methods: list[s
     common = ["--config", recipe]
     if num_prompts is not None:
         common += ["--data.init_args.num_prompts", str(num_prompts)]
-    fit = ["fit", *common, "--model.init_args.head", head, "--seed_everything", str(seed),
+    fit = [*common, "--model.init_args.head", head, "--seed_everything", str(seed),
            "--test_after_fit", "false", "--trainer.enable_progress_bar", "false",
            "--trainer.default_root_dir", str(run_dir), "--trainer.logger.init_args.save_dir", str(run_dir)]
     if max_epochs is not None:
         fit += ["--trainer.max_epochs", str(max_epochs), "--trainer.check_val_every_n_epoch", "1"]
-    cli = main(fit)
-    callback = cli.trainer.checkpoint_callback
-    ckpt = (callback.best_model_path or callback.last_model_path) if callback else ""
-    if not ckpt:
-        ckpt = str(run_dir / "final.ckpt")
-        cli.trainer.save_checkpoint(ckpt)
+    ckpt = fit_checkpoint(fit, str(run_dir / "final.ckpt"))
     sweep = ["sweep", *common, "--ckpt_path", ckpt, "--output", str(sweep_dir), "--seed", str(seed),
              "--methods", json.dumps(methods), "--w_c", json.dumps(grid), "--progress", "false",
              "--overwrite", "true"]  # reached only to redo this sweep (no --reuse, or an incomplete one)

@@ -191,6 +191,20 @@ def main(args: list[str] | None = None) -> BarpCLI | None:
         )
 
 
+def fit_checkpoint(args: list[str], fallback: str) -> str:
+    """Run ``barp fit`` with ``args`` and return its best checkpoint (else its last; else one saved at ``fallback``).
+
+    For tools that chain a fit into other commands (``tools/paper_tables.py``, ``tools/leave_one_out.py``).
+    """
+    cli = main(["fit", *args])
+    callback = cli.trainer.checkpoint_callback
+    ckpt = (callback.best_model_path or callback.last_model_path) if callback else ""
+    if not ckpt:
+        ckpt = fallback
+        cli.trainer.save_checkpoint(ckpt)
+    return str(ckpt)
+
+
 def run() -> int:
     """Console-script entry point (``barp``): runs :func:`main` and returns the exit status."""
     main()
