@@ -401,6 +401,15 @@ def routing_section(prompts: list[str], singles: int, batches: int, batch_size: 
     model_args = _recipe()["model"]["init_args"]
     router = TrainedRouter(BaRPModule(model_names=list(MODELS), task_names=list(TASKS), **model_args),
                            SentenceEncoder())
+    if model_args.get("fallback_quantile") is not None:  # the recipe routes with the shift guard: time it too
+        from barp.models.shift import ShiftGuard
+
+        gen, k = torch.Generator().manual_seed(0), len(MODELS)  # a reference set the size of the recipe's
+        router.module.guard = ShiftGuard.build(
+            torch.randn(2048, router.module.embed_dim, generator=gen), torch.randn(256, router.module.embed_dim,
+                                                                                    generator=gen),
+            torch.rand(256, k, generator=gen), torch.rand(256, k, generator=gen), 1.0,
+            model_args["fallback_quantile"], model_args.get("fallback_neighbours", 10))
     encoder = router.encoder
     paths = {"router": lambda ps: router.route(ps, w_c=0.5), "encoder": encoder.encode}
     for f in paths.values():
