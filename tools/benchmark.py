@@ -152,11 +152,12 @@ def plain_encoder(device: str = "cpu", max_length: int = 256,
 
 def encoder_section(prompts: list[str], rounds: int, device: str = "cpu",
                     dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict:
-    """Plain fp32 loop vs barp's SentenceEncoder (default settings, and in each of ``dtypes``), taking turns."""
+    """Plain fp32 loop vs barp's SentenceEncoder (as the DataModule builds it by default: ``encoder_dtype: auto``,
+    resolved on this machine; and in each of ``dtypes``), taking turns."""
     from barp.encoders import SentenceEncoder
 
     paths: dict[str, Callable[[list[str]], np.ndarray]] = {"plain_fp32": plain_encoder(device)}
-    default = SentenceEncoder(device=device)
+    default = SentenceEncoder(dtype="auto", device=device)
     paths["barp_default"] = default.encode
     for dtype in dtypes:
         if dtype != "float32":
@@ -175,7 +176,8 @@ def encoder_section(prompts: list[str], rounds: int, device: str = "cpu",
             outputs[name] = paths[name](prompts)
             seconds[name].append(time.perf_counter() - start)
     section: dict = {"prompts": len(prompts), "rounds": rounds, "device": device, "tokens": tokens,
-                     "max_length": default.max_length, "barp_batch_size": default.batch_size, "plain_batch_size": 32}
+                     "max_length": default.max_length, "barp_batch_size": default.batch_size, "plain_batch_size": 32,
+                     "barp_default_dtype": default.compute_dtype}
     for name in names:
         best = min(seconds[name])
         section[name] = {"seconds": best, "prompts_per_s": len(prompts) / best}

@@ -43,6 +43,7 @@ def nearest_neighbours(emb: torch.Tensor, k: int, chunk: int = 2048) -> torch.Te
         block = torch.arange(len(sim))
         sim[block, start + block] = -float("inf")  # never the prompt itself
         out[start:start + chunk] = sim.topk(k, dim=-1).indices
+        del sim  # one chunk x N block alive at a time: memory grows linearly in N
     return out
 
 
