@@ -337,15 +337,20 @@ class RouterModule(L.LightningModule):
             restore_rng(self._rng_state)
             self._rng_state = None
 
-    def greedy(self, emb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """Greedy routing: the argmax of :meth:`route`, with the shift guard's fallback where it fires."""
-        action = self.route(emb, w).argmax(dim=-1)
+    def greedy(self, emb: torch.Tensor, w: torch.Tensor, scores: torch.Tensor | None = None,
+               novel: torch.Tensor | None = None) -> torch.Tensor:
+        """Greedy routing: the argmax of :meth:`route` (``scores``, when already computed), with the shift guard's
+        fallback where it fires (``novel``: the guard's mask for these prompts, when already computed)."""
+        action = (self.route(emb, w) if scores is None else scores).argmax(dim=-1)
         if self.fallback_quantile is not None:
-            if self.guard is None:
-                raise ConfigError("model.fallback_quantile is set, but the shift guard has no data: route inside a "
-                                  "Trainer with the data, or load a checkpoint trained with the same guard settings")
-            action = self.guard.apply(action, emb, w)[0]
+            action = self._guard().apply(action, emb, w, novel)[0]
         return action
+
+    def _guard(self) -> ShiftGuard:
+        if self.guard is None:
+            raise ConfigError("model.fallback_quantile is set, but the shift guard has no data: route inside a "
+                              "Trainer with the data, or load a checkpoint trained with the same guard settings")
+        return self.guard
 
     # ------------------------------------------------------------------ raw prompts
     @property
@@ -380,7 +385,8 @@ class RouterModule(L.LightningModule):
         w = preference_tensor(check_w_c(w_c), len(emb), emb.device)
         if not len(emb):
             return torch.zeros(0, len(self.model_names)), torch.zeros(0, dtype=torch.long)
-        return torch.softmax(self.route(emb, w), dim=-1), self.greedy(emb, w)
+        logits = self.route(emb, w)
+        return torch.softmax(logits, dim=-1), self.greedy(emb, w, logits)
 
     def probabilities(self, prompts: Sequence[str], w_c: float) -> torch.Tensor:
         """The policy's distribution over models per prompt at preference ``(1 - w_c, w_c)``, shape (N, K)."""
@@ -430,10 +436,11 @@ class RouterModule(L.LightningModule):
             scores, costs = scores[:, order], costs[:, order]
         self.eval_metrics[f"{stage}_{split}_model_cost"].update(costs)
         cheapest, most_expensive = (int(j) for j in self.reference_models)
+        novel = None if self.fallback_quantile is None else self._guard().unfamiliar(emb)  # once per batch
         for w_c in self.eval_preferences:
             w = preference_tensor(w_c, len(emb), emb.device)
             rewards = reward(scores, costs, w, self.tau_value)
-            outcomes = {"router": chosen(self.greedy(emb, w), scores, costs, rewards)}
+            outcomes = {"router": chosen(self.greedy(emb, w, novel=novel), scores, costs, rewards)}
             if stage == "test":
                 outcomes.update({policy: reference_outcome(policy, scores, costs, rewards, cheapest, most_expensive)
                                  for policy in REFERENCES})
@@ -495,7 +502,7 @@ class RouterModule(L.LightningModule):
         probs = torch.softmax(logits, dim=-1)
         out = {"row": batch["row"], "split": batch["split"], "w_c": self.predict_w_c}
         if self.predict_exploration is None:
-            out["action"] = self.greedy(batch["emb"], w)
+            out["action"] = self.greedy(batch["emb"], w, logits)
             out["probability"] = probs.gather(-1, out["action"].unsqueeze(-1)).squeeze(-1)
             return out
         serving = exploration_probabilities(logits, *self.predict_exploration)

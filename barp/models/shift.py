@@ -94,10 +94,15 @@ class ShiftGuard:
         value = w[:, :1] * self.quality.to(w.device) - w[:, 1:] * self.cost.to(w.device)
         return value.argmax(dim=-1)
 
-    def apply(self, action: torch.Tensor, emb: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def unfamiliar(self, emb: torch.Tensor) -> torch.Tensor:
+        """Mask of the prompts whose familiarity is below the threshold, shape (B,)."""
+        return self.familiarity(emb) < self.threshold
+
+    def apply(self, action: torch.Tensor, emb: torch.Tensor, w: torch.Tensor,
+              novel: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The router's greedy ``action`` with every unfamiliar prompt's replaced by the fallback; and the mask of
-        the prompts that fell back."""
-        novel = self.familiarity(emb) < self.threshold
+        the prompts that fell back (``novel``: that mask, when already computed for these prompts)."""
+        novel = self.unfamiliar(emb) if novel is None else novel
         return torch.where(novel, self.fallback(w), action), novel
 
     def state(self) -> dict:
