@@ -88,3 +88,19 @@ def test_guard_in_fit_test_and_the_checkpoint(tmp_path, capsys):
     novel = router.module.guard.familiarity(router.module.embed(prompts)) < router.module.guard.threshold
     fallback = router.module.model_names[int(router.module.guard.fallback(preference_tensor(0.0, 1))[0])]
     assert novel.any() and all(d.model == fallback for d, n in zip(decisions, novel.tolist()) if n)
+
+
+def test_exploration_pulls_pool_into_the_fallback(guard):
+    # validation (100 prompts): model 0 scores 0.9 at cost 1.0, model 2 0.7 at 0.2; 900 uniform pulls of model 2
+    # say it scores 0.95 (and 100 of model 1 that it scores 0.3 at cost 0.01)
+    w0 = preference_tensor(0.0, 1)
+    assert guard.fallback(w0).tolist() == [0]
+    guard.pulls = torch.tensor([[0.0, 100.0, 900.0], [0.0, 30.0, 855.0], [0.0, 1.0, 180.0]], dtype=torch.float64)
+    quality, cost = guard.estimates()
+    assert quality.tolist() == pytest.approx([0.9, 0.3, (100 * 0.7 + 855) / 1000])
+    assert cost.tolist() == pytest.approx([1.0, 0.01, 0.2])
+    assert guard.fallback(w0).tolist() == [2]  # the pooled evidence outweighs the 100 validation prompts
+    again = ShiftGuard.from_state(guard.state())
+    assert again.count == 100 and torch.equal(again.pulls, guard.pulls) and again.fallback(w0).tolist() == [2]
+    legacy = {k: v for k, v in guard.state().items() if k not in ("count", "pulls")}  # written before pooling
+    assert ShiftGuard.from_state(legacy).fallback(w0).tolist() == [0]

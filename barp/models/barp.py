@@ -28,6 +28,7 @@ from barp.learning.policy import BaRPPolicy, Head, PreferenceFeatures
 from barp.learning.rl import (
     check_cost_power,
     critic_policy_loss,
+    exploration_probabilities,
     importance_weights,
     leave_one_out_baseline,
     normalized_cost,
@@ -75,6 +76,11 @@ class BaRPModule(RouterModule):
         critic_prior: Pseudo-observations at each model's global mean in the critic's estimates.
         critic_residual: Weight of the observed-reward correction (:func:`~barp.learning.rl.critic_policy_loss`):
             0 learns from the critic's estimates only, 1 is unbiased (doubly robust).
+        explore: Share epsilon of training pulls drawn uniformly over the models instead of from the policy (ours;
+            0 = the paper: every pull from the policy). The pulls fill the neighbour critic's memory: a policy that
+            has settled stops pulling the models it dropped, so their estimates rest on a few, policy-selected
+            prompts (docs/method.md, "Top-end quality"). Terms that use the pulled model's reward are
+            importance-weighted by pi / ((1 - epsilon) pi + epsilon / K), so the gradient stays the policy's.
         importance_clip: Off-policy training only (``data.train_log``): upper bound of an importance weight
             pi(a|x, w) / mu(a|x) before self-normalisation; None does not clip.
         **kwargs: Evaluation and linking options of :class:`~barp.models.base.RouterModule`.
@@ -98,6 +104,7 @@ class BaRPModule(RouterModule):
         critic_neighbours: int = 40,
         critic_prior: float = 1.0,
         critic_residual: float = 0.0,
+        explore: float = 0.0,
         importance_clip: float | None = 10.0,
         **kwargs,
     ) -> None:
@@ -123,6 +130,8 @@ class BaRPModule(RouterModule):
             raise ConfigError(f"model.critic_prior must be a finite number >= 0, got {critic_prior!r}")
         if not (isinstance(critic_residual, (int, float)) and 0 <= critic_residual < float("inf")):
             raise ConfigError(f"model.critic_residual must be a finite number >= 0, got {critic_residual!r}")
+        if isinstance(explore, bool) or not (isinstance(explore, (int, float)) and 0 <= explore < 1):
+            raise ConfigError(f"model.explore must be a number in [0, 1), got {explore!r}")
         if importance_clip is not None and not (isinstance(importance_clip, (int, float))
                                                  and 1 <= importance_clip < float("inf")):
             raise ConfigError(f"model.importance_clip must be a finite number >= 1 or null, got {importance_clip!r}")
@@ -130,6 +139,8 @@ class BaRPModule(RouterModule):
             raise ConfigError(f"model.baseline_momentum must be in [0, 1), got {baseline_momentum!r}")
         self.policy = BaRPPolicy(self.embed_dim, len(self.model_names), head, hidden_dim, pref_dim, preference_features)
         self.register_buffer("baseline_value", torch.tensor(float("nan")))
+        # per model: number, summed score and summed normalised cost of the uniform exploration pulls (explore > 0)
+        self.register_buffer("explore_pulls", torch.zeros(3, len(self.model_names), dtype=torch.float64))
         self._total_steps: int | None = None
         self.critic: NeighbourCritic | None = None
         self._critic_state: dict | None = None  # a checkpoint's critic memory, until the critic is built
@@ -159,6 +170,9 @@ class BaRPModule(RouterModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
+        weights = checkpoint.get("state_dict")
+        if isinstance(weights, dict) and "explore_pulls" not in weights:  # written before explore existed
+            weights["explore_pulls"] = torch.zeros_like(self.explore_pulls)
         state = checkpoint.get("neighbour_critic")
         if state is None:
             return
@@ -215,8 +229,10 @@ class BaRPModule(RouterModule):
         logits = self.policy(emb, w)
         if isinstance(self.env, LoggedEnvironment):
             return self._off_policy_step(emb, rows, w, logits)
-        actions = torch.distributions.Categorical(logits=logits).sample()
+        actions, rho, uniform = self._sample_actions(logits)
         feedback = self.env.pull(rows, actions)
+        if uniform is not None:
+            self._count_uniform_pulls(actions, feedback, uniform)
         r = reward(feedback.score, feedback.cost, w, self.tau_value)
         beta = self.current_beta()
         if self.hparams.critic != "none":
@@ -224,17 +240,51 @@ class BaRPModule(RouterModule):
                 raise RuntimeError("BaRPModule(critic=...) needs a datamodule with train_embeddings() to train")
             self._observe(rows, actions, feedback)
             values = self.critic.values(prompts, w, repeats=k)
-            terms = critic_policy_loss(logits, values, actions, r, self.hparams.critic_residual, beta)
+            terms = critic_policy_loss(logits, values, actions, r, self.hparams.critic_residual, beta, rho)
             b = r - terms.advantage  # the critic's value of the pulled model
         else:
             b = self._baseline(r, w, feedback)
-            terms = reinforce_loss(logits, actions, r, b, beta)
+            terms = reinforce_loss(logits, actions, r, b, beta, rho)
         self._accumulate(
             {"train/loss": terms.loss, "train/policy_loss": terms.policy_loss, "train/entropy": terms.entropy,
              "train/reward": r.mean(), "train/score": feedback.score.mean(), "train/cost": feedback.cost.mean(),
              "train/baseline": torch.as_tensor(b, dtype=r.dtype).mean()}, beta, len(emb),
         )
         return terms.loss
+
+    def _sample_actions(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The pulled models: from the policy, or with ``explore`` = epsilon > 0 each pull with probability epsilon
+        uniform over the models instead (so from mu = (1 - epsilon) pi + epsilon / K); then the importance weights
+        pi(a) / mu(a) and the mask of the uniform pulls (both None on-policy)."""
+        epsilon = self.hparams.explore
+        if not epsilon:
+            return torch.distributions.Categorical(logits=logits).sample(), None, None
+        logits = logits.detach()
+        uniform = torch.rand(len(logits), device=logits.device) < epsilon
+        actions = torch.where(uniform, torch.randint_like(uniform, logits.shape[-1], dtype=torch.long),
+                              torch.distributions.Categorical(logits=logits).sample())
+        mu = exploration_probabilities(logits, 1.0, epsilon)
+        rho = (torch.softmax(logits, dim=-1) / mu).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        return actions, rho, uniform
+
+    def _count_uniform_pulls(self, actions: torch.Tensor, feedback: Feedback, uniform: torch.Tensor) -> None:
+        """Add this step's uniform pulls to :attr:`explore_pulls`; under DDP every process adds every process's."""
+        parts = (actions, feedback.score, normalized_cost(feedback.cost, self.tau_value), uniform)
+        if self.trainer.world_size > 1:
+            parts = tuple(x.reshape(-1) for x in self.all_gather(tuple(p.to(self.device) for p in parts)))
+        actions, score, cost_norm, uniform = (p.to(self.explore_pulls.device) for p in parts)
+        keep = uniform.bool()
+        a = actions[keep].long()
+        self.explore_pulls[0].index_add_(0, a, torch.ones_like(a, dtype=self.explore_pulls.dtype))
+        self.explore_pulls[1].index_add_(0, a, score[keep].to(self.explore_pulls.dtype))
+        self.explore_pulls[2].index_add_(0, a, cost_norm[keep].to(self.explore_pulls.dtype))
+
+    def fallback_pulls(self) -> torch.Tensor | None:
+        """The uniform exploration pulls (``explore`` > 0) so far, shape (3, K): per model their number, summed score
+        and summed normalised cost; None before any (the shift guard's fallback then uses validation alone)."""
+        if not self.hparams.explore or not float(self.explore_pulls[0].sum()) > 0:
+            return None
+        return self.explore_pulls
 
     def _off_policy_step(self, emb: torch.Tensor, rows: torch.Tensor, w: torch.Tensor,
                          logits: torch.Tensor) -> torch.Tensor:

@@ -260,7 +260,7 @@ class RouterModule(L.LightningModule):
             checkpoint[RECORD_KEY] = self._data_record
         checkpoint[ENCODER_KEY] = dict(self.encoder_settings)
         if self.guard is not None:
-            checkpoint[GUARD_KEY] = self.guard.state()
+            checkpoint[GUARD_KEY] = self._guard().state()
         checkpoint[RNG_KEY] = capture_rng()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -350,7 +350,17 @@ class RouterModule(L.LightningModule):
         if self.guard is None:
             raise ConfigError("model.fallback_quantile is set, but the shift guard has no data: route inside a "
                               "Trainer with the data, or load a checkpoint trained with the same guard settings")
+        pulls = self.fallback_pulls()
+        if pulls is not None:
+            self.guard.pulls = pulls
         return self.guard
+
+    def fallback_pulls(self) -> torch.Tensor | None:
+        """Training outcomes the shift guard's fallback may pool with the validation split, shape (3, K): per model
+        the number of pulls, their summed score and summed normalised cost, from pulls that did not depend on the
+        policy (so unbiased). None (here): the validation split alone; :class:`~barp.models.barp.BaRPModule`
+        returns its exploration pulls."""
+        return None
 
     # ------------------------------------------------------------------ raw prompts
     @property

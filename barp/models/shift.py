@@ -11,7 +11,11 @@ Everything is set from training and validation data, never from a test split:
 
 - the threshold is the ``quantile`` of the familiarity of the validation prompts (unseen in training but in
   distribution), so the guard fires on that share of in-distribution prompts, and on far more of an unseen family;
-- the fallback's per-model mean score and mean normalised cost ``min(c / tau, 1)`` are the validation split's.
+- the fallback's per-model mean score and mean normalised cost ``min(c / tau, 1)`` are the validation split's,
+  pooled with the learner's *exploration pulls* when it has them (``BaRPModule(explore=...)``): the share of
+  training pulls drawn uniformly over the models is a randomised experiment on the training prompts, so each model's
+  mean over them is an unbiased, bandit-feedback estimate of its mean over the training families, from many more
+  prompts than the validation split holds.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class ShiftGuard:
         cost: Mean validation normalised cost ``min(c / tau, 1)`` of each model, shape (K,).
         neighbours: Nearest training prompts the familiarity averages over.
         quantile: Share of validation prompts below the threshold (the knob it was set with).
+        count: Validation prompts behind ``quality`` and ``cost``.
+        pulls: Exploration pulls pooled into the fallback's estimates, shape (3, K): per model the number of pulls,
+            their summed score and their summed normalised cost; None: validation only.
     """
 
     reference: torch.Tensor
@@ -46,6 +53,8 @@ class ShiftGuard:
     cost: torch.Tensor
     neighbours: int
     quantile: float
+    count: int = 0
+    pulls: torch.Tensor | None = None
 
     @classmethod
     def build(cls, train_emb: torch.Tensor, val_emb: torch.Tensor, val_scores: torch.Tensor, val_costs: torch.Tensor,
@@ -77,7 +86,8 @@ class ShiftGuard:
             reference = reference[torch.as_tensor(np.sort(keep))]
         reference = torch.nn.functional.normalize(reference, dim=-1)
         guard = cls(reference, 0.0, val_scores.double().mean(0).float(),
-                    (val_costs.double() / tau).clamp(max=1.0).mean(0).float(), int(neighbours), float(quantile))
+                    (val_costs.double() / tau).clamp(max=1.0).mean(0).float(), int(neighbours), float(quantile),
+                    len(val_emb))
         guard.threshold = float(torch.quantile(guard.familiarity(val_emb).double(), quantile))
         return guard
 
@@ -89,9 +99,21 @@ class ShiftGuard:
             out.append((block @ reference.T).topk(self.neighbours, dim=-1).values.mean(-1))
         return torch.cat(out) if out else torch.zeros(0, device=emb.device)
 
+    def estimates(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each model's mean score and mean normalised cost, shape (K,) each: the validation split's, pooled with
+        the exploration pulls (``(count * val_mean + pulled sum) / (count + pulls)`` per model) when there are any."""
+        if self.pulls is None or not float(self.pulls[0].sum()) > 0:
+            return self.quality, self.cost
+        pulls = self.pulls.double().cpu()
+        total = self.count + pulls[0]
+        quality = (self.count * self.quality.double() + pulls[1]) / total
+        cost = (self.count * self.cost.double() + pulls[2]) / total
+        return quality.float(), cost.float()
+
     def fallback(self, w: torch.Tensor) -> torch.Tensor:
-        """The model with the best mean validation reward at each preference ``w`` (B, 2), shape (B,)."""
-        value = w[:, :1] * self.quality.to(w.device) - w[:, 1:] * self.cost.to(w.device)
+        """The model with the best mean reward (:meth:`estimates`) at each preference ``w`` (B, 2), shape (B,)."""
+        quality, cost = self.estimates()
+        value = w[:, :1] * quality.to(w.device) - w[:, 1:] * cost.to(w.device)
         return value.argmax(dim=-1)
 
     def unfamiliar(self, emb: torch.Tensor) -> torch.Tensor:
@@ -108,13 +130,14 @@ class ShiftGuard:
     def state(self) -> dict:
         """What a checkpoint stores (tensors and numbers only)."""
         return {"reference": self.reference.cpu(), "threshold": self.threshold, "quality": self.quality.cpu(),
-                "cost": self.cost.cpu(), "neighbours": self.neighbours, "quantile": self.quantile}
+                "cost": self.cost.cpu(), "neighbours": self.neighbours, "quantile": self.quantile, "count": self.count,
+                "pulls": None if self.pulls is None else self.pulls.cpu().clone()}
 
     @classmethod
     def from_state(cls, state: dict) -> ShiftGuard:
         """The guard a checkpoint stored with :meth:`state`."""
         return cls(state["reference"], float(state["threshold"]), state["quality"], state["cost"],
-                   int(state["neighbours"]), float(state["quantile"]))
+                   int(state["neighbours"]), float(state["quantile"]), int(state.get("count", 0)), state.get("pulls"))
 
 
 def check_knobs(quantile: float | None, neighbours: int) -> None:
