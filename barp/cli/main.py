@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -177,7 +178,9 @@ def main(args: list[str] | None = None) -> BarpCLI | None:
     if argv[:1] in (["--version"], ["-V"]):
         print(f"barp {__version__}")
         return None
-    with exit_on_user_error("barp"):
+    with exit_on_user_error("barp"), warnings.catch_warnings():
+        # a tool or test passes ``args`` while its own command line is in sys.argv: that is intended here
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         check_config_files(argv)
         return BarpCLI(
             RouterModule,
