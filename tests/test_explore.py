@@ -76,3 +76,20 @@ def test_uniform_pulls_are_counted_saved_and_pooled_by_the_guard(tmp_path):
     torch.save(saved, legacy)
     old = TrainedRouter.from_checkpoint(legacy)
     assert float(old.module.explore_pulls.abs().sum()) == 0 and old.module.fallback_pulls() is None
+
+    # tools/critic_coverage.py reads the critic's memory back: every model pulled somewhere, shares as in the memory
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("critic_coverage",
+                                                  Path(__file__).parents[1] / "tools" / "critic_coverage.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    report = tool.coverage(str(ckpt))
+    memory = torch.load(ckpt, map_location="cpu", weights_only=True)["neighbour_critic"]
+    assert report["pulled_share"] == pytest.approx(memory["seen"].double().mean(0).tolist())
+    assert min(report["pulled_share"]) > 0 and 0 <= report["agree_at_wc0"] <= 1 and report["score_lost_at_wc0"] >= 0
+    assert tool.main(["--ckpt_path", str(legacy)]) == 0  # the memory is still there
+    del saved["neighbour_critic"]
+    torch.save(saved, legacy)
+    assert tool.main(["--ckpt_path", str(legacy)]) == 2  # no critic: one error line, exit 2
