@@ -121,8 +121,9 @@ class RouterModule(L.LightningModule):
             or alone at temperature 1).
         fallback_quantile: Distribution-shift guard (:mod:`barp.models.shift`): greedy routing sends a prompt whose
             familiarity (mean cosine similarity to its ``fallback_neighbours`` nearest training prompts) is below
-            this quantile of the validation prompts' to the model with the best mean validation reward at the
-            preference. None: no guard. An evaluation-time option: it applies to a trained checkpoint too.
+            this quantile of the validation prompts' to the model with the best mean reward at the preference
+            (measured on the validation split, pooled with :meth:`fallback_pulls`). None: no guard. An
+            evaluation-time option: it applies to a trained checkpoint too.
         fallback_neighbours: Nearest training prompts the familiarity averages over.
     """
 
