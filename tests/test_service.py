@@ -202,8 +202,9 @@ def _serve(ckpt: str, log_dir: str, port: int) -> None:
 
 
 def _start(ckpt: str, log_dir: Path, port: int) -> multiprocessing.Process:
-    """A server in a forked process (the parent's imports are reused, so it starts in about a second)."""
-    proc = multiprocessing.get_context("fork").Process(target=_serve, args=(ckpt, str(log_dir), port), daemon=True)
+    """A server in a fresh (spawned) process: a forked copy of this multi-threaded test process could inherit locks
+    held by its threads mid-operation (the encoder once failed to load in a forked server under the full suite)."""
+    proc = multiprocessing.get_context("spawn").Process(target=_serve, args=(ckpt, str(log_dir), port), daemon=True)
     proc.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -25,7 +25,8 @@ def build_service(
     budget_step: float = 0.01,
     fsync: bool = True,
 ):
-    """Load the router once and open (or resume) the request log; see :func:`serve` for the arguments."""
+    """Load the router and its encoder once and open (or resume) the request log; see :func:`serve` for the
+    arguments."""
     from barp.models.trained import TrainedRouter
     from barp.service.budget import BudgetController
     from barp.service.calibrate import choose, load_calibration
@@ -37,6 +38,7 @@ def build_service(
     if w_c is not None and target is not None:
         raise ConfigError("give at most one of --w_c and --target")
     router = TrainedRouter.from_checkpoint(ckpt_path)
+    router.encoder.encode(["warm-up"])  # load the encoder now: /health means ready, and no request pays for it
     curve, default = None, 0.5 if w_c is None else float(w_c)
     if calibration is not None:
         record, curve = load_calibration(calibration)
