@@ -15,7 +15,6 @@ with and without ``model.explore`` to see what the uniform pulls change (docs/me
 
 from __future__ import annotations
 
-import inspect
 import sys
 
 import numpy as np
@@ -33,9 +32,8 @@ def coverage(ckpt_path: str) -> dict:
     Raises:
         ConfigError: The checkpoint is unreadable or holds no neighbour critic.
     """
-    from barp.data.datamodule import RoutingDataModule
-    from barp.learning.critic import nearest_neighbours
-    from barp.models.checkpoints import load_checkpoint, model_order
+    from barp.learning.critic import NeighbourCritic
+    from barp.models.checkpoints import datamodule_from_checkpoint, load_checkpoint, model_order
 
     ckpt = load_checkpoint(ckpt_path)
     memory = ckpt.get("neighbour_critic")
@@ -43,26 +41,18 @@ def coverage(ckpt_path: str) -> dict:
         raise ConfigError(f"--ckpt_path {ckpt_path!r}: the checkpoint holds no neighbour critic (trained with "
                           "model.critic: none?)")
     hp = ckpt.get("hyper_parameters") or {}
-    saved = ckpt.get("datamodule_hyper_parameters") or {}
-    accepted = inspect.signature(RoutingDataModule).parameters
-    dm = RoutingDataModule(**{k: v for k, v in saved.items() if k in accepted})
-    dm.prepare_data()
-    dm.setup("fit")
+    dm = datamodule_from_checkpoint(ckpt, "fit")
     names = list(hp["model_names"])
     order = model_order(names, list(dm.model_names), f"--ckpt_path {ckpt_path!r}")
     cols = np.arange(len(names)) if order is None else np.asarray(order)
     train = np.asarray(dm.splits.train)
     truth_scores = torch.as_tensor(np.asarray(dm.table.scores)[train][:, cols], dtype=torch.float64)
-    seen, score = memory["seen"].double(), memory["score"].double()
-    if tuple(seen.shape) != tuple(truth_scores.shape):
-        raise ConfigError(f"--ckpt_path {ckpt_path!r}: the critic's memory covers {tuple(seen.shape)} (prompts, "
-                          f"models), the rebuilt training split {tuple(truth_scores.shape)}")
-    neighbours = nearest_neighbours(torch.as_tensor(dm.train_embeddings()), int(hp["critic_neighbours"]))
-    prior = float(hp.get("critic_prior", 1.0))
-    global_q = score.sum(0) / seen.sum(0).clamp(min=1)
-    count = seen[neighbours].sum(1) + prior
-    estimate = (score[neighbours].sum(1) + prior * global_q) / count.clamp(min=1e-12)
-    truth = truth_scores[neighbours].mean(1)  # what every neighbour's outcome says (never seen by the learner)
+    critic = NeighbourCritic(torch.as_tensor(dm.train_embeddings()), len(names), int(hp["critic_neighbours"]),
+                             float(hp.get("critic_prior", 1.0)))
+    critic.load_state_dict(memory)  # refuses a memory of another shape than the rebuilt training split
+    estimate, _ = critic.estimates(torch.arange(len(train)))
+    truth = truth_scores[critic.neighbours].mean(1)  # what every neighbour's outcome says (never seen by the learner)
+    seen = critic.seen.double()
     chosen = estimate.argmax(1)
     best = truth.max(1).values
     result = {

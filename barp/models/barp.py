@@ -231,14 +231,12 @@ class BaRPModule(RouterModule):
             return self._off_policy_step(emb, rows, w, logits)
         actions, rho, uniform = self._sample_actions(logits)
         feedback = self.env.pull(rows, actions)
-        if uniform is not None:
-            self._count_uniform_pulls(actions, feedback, uniform)
+        if self.hparams.critic != "none" and self.critic is None:
+            raise RuntimeError("BaRPModule(critic=...) needs a datamodule with train_embeddings() to train")
+        self._observe(rows, actions, feedback, uniform)
         r = reward(feedback.score, feedback.cost, w, self.tau_value)
         beta = self.current_beta()
         if self.hparams.critic != "none":
-            if self.critic is None:
-                raise RuntimeError("BaRPModule(critic=...) needs a datamodule with train_embeddings() to train")
-            self._observe(rows, actions, feedback)
             values = self.critic.values(prompts, w, repeats=k)
             terms = critic_policy_loss(logits, values, actions, r, self.hparams.critic_residual, beta, rho)
             b = r - terms.advantage  # the critic's value of the pulled model
@@ -266,18 +264,6 @@ class BaRPModule(RouterModule):
         mu = exploration_probabilities(logits, 1.0, epsilon)
         rho = (torch.softmax(logits, dim=-1) / mu).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         return actions, rho, uniform
-
-    def _count_uniform_pulls(self, actions: torch.Tensor, feedback: Feedback, uniform: torch.Tensor) -> None:
-        """Add this step's uniform pulls to :attr:`explore_pulls`; under DDP every process adds every process's."""
-        parts = (actions, feedback.score, normalized_cost(feedback.cost, self.tau_value), uniform)
-        if self.trainer.world_size > 1:
-            parts = tuple(x.reshape(-1) for x in self.all_gather(tuple(p.to(self.device) for p in parts)))
-        actions, score, cost_norm, uniform = (p.to(self.explore_pulls.device) for p in parts)
-        keep = uniform.bool()
-        a = actions[keep].long()
-        self.explore_pulls[0].index_add_(0, a, torch.ones_like(a, dtype=self.explore_pulls.dtype))
-        self.explore_pulls[1].index_add_(0, a, score[keep].to(self.explore_pulls.dtype))
-        self.explore_pulls[2].index_add_(0, a, cost_norm[keep].to(self.explore_pulls.dtype))
 
     def fallback_pulls(self) -> torch.Tensor | None:
         """The uniform exploration pulls (``explore`` > 0) so far, shape (3, K): per model their number, summed score
@@ -353,13 +339,25 @@ class BaRPModule(RouterModule):
         self.critic.observe(unique // env.num_arms, unique % env.num_arms, cell_mean(cells.score),
                             cell_mean(cost_norm))
 
-    def _observe(self, rows: torch.Tensor, actions: torch.Tensor, feedback: Feedback) -> None:
-        """Add this step's pulls to the critic's memory; under DDP every process adds every process's pulls."""
+    def _observe(self, rows: torch.Tensor, actions: torch.Tensor, feedback: Feedback,
+                 uniform: torch.Tensor | None) -> None:
+        """Add this step's pulls to the critic's memory and its uniform pulls (``uniform``: their mask; None without
+        ``explore``) to :attr:`explore_pulls`; under DDP every process adds every process's, from one gather."""
+        if self.critic is None and uniform is None:
+            return
         cost_norm = normalized_cost(feedback.cost, self.tau_value)
-        parts = (rows, actions, feedback.score, cost_norm)
+        parts = (rows, actions, feedback.score, cost_norm) + (() if uniform is None else (uniform,))
         if self.trainer.world_size > 1:
             parts = tuple(x.reshape(-1) for x in self.all_gather(tuple(p.to(self.device) for p in parts)))
-        self.critic.observe(*parts)
+        if self.critic is not None:
+            self.critic.observe(*parts[:4])
+        if uniform is not None:
+            _, actions, score, cost_norm, uniform = (p.to(self.explore_pulls.device) for p in parts)
+            keep = uniform.bool()
+            a = actions[keep].long()
+            self.explore_pulls[0].index_add_(0, a, torch.ones_like(a, dtype=self.explore_pulls.dtype))
+            self.explore_pulls[1].index_add_(0, a, score[keep].to(self.explore_pulls.dtype))
+            self.explore_pulls[2].index_add_(0, a, cost_norm[keep].to(self.explore_pulls.dtype))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.policy.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

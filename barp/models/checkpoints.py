@@ -232,3 +232,18 @@ def embed_like_checkpoint(data_config, checkpoint: dict) -> None:
     saved = (checkpoint.get("datamodule_hyper_parameters") or {}).get("encoder_dtype")
     if init is not None and init.get("encoder_dtype") == "auto" and saved not in (None, "auto"):
         init["encoder_dtype"] = saved
+
+
+def datamodule_from_checkpoint(ckpt: dict[str, Any], stage: str):
+    """The checkpoint's data, rebuilt from the data settings saved in it (relative paths are read from the current
+    folder), prepared (prompts embedded through barp's embedding cache) and set up for ``stage``."""
+    import inspect
+
+    from barp.data.datamodule import RoutingDataModule
+
+    saved = ckpt.get("datamodule_hyper_parameters") or {}
+    accepted = inspect.signature(RoutingDataModule).parameters
+    dm = RoutingDataModule(**{k: v for k, v in saved.items() if k in accepted})
+    dm.prepare_data()
+    dm.setup(stage)
+    return dm

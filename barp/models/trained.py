@@ -33,7 +33,6 @@ FORMER_MODULES = {
 }
 
 
-
 def alias_former_modules(ckpt: dict[str, Any]) -> None:
     """Make the module path an older checkpoint names importable (as the module it moved to), so that parsers that
     import a checkpoint's ``_class_path`` themselves (LightningCLI's) read it too. Only barp's own former paths."""
@@ -44,6 +43,7 @@ def alias_former_modules(ckpt: dict[str, Any]) -> None:
         sys.modules[old] = new
         parent, _, leaf = old.rpartition(".")
         setattr(importlib.import_module(parent), leaf, new)
+
 
 def module_class(ckpt: dict[str, Any], option: str = "--ckpt_path") -> type:
     """The :class:`~barp.models.base.RouterModule` subclass that wrote a checkpoint (from its ``_class_path``).

@@ -115,17 +115,10 @@ def checkpoint_split(ckpt_path: str, split: Literal["val", "test", "ood"], route
     folder), its prompts are embedded through barp's embedding cache, and the split is checked to hold no training
     prompt of the checkpoint.
     """
-    import inspect
-
-    from barp.data.datamodule import RoutingDataModule
-    from barp.models.checkpoints import check_unseen, load_checkpoint, model_order
+    from barp.models.checkpoints import check_unseen, datamodule_from_checkpoint, load_checkpoint, model_order
 
     ckpt = load_checkpoint(ckpt_path)
-    saved = ckpt.get("datamodule_hyper_parameters") or {}
-    accepted = inspect.signature(RoutingDataModule).parameters
-    dm = RoutingDataModule(**{k: v for k, v in saved.items() if k in accepted})
-    dm.prepare_data()
-    dm.setup("validate")
+    dm = datamodule_from_checkpoint(ckpt, "validate")
     rows = getattr(dm.splits, split)
     where = f"--ckpt_path {ckpt_path!r}"
     if not len(rows):
