@@ -202,9 +202,12 @@ def _serve(ckpt: str, log_dir: str, port: int) -> None:
 
 
 def _start(ckpt: str, log_dir: Path, port: int) -> multiprocessing.Process:
-    """A server in a fresh (spawned) process: a forked copy of this multi-threaded test process could inherit locks
-    held by its threads mid-operation (the encoder once failed to load in a forked server under the full suite)."""
-    proc = multiprocessing.get_context("spawn").Process(target=_serve, args=(ckpt, str(log_dir), port), daemon=True)
+    """A server forked from a fork server: a single-threaded process that imported barp's service once, so a server
+    starts fast without copying this multi-threaded test process (a fork of it could inherit locks held by its
+    threads mid-operation: the encoder once failed to load in such a server under the full suite)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["barp.service.app", "barp.service.cli", "barp.models.barp", "test_service"])
+    proc = ctx.Process(target=_serve, args=(ckpt, str(log_dir), port), daemon=True)
     proc.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
