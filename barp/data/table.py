@@ -17,6 +17,10 @@ import numpy as np
 from barp.atomic import atomic_path
 from barp.errors import DataValidationError
 
+#: The most one request may cost (USD). No LLM call costs this much: a larger value is a unit mistake (micro-dollars,
+#: tokens) or junk, and one such row would dominate every mean cost, interval and budget it enters.
+MAX_COST_USD = 1000.0
+
 
 def _describe(value: object) -> str:
     text = repr(value)
@@ -36,7 +40,7 @@ class OutcomeTable:
         tasks: Task (family) name per prompt (N non-empty strings).
         models: Model names (K >= 2 unique strings), in column order of ``scores`` and ``costs``.
         scores: Quality score per (prompt, model), shape (N, K), finite and in [0, 1].
-        costs: Cost in USD per (prompt, model), shape (N, K), finite and >= 0.
+        costs: Cost in USD per (prompt, model), shape (N, K), finite, in [0, :data:`MAX_COST_USD`].
         source: Where the table came from (a file path or a generator name), used in error messages.
     """
 
@@ -100,8 +104,8 @@ class OutcomeTable:
                 bad |= (arr < 0) | (arr > 1)
                 rule = "a finite number in [0, 1]"
             else:
-                bad |= arr < 0
-                rule = "a finite number >= 0 (USD)"
+                bad |= (arr < 0) | (arr > MAX_COST_USD)
+                rule = f"a finite cost in [0, {MAX_COST_USD:g}] (USD per request)"
             if bad.any():
                 i, j = map(int, np.argwhere(bad)[0])
                 count = int(bad.sum())
