@@ -1,4 +1,5 @@
-"""Callbacks: the printed results table after ``test`` and the per-prompt prediction writer."""
+"""Callbacks: checkpoints of the best and the last epoch, the printed results table after ``test`` and the per-prompt
+prediction writer."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 
 from barp.atomic import atomic_write_text
 from barp.data.datamodule import SPLIT_ORDER
@@ -72,6 +73,22 @@ def format_headline(metrics: dict[str, float]) -> str:
              for policy in (None, *REFERENCES) for m in ("score", "cost", "reward")]
     names += [metric_name("test", split, "aiq") for split in SPLITS]
     return "\n".join(f"{n} = {metrics[n]:.6g}" for n in names if n in metrics)
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` is the state after the last finished epoch, always.
+
+    Lightning (2.6) refreshes ``last.ckpt`` only when it also writes a monitored checkpoint, so once validation
+    stops improving ``last.ckpt`` stays at the best epoch: a resume would replay every later epoch, and whoever
+    takes "last" for the final policy would get an earlier one. Here ``last.ckpt`` is written at the end of every
+    training epoch (after that epoch's validation, so it records the best checkpoint so far); the monitored
+    ``best-...ckpt`` files are chosen as by ``ModelCheckpoint``. Takes ``ModelCheckpoint``'s arguments.
+    """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # (not if saved at this step)
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class ResultsTable(L.Callback):

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningCLI
@@ -91,9 +93,37 @@ class BarpCLI(LightningCLI):
         trainer = self.config[self.subcommand].trainer
         root = trainer.get("default_root_dir") or "."
         loggers = trainer.get("logger")
-        for logger in loggers if isinstance(loggers, list) else [loggers]:
-            if getattr(logger, "class_path", None) in ROOTED_LOGGERS and logger.init_args.get("save_dir") is None:
+        loggers = [lg for lg in (loggers if isinstance(loggers, list) else [loggers]) if hasattr(lg, "class_path")]
+        for logger in loggers:
+            if logger.class_path in ROOTED_LOGGERS and logger.init_args.get("save_dir") is None:
                 logger.init_args.save_dir = str(root)
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        self._continues_run = bool(self.subcommand == "fit" and ckpt_path and loggers
+                                   and self._resume_in_run_folder(Path(ckpt_path), loggers[0]))
+
+    @staticmethod
+    def _resume_in_run_folder(ckpt_path: Path, logger) -> bool:
+        """A fit resumed from a checkpoint of its own run folder (``<save_dir>/<name>/version_<n>/checkpoints/``)
+        continues that folder: the checkpoint callback keeps its record of the best checkpoint (Lightning drops it
+        when the folder changes) and the metrics go on in the same ``metrics.csv``."""
+        folder = ckpt_path.expanduser().resolve().parent
+        found = re.fullmatch(r"version_(\d+)", folder.parent.name)
+        init = logger.init_args
+        if folder.name != "checkpoints" or found is None or not logger.class_path.endswith("CSVLogger") \
+                or init.get("version") is not None:
+            return False
+        if folder.parent.parent != (Path(init.get("save_dir") or ".") / str(init.get("name"))).resolve():
+            return False
+        init.version = int(found.group(1))
+        return True
+
+    def before_fit(self) -> None:
+        """On a resume, the first logger continues the run's metrics after the checkpoint's epoch."""
+        from barp.loggers import CSVLogger
+
+        epoch = getattr(self, "_resumed_epoch", None)
+        if epoch is not None and getattr(self, "_continues_run", False) and isinstance(self.trainer.logger, CSVLogger):
+            self.trainer.logger.resume_after_epoch(epoch)
 
     def _run_subcommand(self, subcommand: str) -> None:
         if subcommand in self.barp_commands:
@@ -131,6 +161,7 @@ class BarpCLI(LightningCLI):
                               "router is untrained and its results mean nothing")
         if ckpt_path:
             checkpoint = load_checkpoint(ckpt_path)  # missing, folder, truncated, foreign or code-carrying: refused
+            self._resumed_epoch = checkpoint.get("epoch") if sub == "fit" else None
             alias_former_modules(checkpoint)
             embed_like_checkpoint(self.config[sub].get("data"), checkpoint)
         if sub == "fit":
