@@ -7,17 +7,18 @@ Example::
 
 The parquet file is written atomically (a temporary file, then a rename) and only after the whole input has been
 read and validated: on bad input the message goes to stderr, the exit code is 1 and no output file is written.
+An ``--output`` that is a folder or one of the inputs (a ``--path`` file or the ``--prices`` table) is refused
+before anything is read.
 Converting once is the recommended path for large files and for pickles (the parquet loads fast and safely).
 """
 
 from __future__ import annotations
 
-import glob
-import os
 import sys
 from pathlib import Path
 
 from barp.data.sources import Format, OnMissing, load_table
+from barp.data.sources.files import check_not_input
 from barp.errors import ConfigError, run_tool
 
 
@@ -37,29 +38,23 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def check_output(path: str, output: str) -> None:
+def check_output(path: str, output: str, prices: str | None = None) -> None:
     """Refuse, before reading anything, an ``output`` that is a folder or one of the input files.
 
     Args:
         path: The input specification (a file, a glob or comma-separated files).
         output: The parquet file to write.
+        prices: The price table, also an input.
 
     Raises:
-        ConfigError: ``output`` is a folder, or names an input file (it would be replaced by the parquet).
+        ConfigError: ``output`` is a folder, or names an input file (the data or the price table; it would be
+            replaced by the parquet).
     """
     out = Path(output).expanduser()
     if out.is_dir():
         raise ConfigError(f"--output {output!r} is a folder: name the parquet file to write, "
                           f"e.g. {output}/data.parquet")
-    if not out.exists():
-        return
-    spec = str(path)
-    parts = [spec] if os.path.exists(spec) else [p.strip() for p in spec.split(",") if p.strip()]
-    for part in parts:
-        for candidate in sorted(glob.glob(os.path.expanduser(part))) or [part]:
-            if os.path.isfile(candidate) and os.path.samefile(candidate, out):
-                raise ConfigError(f"--output {output!r} is the input file {candidate!r}: it would be overwritten; "
-                                  "write the parquet to another path")
+    check_not_input(out, {"--path": path, "--prices": prices}, option=f"--output {output!r}")
 
 
 def prepare(
@@ -79,7 +74,7 @@ def prepare(
     Args:
         path: Input file(s): a file, a glob, comma-separated files, an hf:// path, a ``datasets`` folder or an
             ``hf-dataset://OWNER/NAME@REVISION#SPLIT`` hub dataset.
-        output: The parquet file to write.
+        output: The parquet file to write (not a folder, not one of the inputs: refused before reading).
         format: Input layout (auto, routerbench, routerbench_long, wide, long, records, parquet).
         trust_pickle: Unpickle an input whose SHA-256 is not a pinned official RouterBench file.
         on_missing: Drop rows with missing score cells (one warning) or reject them (error).
@@ -92,7 +87,7 @@ def prepare(
     Returns:
         The table summary (see ``OutcomeTable.summary``) plus the output path.
     """
-    check_output(path, output)
+    check_output(path, output, prices)
     table = load_table(
         path,
         format,

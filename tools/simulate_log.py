@@ -11,6 +11,8 @@ training split by default, so that a policy trained from the log is tested on th
 trained online), and serves each prompt ``--passes`` times under a logging policy (``uniform``, or
 ``epsilon_greedy`` around ``--model``), revealing only the served model's outcome (:mod:`barp.ope.simulate`).
 Every row's ``note`` says the log is simulated. The file is written atomically (CSV, JSON lines or parquet by suffix).
+An ``--output`` that is one of the tool's inputs (the recipe, or a file its data section names) is refused before
+any work.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from typing import Literal
 
 import yaml
 
+from barp.data.sources.files import check_not_input
 from barp.errors import ConfigError, run_tool
+
+#: Data options that name files the tool reads (an --output equal to one of them is refused before any work).
+INPUT_OPTIONS = ("path", "val_path", "test_path", "prices", "train_log")
 
 
 def simulate_log(
@@ -39,7 +45,7 @@ def simulate_log(
 
     Args:
         recipe: Experiment config whose ``data`` section names the table (as given to ``barp fit --config``).
-        output: The log file to write (``.parquet``, ``.jsonl`` or ``.csv``).
+        output: The log file to write (``.parquet``, ``.jsonl`` or ``.csv``); refused if it is one of the inputs.
         policy: Logging policy: ``uniform`` or ``epsilon_greedy`` (``model`` with probability 1 - ``epsilon``).
         passes: Requests per prompt.
         split: Which split of the table to serve.
@@ -54,11 +60,14 @@ def simulate_log(
     from barp.data.datamodule import RoutingDataModule
     from barp.ope.simulate import simulate
 
+    check_not_input(output, {"--recipe": recipe}, option=f"--output {output!r}")
     try:
         section = yaml.safe_load(Path(recipe).read_text())["data"]
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
         raise ConfigError(f"--recipe {recipe}: cannot read its data section ({type(exc).__name__}: {exc})") from None
     args = {**(section.get("init_args") or {}), **(data or {})}
+    check_not_input(output, {f"data.{key}": args.get(key) for key in INPUT_OPTIONS if isinstance(args.get(key), str)},
+                    option=f"--output {output!r}")
     dm = RoutingDataModule(**args)
     rows = getattr(dm.splits, split)
     if len(rows) == 0:

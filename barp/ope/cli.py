@@ -6,14 +6,21 @@ Reads and validates the log (:mod:`barp.data.sources.logs`), loads the router an
 checkpoint, embeds the log's prompts (through barp's embedding cache), and estimates the router's greedy policy (or
 its softmax at ``--temperature``) at each preference with IPS, self-normalised IPS and doubly robust
 (:mod:`barp.ope.estimators`). Writes ``ope.csv`` atomically into ``--output`` and prints a table; overlap problems
-are printed as warnings and kept in the CSV's ``warning`` column.
+and impossible estimates (a mean no policy can have, marked ``!`` in the table) are printed as warnings and kept in
+the CSV's ``warning`` column.
+
+Before any work it refuses an ``--output`` that is a file, cannot be written, already holds an ``ope.csv`` (unless
+``--overwrite true``) or would replace an input; it also refuses a log holding training prompts of the checkpoint,
+and estimates that are not finite.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, fields
@@ -24,8 +31,8 @@ import numpy as np
 import torch
 from jsonargparse import ArgumentParser
 
-from barp.errors import ConfigError, exit_on_user_error
-from barp.ope.estimators import ESTIMATORS, Estimate, estimate_policy
+from barp.errors import ConfigError, DataValidationError, exit_on_user_error
+from barp.ope.estimators import ESTIMATORS, Estimate, check_options, estimate_policy, is_impossible
 
 OUTPUT_FILE = "ope.csv"
 
@@ -73,6 +80,89 @@ def embed_prompts(router, prompts: Sequence[str], cache_dir: str | None = None) 
     return vectors
 
 
+def check_output(output: str, overwrite: bool = False, inputs: dict[str, str] | None = None) -> Path:
+    """Check ``--output`` before any work: a folder (or a path one can be made at) that is writable, holds no
+    earlier ``ope.csv`` unless ``overwrite``, and whose ``ope.csv`` is none of the ``inputs``. Nothing is created.
+
+    Args:
+        output: The folder ``ope.csv`` goes into.
+        overwrite: Replace an ``ope.csv`` already there.
+        inputs: Option -> file read by the run (``--log``, ``--ckpt_path``).
+
+    Raises:
+        ConfigError: ``output`` is a file, lies under a file, is not writable, already holds a result, or its
+            ``ope.csv`` is one of the inputs.
+    """
+    from barp.data.sources.files import check_not_input
+
+    out = Path(output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {output!r} is a file; barp ope writes a folder ({OUTPUT_FILE})")
+    check_not_input(out / OUTPUT_FILE, inputs or {}, option=f"--output {output!r}")
+    if (out / OUTPUT_FILE).exists() and not overwrite:
+        raise ConfigError(f"--output {output!r} already holds an ope result ({OUTPUT_FILE}): choose another folder, "
+                          "or pass --overwrite true to replace it")
+    base = out
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"--output {output!r}: {str(base)!r} is a file, so the folder cannot be made")
+    try:
+        tempfile.TemporaryFile(dir=base).close()
+    except OSError as err:
+        raise ConfigError(f"--output {output!r}: cannot write in {str(base)!r} ({err.strerror or err})") from None
+    return out
+
+
+def check_unseen_prompts(ckpt: dict, logged, ckpt_path: str) -> None:
+    """Refuse a log whose prompts (prompt id and text, as ``barp test`` matches them) trained the checkpoint.
+
+    Prompts the checkpoint's own evaluation splits also held at fit time (a published test file sharing rows with
+    the training file) are allowed, as in ``barp test``.
+
+    Raises:
+        ConfigError: How many of the log's distinct prompts were training prompts of the checkpoint.
+    """
+    from barp.models.checkpoints import RECORD_KEY, row_fingerprints
+
+    record = ckpt.get(RECORD_KEY) or {}
+    trained = record.get("train_rows")
+    if trained is None:
+        return
+    pairs = sorted(set(zip(logged.prompt_ids, logged.prompts)))
+    now = row_fingerprints([pid for pid, _ in pairs], [text for _, text in pairs]).numpy()
+    seen = np.isin(now, np.asarray(trained))
+    evaluated = record.get("eval_rows")
+    if evaluated is not None:
+        seen &= ~np.isin(now, np.asarray(evaluated))
+    if seen.any():
+        raise ConfigError(
+            f"--log {logged.source!r}: {int(seen.sum())} of its {len(pairs)} prompts were training prompts of the "
+            f"checkpoint {ckpt_path!r} (same prompt id and text), so the estimates would not measure unseen "
+            "prompts; evaluate on a log of prompts the router was not trained on")
+
+
+def check_finite(results: Sequence[Estimate], source: str) -> None:
+    """Refuse estimates or intervals that are not finite numbers (nothing is then written or printed)."""
+    bad = [r for r in results if not all(math.isfinite(v) for v in (r.estimate, r.ci_low, r.ci_high))]
+    if not bad:
+        return
+    r = bad[0]
+    if r.weight_mean == 0:
+        why = "no logged request took the target's choices (every importance weight is 0)"
+        if r.estimator == "snips":
+            why += "; leave snips out (--estimators [ips,dr]) or evaluate on a log with exploration"
+    elif math.isfinite(r.estimate):
+        why = ("no bootstrap resample held a request that took the target's choices (too few such rows); raise "
+               "--bootstrap or log more requests")
+    else:
+        why = "the log's values overflow the arithmetic"
+    more = f" ({len(bad) - 1} more)" if len(bad) > 1 else ""
+    raise DataValidationError(
+        f"{source}: the {r.estimator} {r.quantity} estimate at w_c={r.w_c:g} is not a finite number (estimate "
+        f"{r.estimate!r}, interval [{r.ci_low!r}, {r.ci_high!r}]){more}: {why}; nothing was written")
+
+
 def ope(
     log: str,
     ckpt_path: str,
@@ -88,14 +178,17 @@ def ope(
     min_ess: float = 50.0,
     tau: float | None = None,
     cache_dir: str | None = None,
+    overwrite: bool = False,
 ) -> list[Estimate]:
     """Off-policy evaluation of a trained router on a served-request log.
 
     Args:
         log: The log file (CSV, TSV, JSON lines or parquet; columns prompt, model, propensity, score, cost and
-            optionally w_c, timestamp, prompt_id, note; see docs/off_policy.md).
+            optionally w_c, timestamp, prompt_id, decision_id, note; see docs/off_policy.md). A row repeating an
+            earlier one, and prompts the checkpoint was trained on, are refused.
         ckpt_path: Checkpoint of the router to evaluate (written by ``barp fit``).
-        output: Folder to write ``ope.csv`` into (created if needed; the file is replaced atomically).
+        output: Folder to write ``ope.csv`` into (created if needed; the file is written atomically). Checked
+            before any work: not a file, writable, and its ``ope.csv`` none of the inputs.
         w_c: Evaluation cost weights (default [0.2, 0.5, 0.8]).
         estimators: Any of ips, snips, dr (default: all three).
         temperature: Evaluate the router's softmax at this temperature instead of its greedy choice (null: greedy).
@@ -107,17 +200,31 @@ def ope(
         min_ess: Warn when the effective sample size is below this.
         tau: Cost scale of the reward in USD (null: the checkpoint's tau).
         cache_dir: barp's cache folder for the prompt embeddings (default $BARP_CACHE or ~/.cache/barp).
+        overwrite: Replace an ``ope.csv`` already in ``output`` (by default an existing result stops the run before
+            any work).
 
     Returns:
         The estimates, also written to ``<output>/ope.csv``.
     """
     from barp.data.sources.logs import read_log
+    from barp.learning.rl import check_w_c
+    from barp.models.checkpoints import load_checkpoint
     from barp.models.trained import TrainedRouter
 
     w_c = [0.2, 0.5, 0.8] if w_c is None else list(w_c)
     estimators = list(ESTIMATORS) if estimators is None else list(estimators)
+    check_options(estimators, clip, bootstrap, level, folds)
+    w_c = [check_w_c(pref, "--w_c") for pref in w_c]
+    if temperature is not None and not temperature > 0:
+        raise ConfigError(f"--temperature must be > 0 (or null for the greedy policy), got {temperature!r}")
+    if tau is not None and not tau > 0:
+        raise ConfigError(f"--tau must be > 0 (USD), got {tau!r}")
+    check_output(output, overwrite, {"--log": log, "--ckpt_path": ckpt_path})
+    ckpt = load_checkpoint(ckpt_path)
     router = TrainedRouter.from_checkpoint(ckpt_path)
     logged = read_log(log, models=router.models)
+    check_unseen_prompts(ckpt, logged, ckpt_path)
+    del ckpt
     tau = router.module.tau_value if tau is None else tau
     features = embed_prompts(router, logged.prompts, cache_dir)
     with warnings.catch_warnings(record=True) as caught:
@@ -129,7 +236,8 @@ def ope(
         )
     for item in caught:
         print(f"barp ope: warning: {item.message}", file=sys.stderr)
-    write_csv(results, Path(output) / OUTPUT_FILE)
+    check_finite(results, logged.source)
+    write_csv(results, Path(output).expanduser() / OUTPUT_FILE)
     print(describe_log(logged, ckpt_path, tau, temperature) + "\n" + format_table(results, level), flush=True)
     return results
 
@@ -154,7 +262,8 @@ def describe_log(logged, ckpt_path: str, tau: float, temperature: float | None) 
 
 
 def format_table(results: Sequence[Estimate], level: float = 0.95) -> str:
-    """The estimates as a text table: one line per (w_c, estimator), each quantity with its interval."""
+    """The estimates as a text table: one line per (w_c, estimator), each quantity with its interval; an impossible
+    estimate (:func:`~barp.ope.estimators.is_impossible`) is marked ``!`` and its line says so."""
     by_key: dict[tuple[float, str], dict[str, Estimate]] = {}
     for r in results:
         by_key.setdefault((r.w_c, r.estimator), {})[r.quantity] = r
@@ -167,10 +276,14 @@ def format_table(results: Sequence[Estimate], level: float = 0.95) -> str:
         for q, width in (("score", 26), ("cost", 34), ("reward", 27)):
             e = row.get(q)
             f = fmt[q]
-            text = "" if e is None else f"{f.format(e.estimate)} [{f.format(e.ci_low)}, {f.format(e.ci_high)}]"
+            mark = "!" if e is not None and is_impossible(e) else ""
+            text = "" if e is None else f"{f.format(e.estimate)}{mark} [{f.format(e.ci_low)}, {f.format(e.ci_high)}]"
             cells.append(f"{text:>{width}}")
         any_row = next(iter(row.values()))
-        flag = "yes (see above)" if any_row.warning else ""
+        if any(is_impossible(e) for e in row.values()):
+            flag = "IMPOSSIBLE estimate (marked !, see above)"
+        else:
+            flag = "yes (see above)" if any_row.warning else ""
         lines.append(f"{pref:>4g} {name:<9} {' '.join(cells)} {any_row.ess:>7.1f}  {flag}")
     return "\n".join(lines)
 

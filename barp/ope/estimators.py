@@ -17,13 +17,17 @@ a target policy given as per-row probabilities pi(a | x_i, w) (greedy targets ar
 
 Each estimate has a percentile bootstrap interval (log rows resampled with replacement, the same resamples for
 every estimator; the cross-fitted m is held fixed) and the effective sample size ``(sum w)^2 / sum w^2``.
+
+A point estimate outside the range every policy's mean lies in (score in [0, 1], cost >= 0, reward in
+``[-w_c, 1 - w_c]``) is impossible: it is kept as computed (not clipped), and a warning says so and why (too few
+rows, extreme importance weights); see :func:`possible_range`.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -241,7 +245,36 @@ def _check_target(target: np.ndarray, log: LoggedFeedback, w_c: float) -> np.nda
     return target
 
 
-def _check_options(estimators: Sequence[str], clip: float | None, bootstrap: int, level: float, folds: int) -> None:
+def possible_range(quantity: str, w_c: float) -> tuple[float, float]:
+    """The range every policy's mean ``quantity`` lies in at cost weight ``w_c``.
+
+    Scores are in [0, 1] and costs >= 0 per request, and the reward ``(1 - w_c) q - w_c min(c / tau, 1)`` is in
+    ``[-w_c, 1 - w_c]``, so a mean outside these bounds cannot be any policy's.
+    """
+    if quantity == "score":
+        return 0.0, 1.0
+    if quantity == "reward":
+        return -float(w_c), 1.0 - float(w_c)
+    return 0.0, float("inf")
+
+
+def is_impossible(estimate: Estimate, tolerance: float = 1e-9) -> bool:
+    """Whether the point estimate lies outside :func:`possible_range` (beyond rounding)."""
+    low, high = possible_range(estimate.quantity, estimate.w_c)
+    return bool(estimate.estimate < low - tolerance or estimate.estimate > high + tolerance)
+
+
+def _impossible_message(name: str, quantity: str, value: float, pref: float, weights: np.ndarray) -> str:
+    low, high = possible_range(quantity, pref)
+    bounds = f"[{low:g}, {high:g}]" if np.isfinite(high) else f">= {low:g}"
+    return (f"IMPOSSIBLE {name} {quantity} estimate {value:.4g} at w_c={pref:g}: every policy's mean {quantity} is "
+            f"{bounds}; too few rows or extreme importance weights ({len(weights)} rows, effective sample size "
+            f"{effective_sample_size(weights):.1f}, largest weight {weights.max():.3g}) make it meaningless: do not "
+            "use it (it is not clipped)")
+
+
+def check_options(estimators: Sequence[str], clip: float | None, bootstrap: int, level: float, folds: int) -> None:
+    """Refuse bad estimation options (see :func:`estimate_policy`) with one :class:`ConfigError` each."""
     unknown = [e for e in estimators if e not in ESTIMATORS]
     if unknown or not estimators:
         raise ConfigError(f"estimators: {unknown or 'none given'}; choose among {list(ESTIMATORS)}")
@@ -290,9 +323,10 @@ def estimate_policy(
 
     Returns:
         One :class:`Estimate` per (w_c, estimator, quantity), in that order. Each overlap problem is also issued
-        once per preference as a ``UserWarning``.
+        once per preference as a ``UserWarning``, and so is each impossible estimate (:func:`is_impossible`; kept
+        as computed, its ``warning`` starts with ``IMPOSSIBLE``).
     """
-    _check_options(estimators, clip, bootstrap, level, folds)
+    check_options(estimators, clip, bootstrap, level, folds)
     if not tau > 0:
         raise ConfigError(f"tau must be > 0 (USD), got {tau!r}")
     norm_cost = np.minimum(log.cost / tau, 1.0)
@@ -338,6 +372,11 @@ def _estimates_at(log, probs, pref, observed, predicted, estimators, clip, boots
     for e_i, name in enumerate(names):
         for q_i, quantity in enumerate(QUANTITIES):
             c = 3 * e_i + q_i
-            out.append(Estimate(estimator=name, quantity=quantity, estimate=float(point[c]), ci_low=float(low[c]),
-                                ci_high=float(high[c]), **common))
+            estimate = Estimate(estimator=name, quantity=quantity, estimate=float(point[c]), ci_low=float(low[c]),
+                                ci_high=float(high[c]), **common)
+            if is_impossible(estimate):
+                message = _impossible_message(name, quantity, estimate.estimate, pref, weights)
+                warnings.warn(f"{log.source}: {message}", UserWarning, stacklevel=3)
+                estimate = replace(estimate, warning="; ".join(filter(None, [message, estimate.warning])))
+            out.append(estimate)
     return out

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import get_args
 
 from barp.data.sources.assemble import LoadOptions, OnMissing, concat
-from barp.data.sources.files import read_file
+from barp.data.sources.files import RawFile, read_file
 from barp.data.sources.hf_datasets import is_dataset_path, read_dataset
 from barp.data.sources.hub import is_hub_path, resolve_hub_path
-from barp.data.sources.layouts import FORMATS, Format, read_layout
+from barp.data.sources.layouts import FORMATS, Format, detect, read_layout
+from barp.data.sources.records import prices_name
 from barp.data.table import OutcomeTable
 from barp.errors import DataValidationError
 
@@ -89,7 +90,9 @@ def load_table(
         task_map: Task-family overrides, name or prefix (longest wins; trailing ``*`` optional) -> family.
             For RouterBench it is consulted before the built-in families; for generic files it renames tasks.
         default_task: Family of RouterBench ``eval_name`` values no rule covers, and of rows without a task.
-        prices: For ``records``: a dict or JSON/YAML file, model -> ``[usd_per_1M_input, usd_per_1M_output]``.
+        prices: For ``records`` only: a dict or JSON/YAML file, model -> ``[usd_per_1M_input, usd_per_1M_output]``
+            (entries of models no record scores are ignored). A file in another layout has costs of its own and
+            refuses a price table.
         cache_dir: barp's cache folder; ``hf://`` files go to ``<cache_dir>/hub/OWNER/DATASET/FILE`` (default
             ``$BARP_CACHE``, else ``~/.cache/barp``).
         task_column: The column (records: key) with each row's task family in generic tables and records.
@@ -112,5 +115,18 @@ def load_table(
                           task_column=task_column)
     sources = expand_path(path, cache_dir)
     raws = (read_dataset(s, cache_dir) if isinstance(s, str) else read_file(s, trust_pickle) for s in sources)
-    tables = [read_layout(raw, format, options) for raw in raws]
+    tables = [read_layout(_check_prices(raw, format, prices), format, options) for raw in raws]
     return tables[0] if len(tables) == 1 else concat(tables, source=str(path))
+
+
+def _check_prices(raw: RawFile, format: Format, prices: str | dict | None) -> RawFile:
+    """Refuse a price table for a file whose layout has costs of its own (only records take one)."""
+    if prices is None:
+        return raw
+    layout = detect(raw) if format == "auto" else format
+    if layout != "records":
+        raise DataValidationError(
+            f"{raw.source}: this {layout} table already has a cost per (prompt, model), so the price table "
+            f"{prices_name(prices)} would not be used; drop prices (--data.prices), which is only for score records "
+            "without costs")
+    return raw

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from barp.data.sources.duplicates import unique_rows, warn_duplicates
-from barp.data.table import OutcomeTable
+from barp.data.table import MAX_COST_USD, OutcomeTable
 from barp.errors import DataValidationError
 
 OnMissing = Literal["drop", "error"]
@@ -212,8 +212,8 @@ def assemble(cells: Cells, on_missing: OnMissing = "drop") -> OutcomeTable:
     sub[keep] = True
     missing_cost = np.isnan(costs) & sub[:, None]
     _first_bad(cells, missing_cost, cells.cost_column, costs, "")
-    bad_cost = sub[:, None] & (~np.isfinite(costs) | (costs < 0))
-    _first_bad(cells, bad_cost, cells.cost_column, costs, "a finite cost >= 0 (USD)")
+    bad_cost = sub[:, None] & (~np.isfinite(costs) | (costs < 0) | (costs > MAX_COST_USD))
+    _first_bad(cells, bad_cost, cells.cost_column, costs, f"a finite cost in [0, {MAX_COST_USD:g}] (USD per request)")
     bad_score = sub[:, None] & ~np.isnan(scores) & (~np.isfinite(scores) | (scores < 0) | (scores > 1))
     _first_bad(cells, bad_score, cells.score_column, scores, "a score in [0, 1]")
     prompts: list[str] = []

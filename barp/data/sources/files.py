@@ -8,7 +8,10 @@ only then from the extension, so a mis-named file is still read correctly. Every
 from __future__ import annotations
 
 import csv
+import glob
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,7 +19,7 @@ from typing import Literal
 import pandas as pd
 
 from barp.data.sources.safety import PICKLE_SUFFIXES, check_pickle
-from barp.errors import DataValidationError
+from barp.errors import ConfigError, DataValidationError
 
 Container = Literal["csv", "parquet", "pickle", "json", "datasets"]
 
@@ -198,3 +201,41 @@ def read_file(path: Path, trust_pickle: bool = False) -> RawFile:
     elif not raw.objects:
         raise _fail(path, "has no data rows (an empty JSON list)")
     return raw
+
+
+def local_files(spec: str) -> list[Path]:
+    """The existing local files a path specification names: a file, a glob, or comma-separated files and globs.
+
+    Hub paths and ``datasets`` sources name no local file the user gave, and are skipped.
+    """
+    spec = str(spec).strip()
+    parts = [spec] if os.path.exists(spec) else [p.strip() for p in spec.split(",") if p.strip()]
+    found: list[Path] = []
+    for part in parts:
+        for candidate in sorted(glob.glob(os.path.expanduser(part))) or [os.path.expanduser(part)]:
+            if os.path.isfile(candidate):
+                found.append(Path(candidate))
+    return found
+
+
+def check_not_input(output: str | os.PathLike, inputs: Mapping[str, object], option: str = "--output") -> None:
+    """Refuse, before any work, to write a file that is one of the inputs (it would replace what was read).
+
+    Args:
+        output: The file that would be written.
+        inputs: Option -> the input it names (a file, glob or comma-separated files; None or "" is skipped).
+        option: How the message names the output option (e.g. ``--output 'runs/ope'``, writing ``runs/ope/ope.csv``).
+
+    Raises:
+        ConfigError: ``output`` resolves to one of the input files (the same file, also through a link).
+    """
+    out = Path(output).expanduser()
+    if not out.is_file():
+        return  # an input to read exists; a path that holds no file is none of them
+    for name, spec in inputs.items():
+        if spec is None or not str(spec).strip():
+            continue
+        for candidate in local_files(str(spec)):
+            if os.path.samefile(candidate, out):
+                raise ConfigError(f"{option} would write {str(out)!r}, which is the input file {str(candidate)!r} "
+                                  f"({name}): it would be overwritten; write to another path")

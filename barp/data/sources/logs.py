@@ -11,16 +11,19 @@ column           required  meaning
 ``model``        yes       the model that answered (one of the router's models)
 ``propensity``   yes       probability the logging policy gave that model, in (0, 1]
 ``score``        yes       its quality score, in [0, 1]
-``cost``         yes       its cost in USD, >= 0
+``cost``         yes       its cost in USD, in [0, :data:`~barp.data.table.MAX_COST_USD`] (1000)
 ``w_c``          no        cost weight the request was served at, in [0, 1] (empty: not recorded)
 ``timestamp``    no        when it was served (kept as text)
 ``prompt_id``    no        an id of the prompt (repeated requests of one prompt may share it)
+``decision_id``  no        the id ``barp serve`` gave the request; unique per row
 ``note``         no        free text; the simulator writes ``simulated: ...`` on every row
 ===============  ========  ==========================================================================
 
 CSV, TSV, JSON, JSON lines and parquet are read through :func:`barp.data.sources.files.read_file` (the container
 is sniffed from the content), and every bad value stops loading with one :class:`~barp.errors.DataValidationError`
-naming the file, the column, the row (0-based, header excluded) and the value.
+naming the file, the column, the row (0-based, header excluded) and the value. A row that repeats an earlier row
+exactly (every column above equal, a copied or twice-written row) and a repeated ``decision_id`` are refused too:
+such a row would count one request twice and narrow every interval computed from the log.
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ from barp.atomic import atomic_path
 from barp.data.sources.assemble import NA_TEXT, describe, is_missing, prompt_text
 from barp.data.sources.files import read_file
 from barp.data.sources.generic import require
+from barp.data.table import MAX_COST_USD
 from barp.errors import DataValidationError
 
 REQUIRED_COLUMNS = ("prompt", "model", "propensity", "score", "cost")
-OPTIONAL_COLUMNS = ("w_c", "timestamp", "prompt_id", "note")
+OPTIONAL_COLUMNS = ("w_c", "timestamp", "prompt_id", "decision_id", "note")
 #: Prefix of the ``note`` the simulator writes, so a simulated log says so wherever it goes.
 SIMULATED = "simulated"
 
@@ -58,7 +62,7 @@ class LoggedFeedback:
         actions: Index of the model that answered, per request, shape (N,).
         propensity: Probability the logging policy gave that model, in (0, 1], shape (N,).
         score: That model's score, in [0, 1], shape (N,).
-        cost: That model's cost in USD, >= 0, shape (N,).
+        cost: That model's cost in USD, in [0, :data:`~barp.data.table.MAX_COST_USD`], shape (N,).
         w_c: Cost weight served at, in [0, 1], or NaN where not recorded, shape (N,); None: none recorded.
         prompt_ids: An id per request (default: the row number); repeated requests of one prompt may share it.
         timestamps: When each request was served (text), or None.
@@ -116,7 +120,8 @@ class LoggedFeedback:
             ("propensity", self.propensity, lambda p: ~np.isfinite(p) | (p <= 0) | (p > 1),
              "a probability in (0, 1] (the logging policy's probability of the served model)"),
             ("score", self.score, lambda s: ~np.isfinite(s) | (s < 0) | (s > 1), "a score in [0, 1]"),
-            ("cost", self.cost, lambda c: ~np.isfinite(c) | (c < 0), "a finite cost >= 0 (USD)"),
+            ("cost", self.cost, lambda c: ~np.isfinite(c) | (c < 0) | (c > MAX_COST_USD),
+             f"a finite cost in [0, {MAX_COST_USD:g}] (USD per request)"),
             ("w_c", self.w_c, lambda w: ~np.isnan(w) & (~np.isfinite(w) | (w < 0) | (w > 1)),
              "a cost weight in [0, 1] (or empty)"),
         )
@@ -286,8 +291,9 @@ def read_log(
         The validated log; its ``source`` is the file.
 
     Raises:
-        DataValidationError: The file is unreadable, a column is missing, or a value is missing or out of range;
-            the message names the file, the column, the row and the value.
+        DataValidationError: The file is unreadable, a column is missing, a value is missing or out of range, or a
+            row repeats an earlier one (see :func:`check_repeats`); the message names the file, the column, the row
+            and the value.
     """
     raw = read_file(Path(path).expanduser(), trust_pickle)
     frame, source = raw.table(), raw.source
@@ -296,10 +302,9 @@ def read_log(
     names, actions = _actions(_texts(frame, "model", source), models, source)
     notes = _optional_texts(frame, "note")
     timestamps = _optional_texts(frame, "timestamp")
-    ids = _optional_texts(frame, "prompt_id")
-    if ids is not None:
-        ids = [pid if pid.strip() else str(i) for i, pid in enumerate(ids)]
-    return LoggedFeedback(
+    raw_ids = _optional_texts(frame, "prompt_id")
+    ids = None if raw_ids is None else [pid if pid.strip() else str(i) for i, pid in enumerate(raw_ids)]
+    log = LoggedFeedback(
         prompts=_texts(frame, "prompt", source),
         models=names,
         actions=actions,
@@ -312,3 +317,53 @@ def read_log(
         notes=sorted({n for n in notes or [] if n.strip()}),
         source=source,
     )
+    decisions = _optional_texts(frame, "decision_id")
+    check_repeats(log, raw_ids, decisions)
+    return log
+
+
+def check_repeats(log: LoggedFeedback, prompt_ids: list[str] | None = None,
+                  decision_ids: list[str] | None = None) -> None:
+    """Refuse a log that holds one request twice: a repeated ``decision_id``, or a row equal to an earlier one.
+
+    Rows are equal when they agree on prompt id, prompt, model, propensity, score, cost, w_c, timestamp and decision
+    id (a copied file, or one answer written twice). Real repeated requests of one prompt differ in their
+    timestamp or decision id, which is how a log tells them apart.
+
+    Args:
+        log: The validated log.
+        prompt_ids: The file's ``prompt_id`` cells as written ("" where empty), or None without that column.
+        decision_ids: The file's ``decision_id`` cells ("" where empty), or None without that column.
+
+    Raises:
+        DataValidationError: Naming the file, the two rows and the repeated value.
+    """
+    if decision_ids is not None:
+        first: dict[str, int] = {}
+        for i, did in enumerate(decision_ids):
+            if not did.strip():
+                continue
+            if did in first:
+                raise DataValidationError(
+                    f"{log.source}: column 'decision_id', rows {first[did]} and {i}: decision id {did!r} is logged "
+                    "twice; one decision has one outcome (a copied row, or two servers writing one log)")
+            first[did] = i
+    column = lambda values: [None] * log.num_rows if values is None else values  # noqa: E731
+    w_c = [None if np.isnan(w) else float(w) for w in log.w_c]
+    keys = zip(column(prompt_ids), log.prompts, log.actions.tolist(), log.propensity.tolist(), log.score.tolist(),
+               log.cost.tolist(), w_c, column(log.timestamps), column(decision_ids))
+    seen: dict[tuple, int] = {}
+    repeats: list[tuple[int, int]] = []
+    for i, key in enumerate(keys):
+        if key in seen:
+            repeats.append((seen[key], i))
+        else:
+            seen[key] = i
+    if repeats:
+        earlier, row = repeats[0]
+        more = f" ({len(repeats) - 1} more repeated rows)" if len(repeats) > 1 else ""
+        raise DataValidationError(
+            f"{log.source}: row {row} repeats row {earlier} exactly (prompt id {log.prompt_ids[row]!r}, model "
+            f"{log.models[log.actions[row]]!r}, same prompt, propensity, score, cost, w_c and timestamp){more}: a "
+            "copied row counts one request twice; remove the copies (distinct requests need distinct timestamp, "
+            "prompt_id or decision_id values)")

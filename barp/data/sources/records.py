@@ -14,8 +14,10 @@ This is an estimate, not what the calls cost. Optional per-record keys: ``task``
 The price table is a dict or a JSON/YAML file mapping model -> ``[usd_per_1M_input, usd_per_1M_output]``,
 ``[in, out, output_tokens]``, ``{input: .., output: .., output_tokens: ..}``, an LLMRouter ``llm_candidates``
 entry ``{input_price, output_price, size, feature, ...}`` (USD per 1M tokens), or a LiteLLM price-map entry
-``{input_cost_per_token, output_cost_per_token, ...}`` (USD per token). Models it prices but no record scores are
-ignored.
+``{input_cost_per_token, output_cost_per_token, ...}`` (USD per token). Only the entries of models the records
+score are read and checked: the entries of other models (LiteLLM's map prices embedding and image models with
+other keys) are ignored, whatever they hold. A price table is only for records: a table that has costs of its own
+(wide, long, RouterBench, parquet) refuses one (see :func:`barp.data.sources.load_table`).
 
 Records without an id are named ``<file stem>:<position>`` (``train:0``), so two record files (a training and a
 test file) never share an id. ``task_key`` names the key that holds the task family (default ``task``; for
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,19 +131,27 @@ def _tokens(value: object, entry: object, where: str) -> int:
     return int(number)
 
 
-def load_prices(prices: str | dict) -> tuple[dict[str, Price], str]:
+def prices_name(prices: str | dict) -> str:
+    """How messages name a price table: its file, or ``<prices dict>``."""
+    return "<prices dict>" if isinstance(prices, dict) else str(prices)
+
+
+def load_prices(prices: str | dict, models: Iterable[str] | None = None) -> tuple[dict[str, Price], str]:
     """Read and check a price table; return it and its name for messages.
 
     Args:
         prices: A dict, or the path of a JSON or YAML file (``.yaml``/``.yml``), mapping model -> prices.
+        models: Read and check only the entries of these models (the scored ones; others are ignored, whatever
+            they hold); None: every entry.
 
     Raises:
-        DataValidationError: The file is unreadable or an entry is malformed (naming the file and model).
+        DataValidationError: The file is unreadable or an entry to read is malformed (naming the file and model).
     """
+    name = prices_name(prices)
     if isinstance(prices, dict):
-        table, name = prices, "<prices dict>"
+        table = prices
     else:
-        path, name = Path(prices), str(prices)
+        path = Path(prices)
         try:
             text = path.read_text(encoding="utf-8")
             if path.suffix.lower() in (".yaml", ".yml"):
@@ -155,7 +166,9 @@ def load_prices(prices: str | dict) -> tuple[dict[str, Price], str]:
             raise DataValidationError(f"{name}: the price table is not valid JSON/YAML ({exc})") from exc
     if not isinstance(table, dict) or not table:
         raise DataValidationError(f"{name}: the price table must map model -> [usd_per_1M_input, usd_per_1M_output]")
-    return {str(m): _price(e, f"{name}: model {str(m)!r}") for m, e in table.items()}, name
+    wanted = None if models is None else {str(m) for m in models}
+    return {str(m): _price(e, f"{name}: model {str(m)!r}") for m, e in table.items()
+            if wanted is None or str(m) in wanted}, name
 
 
 def is_records(objects: list[dict]) -> bool:
@@ -180,7 +193,6 @@ def read_records(raw: RawFile, options: LoadOptions) -> OutcomeTable:
             f"{source}: records have no costs, so a price table is needed to estimate them: pass prices "
             "(--data.prices prices.json) mapping model -> [usd_per_1M_input, usd_per_1M_output]"
         )
-    prices, prices_name = load_prices(options.prices)
     text_key = "question" if "question" in objects[0] else "prompt"
     id_key = "id" if "id" in objects[0] else "prompt_id"
     first_row: dict[str, int] = {}
@@ -193,10 +205,11 @@ def read_records(raw: RawFile, options: LoadOptions) -> OutcomeTable:
             raise DataValidationError(f"{source}: column {text_key!r}, row {r}: the key is missing")
         for model in obj["scores"]:
             first_row.setdefault(str(model), r)
+    prices, table_name = load_prices(options.prices, models=first_row)
     for model, r in first_row.items():
         if model not in prices:
             raise DataValidationError(
-                f"{prices_name}: model {model!r} has no price (it is scored in {source}, column 'scores', row {r}); "
+                f"{table_name}: model {model!r} has no price (it is scored in {source}, column 'scores', row {r}); "
                 "add [usd_per_1M_input, usd_per_1M_output] for it"
             )
     models = sorted(first_row)
@@ -212,7 +225,7 @@ def read_records(raw: RawFile, options: LoadOptions) -> OutcomeTable:
         scores={m: [s.get(m) for s in scored] for m in models},
         costs={m: [estimate_cost(t, prices[m]) for t in texts] for m in models},
         score_column={m: f"scores.{m}" for m in models},
-        cost_column={m: f"{prices_name}[{m}]" for m in models},
+        cost_column={m: f"{table_name}[{m}]" for m in models},
         id_column=id_key,
         prompt_column=text_key,
     )
