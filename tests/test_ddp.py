@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,3 +52,49 @@ def test_ddp_two_processes_train_and_test(tmp_path):
     # the training prompts, yet the saved memory (rank 0's) has outcomes for every prompt.
     seen = torch.load(ckpts[0], map_location="cpu", weights_only=False)["neighbour_critic"]["seen"]
     assert bool(seen.any(dim=1).all()), f"{int((~seen.any(dim=1)).sum())} of {len(seen)} prompts never observed"
+
+
+def test_evaluation_splits_are_sharded_without_padding(tiny_datamodule, monkeypatch):
+    """Under 5 processes each evaluation row is evaluated exactly once (Lightning's sampler would repeat rows to make
+    the split divide evenly, and every mean over it would count them twice)."""
+    import numpy as np
+
+    from barp.errors import ConfigError
+
+    dm = tiny_datamodule
+    assert len(dm.splits.val) % 5 and len(dm.splits.test) % 5  # sizes that 5 processes do not divide
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a, **k: 5)
+    for loader_of, split in ((lambda: dm.val_dataloader(), dm.splits.val), (lambda: dm.test_dataloader()[0],
+                                                                             dm.splits.test)):
+        rows = []
+        for rank in range(5):
+            monkeypatch.setattr(torch.distributed, "get_rank", lambda *a, r=rank, **k: r)
+            loader = loader_of()
+            rows += [int(r) for batch in loader for r in batch["row"]]
+        assert sorted(rows) == sorted(int(r) for r in split)  # every row once, none twice
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a, **k: len(dm.splits.val) + 1)
+    with pytest.raises(ConfigError, match="fewer than the"):
+        dm.val_dataloader()
+    assert np.asarray(dm.splits.val).size > 0
+
+
+@pytest.mark.slow
+def test_ddp_three_processes_test_the_whole_split_once(tmp_path):
+    """--trainer.devices 3 on CPU: the test metrics are those of one process (the oracle is exact)."""
+    common = ["--config", str(ROOT / "configs" / "experiments" / "synthetic.yaml"),
+              "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
+              "--trainer.enable_progress_bar", "false", "--data.init_args.num_prompts", "230"]
+    results = {}
+    for devices in ("1", "3"):
+        out = tmp_path / devices
+        args = [sys.executable, "-m", "barp", "fit", *common, "--trainer.devices", devices,
+                "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out)]
+        if devices != "1":
+            args += ["--trainer.strategy", "ddp"]
+        proc = subprocess.run(args, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                              text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[devices] = json.loads(next(out.rglob("test_results.json")).read_text())["metrics"]
+    for key in ("test/id/oracle_reward", "test/id/random_reward", "test/ood/oracle_score", "test/id/cheapest_cost"):
+        assert abs(results["3"][key] - results["1"][key]) < 1e-6, key

@@ -14,7 +14,7 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from barp.data.embedding_cache import (
     DistributedGroup,
@@ -38,6 +38,23 @@ from barp.errors import ConfigError
 
 #: Split names in the order predict batches number them (``batch["split"]``).
 SPLIT_ORDER = ("train", "val", "test", "ood")
+
+
+class EvaluationShards(DistributedSampler):
+    """Each process's share of an evaluation split, without padding: process r of W takes rows r, r + W, ...
+
+    Lightning's default distributed sampler pads a split to a multiple of the number of processes by repeating
+    prompts, so every mean over it would count those prompts twice. Evaluation metrics are sums reduced across the
+    processes (:mod:`barp.metrics.routing`), so uneven shares give the exact mean over the split.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+        self.total_size = len(dataset)
+
+    def __iter__(self):
+        return iter(range(self.rank, self.total_size, self.num_replicas))
 
 
 class _Rows(Dataset):
@@ -383,9 +400,19 @@ class RoutingDataModule(L.LightningDataModule):
             out["costs"] = torch.as_tensor(table.costs[rows], dtype=torch.float32)
         return out
 
-    def _loader(self, tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(_Rows(tensors), batch_size=batch_size, shuffle=shuffle, collate_fn=_identity_collate,
-                          num_workers=self.hparams.num_workers)
+    def _loader(self, tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool,
+                split: str | None = None) -> DataLoader:
+        """Batches of ``tensors``; an evaluation ``split`` is sharded across processes without padding."""
+        rows = _Rows(tensors)
+        sampler = None
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        if split is not None and world > 1:
+            if 0 < len(rows) < world:
+                raise ConfigError(f"the {split} split has {len(rows)} prompts, fewer than the {world} processes "
+                                  "(trainer.devices x num_nodes): evaluate on fewer devices or a larger split")
+            sampler = EvaluationShards(rows, world, torch.distributed.get_rank())
+        return DataLoader(rows, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          collate_fn=_identity_collate, num_workers=self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         """Training batches: ``emb`` and ``row`` (position in the training split, or the log row with
@@ -412,13 +439,15 @@ class RoutingDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """ID validation batches with full outcomes (for evaluation only)."""
-        return self._loader(self._tensors(self.splits.val, outcomes=True), self.hparams.eval_batch_size, False)
+        return self._loader(self._tensors(self.splits.val, outcomes=True), self.hparams.eval_batch_size, False,
+                            split="validation")
 
     def test_dataloader(self) -> list[DataLoader]:
         """ID test and (if any task is held out) OOD test batches, in that order."""
-        loaders = [self._loader(self._tensors(self.splits.test, True), self.hparams.eval_batch_size, False)]
+        size = self.hparams.eval_batch_size
+        loaders = [self._loader(self._tensors(self.splits.test, True), size, False, split="ID test")]
         if len(self.splits.ood):
-            loaders.append(self._loader(self._tensors(self.splits.ood, True), self.hparams.eval_batch_size, False))
+            loaders.append(self._loader(self._tensors(self.splits.ood, True), size, False, split="OOD test"))
         return loaders
 
     def predict_dataloader(self) -> DataLoader:
@@ -428,4 +457,4 @@ class RoutingDataModule(L.LightningDataModule):
         split_ids = np.concatenate([np.full(len(r), i) for i, r in parts])
         tensors = self._tensors(rows, outcomes=False)
         tensors["split"] = torch.as_tensor(split_ids, dtype=torch.long)
-        return self._loader(tensors, self.hparams.eval_batch_size, False)
+        return self._loader(tensors, self.hparams.eval_batch_size, False, split="predict")
