@@ -116,9 +116,20 @@ def cost_table(runs, grid: list[float]) -> str:
     return _markdown(["w_c", "ID score (%)", "ID cost (USD)", "OOD score (%)", "OOD cost (USD)"], body)
 
 
+def _frontier_key(runs, split: str) -> str:
+    """``aiq``, or ``mean_reward`` where every model of the split costs the same and AIQ is undefined."""
+    defined = [s["splits"][split].get("aiq_defined", True) for _, s in runs if split in s.get("splits", {})]
+    return "aiq" if not defined or any(defined) else "mean_reward"
+
+
+def _aiq_label(runs, split: str) -> str:
+    return "AIQ" if _frontier_key(runs, split) == "aiq" else "mean reward (AIQ undefined: one price)"
+
+
 def _aiq(runs, method: str, split: str) -> list[float]:
-    return [s["results"][method][split]["aiq"] for _, s in runs
-            if split in s["results"].get(method, {}) and s["results"][method][split]["aiq"] is not None]
+    key = _frontier_key(runs, split)
+    return [s["results"][method][split][key] for _, s in runs
+            if split in s["results"].get(method, {}) and s["results"][method][split].get(key) is not None]
 
 
 def ablation_table(runs_by_label: dict[str, tuple[list, str]], w_c: float) -> str:
@@ -131,7 +142,9 @@ def ablation_table(runs_by_label: dict[str, tuple[list, str]], w_c: float) -> st
                     _pm_cost(_cell(runs, method, s, w_c, "all", "cost")),
                     _pm(_cell(runs, method, s, w_c, "all", "reward"), 1, 4), _pm(_aiq(runs, method, s), 1, 4)]
         body.append(row)
-    head = [f"{s} {k}" for s in ("ID", "OOD") for k in ("score (%)", "cost (USD)", "reward", "AIQ")]
+    runs_any = [r for runs, _ in runs_by_label.values() for r in runs]
+    head = [f"{s.upper()} {k}" for s in ("id", "ood")
+            for k in ("score (%)", "cost (USD)", "reward", _aiq_label(runs_any, s))]
     return _markdown(["method", *head], body)
 
 
@@ -148,8 +161,8 @@ def summary_table(runs, methods: list[str], points: list[float]) -> str:
                         _pm_cost(_cell(runs, method, split, w, "all", "cost"))]
         body.append(row)
     head = [h for split in splits
-            for h in [f"{split.upper()} AIQ"] + [f"{split.upper()} {k} at w_c={w:g}" for w in points
-                                                  for k in ("score (%)", "cost (USD)")]]
+            for h in [f"{split.upper()} {_aiq_label(runs, split)}"]
+            + [f"{split.upper()} {k} at w_c={w:g}" for w in points for k in ("score (%)", "cost (USD)")]]
     return _markdown(["method", *head], body)
 
 

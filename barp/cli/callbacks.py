@@ -63,8 +63,13 @@ def format_table(rows: list[dict[str, object]], metrics: dict[str, float] | None
 
 
 def _aiq_line(split: str, metrics: dict[str, float] | None) -> list[str]:
-    key = metric_name("test", split, "aiq")
-    return [f"{split:<5}  AIQ over these preferences: {metrics[key]:.4f}", ""] if metrics and key in metrics else [""]
+    key, mean = metric_name("test", split, "aiq"), metric_name("test", split, "reward_avg")
+    if metrics and key in metrics:
+        return [f"{split:<5}  AIQ over these preferences: {metrics[key]:.4f}", ""]
+    if metrics and mean in metrics:  # every model costs the same here: no frontier to measure (aiq_defined)
+        return [f"{split:<5}  AIQ undefined (every model has the same mean cost); mean reward over these "
+                f"preferences: {metrics[mean]:.4f}", ""]
+    return [""]
 
 
 def format_headline(metrics: dict[str, float]) -> str:

@@ -4,6 +4,7 @@
   router's greedy choice, or a reference policy computed from the full outcome rows);
 - :class:`~barp.metrics.routing.RoutingMetrics` accumulates those outcomes per task (split and per-task means);
 - :func:`aiq_cost_range`: the cost range every AIQ on a split integrates over, fixed by the data alone;
+- :func:`aiq_defined`: whether that range gives AIQ a meaning (the split's models differ in price);
 - :func:`metric_name`: the one place logged metric names are made.
 """
 
@@ -90,6 +91,22 @@ def aiq_cost_range(model_mean_costs: np.ndarray | torch.Tensor) -> tuple[float, 
         model_mean_costs: Every model's mean cost on the split, shape (K,).
     """
     return 0.0, float(np.max(np.asarray(model_mean_costs, dtype=np.float64)))
+
+
+def aiq_defined(model_mean_costs: np.ndarray | torch.Tensor) -> bool:
+    """Whether AIQ measures anything on a split: its models' mean costs must differ.
+
+    Where every model costs the same (one price for all, or all free), every router's operating points lie at that
+    one cost, its frontier is a vertical line and the area over [0, that cost] is 0 up to rounding; AIQ would
+    rank routers by noise. Checkpoint selection, the results table and ``barp sweep`` then use the mean reward
+    over the evaluation preferences instead.
+
+    Args:
+        model_mean_costs: Every model's mean cost on the split, shape (K,).
+    """
+    costs = np.asarray(model_mean_costs, dtype=np.float64)
+    high, low = float(np.max(costs)), float(np.min(costs))
+    return high > 0 and high - low > 1e-6 * high
 
 
 def metric_name(stage: str, split: str, metric: str, w_c: float | None = None, policy: str | None = None) -> str:

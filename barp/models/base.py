@@ -28,6 +28,7 @@ from barp.metrics.evaluation import (
     REFERENCES,
     SPLITS,
     aiq_cost_range,
+    aiq_defined,
     chosen,
     metric_name,
     reference_outcome,
@@ -98,8 +99,10 @@ class RouterModule(L.LightningModule):
 
     Metric names: ``{stage}/{split}/{metric}`` at the primary preference ``eval_w_c`` and
     ``{stage}/{split}/wc={w_c}/{metric}`` at each of ``extra_eval_w_c``; ``{stage}/{split}/reward_avg`` is the
-    router's reward averaged over all evaluation preferences and ``{stage}/{split}/aiq`` the area under its cost-score
-    hull over them (see :func:`barp.metrics.aiq.aiq`; the recipes select checkpoints on it); at test time also
+    router's reward averaged over all evaluation preferences, ``{stage}/{split}/aiq`` the area under its cost-score
+    hull over them (see :func:`barp.metrics.aiq.aiq`; only where the split's models differ in price,
+    :func:`~barp.metrics.evaluation.aiq_defined`) and ``{stage}/{split}/selection`` the number the recipes select
+    checkpoints on: the AIQ, or ``reward_avg`` where the AIQ is undefined; at test time also
     ``test/{split}/{reference}_{score|cost|reward}`` for the oracle, random routing (exact expectation),
     the cheapest and the most expensive single model (by mean training cost).
 
@@ -479,18 +482,23 @@ class RouterModule(L.LightningModule):
                     self.log_dict(logged, add_dataloader_idx=False)
                     metric.reset()
             if router_rewards:
-                # one number for the whole trade-off range: what checkpoint selection should watch
-                self.log(metric_name(stage, split, "reward_avg"), torch.stack(router_rewards).mean(),
-                         add_dataloader_idx=False)
+                # one number for the whole trade-off range
+                reward_avg = torch.stack(router_rewards).mean()
+                self.log(metric_name(stage, split, "reward_avg"), reward_avg, add_dataloader_idx=False)
+                selection = float(reward_avg)
             model_cost = self.eval_metrics[f"{stage}_{split}_model_cost"]
             if len(points) >= 2 and model_cost.update_called:
                 # the frontier's area over the split's cost range: selecting on it favours the checkpoint with the
-                # best trade-offs over the whole cost range (see barp.metrics.evaluation.aiq_cost_range)
-                costs, scores = map(list, zip(*points))
-                cost_range = aiq_cost_range(model_cost.compute().cpu().numpy())
-                if cost_range[1] > 0:
-                    self.log(metric_name(stage, split, "aiq"), float(aiq(costs, scores, cost_range)),
-                             add_dataloader_idx=False)
+                # best trade-offs over the whole cost range (see barp.metrics.evaluation.aiq_cost_range); where
+                # every model costs the same it is 0 up to rounding, and is not logged (aiq_defined)
+                model_costs = model_cost.compute().cpu().numpy()
+                if aiq_defined(model_costs):
+                    costs, scores = map(list, zip(*points))
+                    selection = float(aiq(costs, scores, aiq_cost_range(model_costs)))
+                    self.log(metric_name(stage, split, "aiq"), selection, add_dataloader_idx=False)
+            if router_rewards:
+                # what checkpoint selection watches (the recipes' monitor): AIQ where it is defined, else reward_avg
+                self.log(metric_name(stage, split, "selection"), selection, add_dataloader_idx=False)
             model_cost.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from barp.metrics.aiq import aiq, cost_to_reach, mean_regret, score_at_cost
 from barp.metrics.bootstrap import PerPrompt, bootstrap_aiq
-from barp.metrics.evaluation import aiq_cost_range
+from barp.metrics.evaluation import aiq_cost_range, aiq_defined
 
 SINGLE_PREFIX = "single:"
 
@@ -24,6 +24,9 @@ DEFINITIONS = {
                                  "cheapest operating point costs more)",
     "cost_to_best_single_score": "least cost (USD per query) at which the method's hull reaches the best single "
                                  "model's score (null if it never does)",
+    "aiq_defined": "false where every model has the same mean cost on the split (one price for all, or all free): "
+                   "every frontier is then a vertical line, aiq is null, and tables rank by mean_reward instead",
+    "mean_reward": "the method's reward averaged over the w_c grid (split means)",
     "mean_regret": "mean over the w_c grid of (oracle reward - method reward), split means",
     "aiq_ci": "95% percentile interval of the AIQ under a bootstrap over the split's test prompts (the same resample "
               "for every method, cost range recomputed per resample); test-prompt variation only, not training seeds",
@@ -78,21 +81,24 @@ def summarize(rows: list[dict], meta: dict | None = None,
         pts = _points(rows, split)
         singles = {m: p for m, p in pts.items() if m.startswith(SINGLE_PREFIX)}
         if model_costs is not None:
-            cost_range = aiq_cost_range(model_costs[split].mean(axis=0))
+            mean_costs = model_costs[split].mean(axis=0)
         elif singles:
-            cost_range = aiq_cost_range([p["cost"].mean() for p in singles.values()])
+            mean_costs = np.array([p["cost"].mean() for p in singles.values()])
         else:
             raise ValueError(f"summarize: split {split!r} needs model_costs or single-model rows for its AIQ range")
+        cost_range, defined = aiq_cost_range(mean_costs), aiq_defined(mean_costs)
         best = None
         if singles:
             name = min(singles, key=lambda m: (-singles[m]["score"].mean(), singles[m]["cost"].mean()))
             best = {"method": name, "score": float(singles[name]["score"].mean()),
                     "cost": float(singles[name]["cost"].mean())}
-        summary["splits"][split] = {"cost_range": list(cost_range), "best_single_model": best}
+        summary["splits"][split] = {"cost_range": list(cost_range), "aiq_defined": defined,
+                                    "best_single_model": best}
         oracle = pts.get("oracle")
         for method, p in pts.items():
-            entry = {"aiq": aiq(p["cost"], p["score"], cost_range) if cost_range[1] > 0 else None,
-                     "score_at_best_single_cost": None, "cost_to_best_single_score": None, "mean_regret": None}
+            entry = {"aiq": aiq(p["cost"], p["score"], cost_range) if defined else None,
+                     "mean_reward": float(np.mean(p["reward"])), "score_at_best_single_cost": None,
+                     "cost_to_best_single_score": None, "mean_regret": None}
             if best is not None:
                 entry["score_at_best_single_cost"] = _clean(score_at_cost(p["cost"], p["score"], best["cost"]))
                 entry["cost_to_best_single_score"] = _clean(cost_to_reach(p["cost"], p["score"], best["score"]))
@@ -101,7 +107,7 @@ def summarize(rows: list[dict], meta: dict | None = None,
                 o = {w: r for w, r in zip(oracle["w_c"], oracle["reward"])}
                 entry["mean_regret"] = mean_regret(np.array([o[w] for w in p["w_c"][matched]]), p["reward"][matched])
             summary["results"].setdefault(method, {})[split] = entry
-        if per_prompt is not None and cost_range[1] > 0:
+        if per_prompt is not None and defined:
             chosen = {m: per_prompt[(split, m)] for m in pts}  # AIQ does not depend on the points' order
             # the same range as the point estimate: the split's models, else the single-model methods' costs
             costs = model_costs[split] if model_costs is not None else np.stack(
@@ -117,7 +123,10 @@ def format_summary(summary: dict) -> str:
     splits = list(summary["splits"])
     ref = summary["meta"].get("bootstrap_reference")
     diff = ref is not None and any("aiq_diff_ci" in e for m in summary["results"].values() for e in m.values())
-    cols = [f"AIQ {s}" + (f" | {s}: minus {ref}" if diff else "") + f" | regret {s}" for s in splits]
+    # where every model costs the same, AIQ is undefined (aiq_defined): the column is the mean reward instead
+    key = {s: "aiq" if summary["splits"][s].get("aiq_defined", True) else "mean_reward" for s in splits}
+    label = {"aiq": "AIQ", "mean_reward": "mean reward (AIQ undefined: one price)"}
+    cols = [f"{label[key[s]]} {s}" + (f" | {s}: minus {ref}" if diff else "") + f" | regret {s}" for s in splits]
     lines = ["| method | " + " | ".join(cols) + " |", "|" + "---|" * (1 + (3 if diff else 2) * len(splits))]
 
     def fmt(x: float | None) -> str:
@@ -126,15 +135,16 @@ def format_summary(summary: dict) -> str:
     def interval(ci: list[float] | None, signed: bool = False) -> str:
         return "" if ci is None else " [" + ", ".join(f"{v:+.3f}" if signed else f"{v:.3f}" for v in ci) + "]"
 
-    order = sorted(summary["results"], key=lambda m: -(summary["results"][m].get(splits[0], {}).get("aiq") or 0))
+    first = splits[0]
+    order = sorted(summary["results"], key=lambda m: -(summary["results"][m].get(first, {}).get(key[first]) or 0))
     for method in order:
         cells = []
         for s in splits:
             e = summary["results"][method].get(s, {})
-            cells.append(fmt(e.get("aiq")) + interval(e.get("aiq_ci")))
+            cells.append(fmt(e.get(key[s])) + interval(e.get("aiq_ci")))
             if diff:
-                base = summary["results"].get(ref, {}).get(s, {}).get("aiq")
-                d = None if method == ref or e.get("aiq") is None or base is None else e["aiq"] - base
+                base = summary["results"].get(ref, {}).get(s, {}).get(key[s])
+                d = None if method == ref or e.get(key[s]) is None or base is None else e[key[s]] - base
                 cells.append("-" if d is None else f"{d:+.4f}" + interval(e.get("aiq_diff_ci"), signed=True))
             cells.append(fmt(e.get("mean_regret")))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
