@@ -180,7 +180,8 @@ def test_a_partial_last_line_is_dropped_and_pending_decisions_survive_a_restart(
 
 
 def test_a_damaged_complete_line_is_refused_with_its_line_number(tmp_path):
-    (tmp_path / LOG_FILE).write_text('{"prompt": "a"}\nnot json\n{"prompt": "b"}\n')
+    row = {"decision_id": "d1", "prompt": "a", "model": "m", "propensity": 1.0, "score": 1.0, "cost": 0.0}
+    (tmp_path / LOG_FILE).write_text(f'{json.dumps(row)}\nnot json\n{{"prompt": "b"}}\n')
     with pytest.raises(DataValidationError, match="line 2 is not valid JSON"):
         FeedbackLog(tmp_path)
 

@@ -1,7 +1,8 @@
 """The HTTP API of ``barp serve`` (FastAPI; run by uvicorn): /route, /feedback, /health, /models.
 
 Every bad input gets one 4xx answer ``{"error": "..."}`` naming the field and the value: 422 for an invalid field
-(w_c outside [0, 1], an empty prompt list or prompt, an unknown field, a target no w_c meets), 413 for a batch or a
+(w_c outside [0, 1], an empty prompt list or prompt, an unknown field, a target no w_c meets, a feedback cost
+outside [0, MAX_COST_USD]), 413 for a batch or a
 prompt over the server's limits, 404 for an unknown decision id, 409 for a second feedback on one decision. A 500
 means a bug in barp, never a bad request.
 """
@@ -15,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from barp.data.table import MAX_COST_USD
 from barp.errors import BarpError
 from barp.service.calibrate import Target
 from barp.service.feedback_log import DuplicateFeedback, UnknownDecision
@@ -60,7 +62,8 @@ class FeedbackRequest(_Body):
 
     decision_id: str = Field(min_length=1, max_length=64)
     score: float = Field(ge=0, le=1, allow_inf_nan=False)
-    cost: float = Field(ge=0, allow_inf_nan=False)
+    cost: float = Field(ge=0, le=MAX_COST_USD, allow_inf_nan=False,
+                        description=f"USD for this request, in [0, {MAX_COST_USD:g}] (MAX_COST_USD)")
 
 
 class ApiError(Exception):

@@ -16,9 +16,23 @@ calibrated w_c (``barp calibrate``) so that it only corrects for drift.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
-from barp.errors import ConfigError
+from barp.data.table import MAX_COST_USD
+from barp.errors import ConfigError, DataValidationError
+
+
+def cost_problem(cost: object) -> str | None:
+    """Why ``cost`` is not the cost of one request in USD (None when it is one): it must be a finite number in
+    ``[0, MAX_COST_USD]``. No LLM call costs more than :data:`~barp.data.table.MAX_COST_USD`; a larger value is a unit
+    mistake or junk, and one such cost would move the budget controller to its bound and dominate every estimate.
+    The same rule holds for ``/feedback``, the request log, its replay at start-up and the controller."""
+    if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
+        return f"{cost!r} is not a number (USD per request)"
+    if not math.isfinite(float(cost)) or not 0 <= cost <= MAX_COST_USD:
+        return f"{float(cost)!r} is not a finite cost in [0, {MAX_COST_USD:g}] USD per request (MAX_COST_USD)"
+    return None
 
 
 @dataclass
@@ -66,10 +80,16 @@ class BudgetController:
         return 1000.0 * self.spent / self.served if self.served else float("nan")
 
     def update(self, cost: float) -> float:
-        """Account for one served request's cost (USD) and return the new cost weight."""
+        """Account for one served request's cost (USD) and return the new cost weight.
+
+        Raises:
+            DataValidationError: ``cost`` is not a finite number in ``[0, MAX_COST_USD]`` (the controller is left as
+                it was).
+        """
+        problem = cost_problem(cost)
+        if problem is not None:
+            raise DataValidationError(f"budget controller: cost {problem}")
         cost = float(cost)
-        if not (math.isfinite(cost) and cost >= 0):
-            raise ValueError(f"cost must be a finite number >= 0, got {cost!r}")
         self.served += 1
         self.spent += cost
         self.w_c = min(self.w_max, max(self.w_min, self.w_c + self.step * (cost / self.budget - 1.0)))

@@ -9,14 +9,17 @@ queries, score and traffic share per model (:mod:`barp.service.curve`), with boo
 the smallest that meets every constraint (the most weight on quality the budget allows), or, for a score target, the
 largest (the most weight on cost that keeps the score). Picking the highest estimated score instead would chase the
 noise of a flat stretch of the curve and leave budget unspent. Writes ``curve.csv``, ``curve.png`` and
-``calibration.json`` (the target, the chosen w_c, its estimates and the whole curve; ``barp serve --calibration``
-reads it) atomically into ``--output``.
+``calibration.json`` (the target, the chosen w_c, its estimates, the whole curve, and the checkpoint's identity, the
+SHA-256 of its file, which ``barp serve --calibration`` compares with ``--ckpt_path``) atomically into ``--output``.
+An ``--output`` that already holds any of these files is refused before any work unless ``--overwrite true``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from barp.errors import ConfigError
-from barp.service.calibration_files import write_outputs
+from barp.service.calibration_files import check_output, checkpoint_sha256, write_outputs
 from barp.service.curve import Curve, curve_from_log, curve_from_table, greedy_choices
 
 
@@ -143,12 +146,15 @@ def calibrate(
     level: float = 0.95,
     seed: int = 0,
     cache_dir: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Compute the w_c curve of a trained router and the w_c that meets a target.
 
     Args:
         ckpt_path: Checkpoint written by ``barp fit``.
-        output: Folder for curve.csv, curve.png and calibration.json (created; files replaced atomically).
+        output: Folder for curve.csv, curve.png and calibration.json (created; each file written atomically). It is
+            checked before any work: a file, or a folder that cannot be made or written, is refused, and so is a
+            folder that already holds any of these files unless ``overwrite``.
         target: The constraints (``--target.cost_per_1k``, ``--target.max_share``, ``--target.score_fraction``);
             none: only the curve is written.
         log: Calibrate on this served-request log (self-normalised IPS) instead of the checkpoint's data.
@@ -160,6 +166,7 @@ def calibrate(
         level: Coverage of the intervals.
         seed: Bootstrap seed.
         cache_dir: barp's cache folder for prompt embeddings of a log (default $BARP_CACHE or ~/.cache/barp).
+        overwrite: Replace an earlier calibration in ``output`` (by default one stops the run before any work).
 
     Returns:
         The content of calibration.json.
@@ -170,7 +177,9 @@ def calibrate(
         raise ConfigError(f"--grid must be an integer >= 2, got {grid!r}")
     if not 0 < level < 1:
         raise ConfigError(f"--level must be in (0, 1), got {level!r}")
+    check_output(output, overwrite)
     router = TrainedRouter.from_checkpoint(ckpt_path)
+    identity = checkpoint_sha256(ckpt_path)
     if target is not None:
         target.check(router.models, "--target")
     w_grid = np.linspace(0.0, 1.0, grid)
@@ -187,9 +196,9 @@ def calibrate(
         emb, scores, costs, source = checkpoint_split(ckpt_path, split, router)
         curve = curve_from_table(w_grid, greedy_choices(router.module, emb, w_grid), scores, costs, router.models,
                                  f"the {split} split of {source} ({len(emb)} prompts)", **boot)
-    result: dict[str, Any] = {"checkpoint": str(ckpt_path), "source": curve.source, "criterion": criterion,
-                              "target": None if target is None else asdict(target), "chosen": None,
-                              "curve": curve.to_dict()}
+    result: dict[str, Any] = {"checkpoint": str(ckpt_path), "checkpoint_sha256": identity, "source": curve.source,
+                              "criterion": criterion, "target": None if target is None else asdict(target),
+                              "chosen": None, "curve": curve.to_dict()}
     if target is not None:
         result["chosen"] = curve.at(choose(curve, target, criterion))
         if check_split is not None:
@@ -240,3 +249,31 @@ def load_calibration(path: str | Path) -> tuple[dict[str, Any], Curve]:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"--calibration {str(path)!r} is not a calibration.json written by barp calibrate "
                           f"({type(err).__name__}: {err})") from None
+
+
+def check_calibration_checkpoint(record: dict[str, Any], calibration: str, ckpt_path: str) -> None:
+    """Refuse a calibration.json made for another checkpoint than ``ckpt_path``.
+
+    calibration.json records ``checkpoint_sha256``, the SHA-256 of the calibrated checkpoint's file
+    (:func:`~barp.service.calibration_files.checkpoint_sha256`): a moved or copied checkpoint still matches, any other
+    one (another router over the same models, another training run) does not. A calibration.json from before this
+    field was recorded cannot be checked: it is still read, with a UserWarning saying to re-run ``barp calibrate``.
+
+    Raises:
+        ConfigError: The identities differ (names both checkpoints), or the recorded one is not a SHA-256.
+    """
+    calibration, ckpt_path = str(calibration), str(ckpt_path)
+    recorded, named = record.get("checkpoint_sha256"), record.get("checkpoint")
+    if recorded is None:
+        warnings.warn(f"--calibration {calibration!r} records no checkpoint identity (written by an older barp "
+                      f"calibrate, for {named!r}), so it cannot be checked against --ckpt_path {ckpt_path!r}; "
+                      "re-run barp calibrate on this checkpoint to record it", UserWarning, stacklevel=2)
+        return
+    if not isinstance(recorded, str) or not re.fullmatch(r"[0-9a-f]{64}", recorded):
+        raise ConfigError(f"--calibration {calibration!r} is not a calibration.json written by barp calibrate "
+                          f"(checkpoint_sha256 {recorded!r} is not a SHA-256)")
+    actual = checkpoint_sha256(ckpt_path)
+    if actual != recorded:
+        raise ConfigError(f"--calibration {calibration!r} was made for checkpoint {named!r} (sha256 "
+                          f"{recorded[:12]}...), not for --ckpt_path {ckpt_path!r} (sha256 {actual[:12]}...): its "
+                          "w_c and curve do not hold for this router; run barp calibrate on this checkpoint")

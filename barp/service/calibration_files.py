@@ -1,19 +1,62 @@
-"""What ``barp calibrate`` writes: the curve as CSV and as a plot, and calibration.json (all atomically)."""
+"""What ``barp calibrate`` writes: the curve as CSV and as a plot, and calibration.json (all atomically); the check of
+``--output`` before any work; and the identity of a checkpoint that calibration.json records."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from barp.atomic import atomic_path, atomic_write_text
+from barp.errors import ConfigError
 from barp.service.curve import Curve
 
 CURVE_CSV, CURVE_PNG, CALIBRATION_JSON = "curve.csv", "curve.png", "calibration.json"
+OUTPUT_FILES = (CALIBRATION_JSON, CURVE_CSV, CURVE_PNG)
+
+
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """The identity of a checkpoint that calibration.json records (``checkpoint_sha256``): the SHA-256 of the
+    checkpoint file's bytes, hex. It follows the file when it is moved or copied, and differs for any other
+    checkpoint (another router, another training run, even one over the same models)."""
+    digest = hashlib.sha256()
+    with open(Path(path).expanduser(), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_output(output: str, overwrite: bool = False) -> Path:
+    """Check ``--output`` before any work: a folder (or a path one can be made at) that is writable and holds no
+    earlier calibration unless ``overwrite``. Nothing is created.
+
+    Raises:
+        ConfigError: ``output`` is a file, lies under a file, is not writable, or already holds a calibration.
+    """
+    out = Path(output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {output!r} is a file; barp calibrate writes a folder ({', '.join(OUTPUT_FILES)})")
+    existing = [f for f in OUTPUT_FILES if (out / f).exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"--output {output!r} already holds a calibration ({', '.join(existing)}): choose another "
+                          "folder, or pass --overwrite true to replace it")
+    base = out
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"--output {output!r}: {str(base)!r} is a file, so the folder cannot be made")
+    try:
+        tempfile.TemporaryFile(dir=base).close()
+    except OSError as err:
+        raise ConfigError(f"--output {output!r}: cannot write in {str(base)!r} ({err.strerror or err})") from None
+    return out
 
 
 def curve_csv(curve: Curve) -> str:

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 from typing import Any
 
 from jsonargparse import ArgumentParser
@@ -29,7 +31,7 @@ def build_service(
     arguments."""
     from barp.models.trained import TrainedRouter
     from barp.service.budget import BudgetController
-    from barp.service.calibrate import choose, load_calibration
+    from barp.service.calibrate import check_calibration_checkpoint, choose, load_calibration
     from barp.service.feedback_log import FeedbackLog
     from barp.service.routing import RoutingService
 
@@ -38,10 +40,13 @@ def build_service(
     if w_c is not None and target is not None:
         raise ConfigError("give at most one of --w_c and --target")
     router = TrainedRouter.from_checkpoint(ckpt_path)
-    router.encoder.encode(["warm-up"])  # load the encoder now: /health means ready, and no request pays for it
     curve, default = None, 0.5 if w_c is None else float(w_c)
     if calibration is not None:
         record, curve = load_calibration(calibration)
+        check_calibration_checkpoint(record, calibration, ckpt_path)
+        if list(curve.models) != router.models:
+            raise ConfigError(f"--calibration: the curve's models {curve.models} are not the checkpoint's "
+                              f"{router.models}: calibrate this checkpoint")
         if w_c is None and record.get("chosen"):
             default = float(record["chosen"]["w_c"])
     if target is not None:
@@ -52,8 +57,10 @@ def build_service(
     controller = None
     if budget_per_1k is not None:
         controller = BudgetController(budget_per_1k, w_c=default, step=budget_step)
-    log = FeedbackLog(log_dir, sync=fsync)
-    return RoutingService(router, log, w_c=default, curve=curve, controller=controller)
+    log = FeedbackLog(log_dir, sync=fsync)  # last: every check above leaves the log as it was
+    service = RoutingService(router, log, w_c=default, curve=curve, controller=controller)
+    router.encoder.encode(["warm-up"])  # load the encoder now: /health means ready, and no request pays for it
+    return service
 
 
 def serve(
@@ -75,12 +82,14 @@ def serve(
     Args:
         ckpt_path: Checkpoint written by ``barp fit``.
         log_dir: Folder of the request log (``log.jsonl``, readable by ``barp ope``) and the pending decisions
-            (``decisions.jsonl``); an existing log is resumed.
+            (``decisions.jsonl``); an existing log is checked (every row complete, costs in [0, MAX_COST_USD]) and
+            resumed.
         host: Interface to listen on.
         port: TCP port.
         w_c: Default cost weight for requests that give no preference (default 0.5, or the calibrated one).
-        calibration: A calibration.json from ``barp calibrate``: its chosen w_c becomes the default, and requests
-            may give targets (``{"target": {"cost_per_1k": 0.5}}``) resolved on its curve.
+        calibration: A calibration.json from ``barp calibrate`` of this checkpoint (one made for another
+            checkpoint is refused): its chosen w_c becomes the default, and requests may give targets
+            (``{"target": {"cost_per_1k": 0.5}}``) resolved on its curve.
         target: Serve by default at the w_c that meets this target on the calibration curve (needs
             ``--calibration``), e.g. ``--target.cost_per_1k 0.5``.
         budget_per_1k: Run the online budget controller: requests without a preference are served at a w_c that
@@ -99,7 +108,17 @@ def serve(
     for name, value in (("max_batch", max_batch), ("max_prompt_chars", max_prompt_chars)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"--{name} must be an integer >= 1, got {value!r}")
-    service = build_service(ckpt_path, log_dir, w_c, calibration, target, budget_per_1k, budget_step, fsync)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            service = build_service(ckpt_path, log_dir, w_c, calibration, target, budget_per_1k, budget_step, fsync)
+    finally:  # a torn log line set aside, an unverifiable calibration: one line each, also before an error
+        for item in caught:
+            if issubclass(item.category, UserWarning):
+                print(f"barp serve: warning: {item.message}", file=sys.stderr, flush=True)
+            else:
+                warnings.showwarning(item.message, item.category, item.filename, item.lineno)
     mode = (f"budget ${budget_per_1k:g} per 1k queries from w_c = {service.default_w_c:.4g}"
             if service.controller is not None else f"w_c = {service.default_w_c:.4g} by default")
     print(f"barp serve: {len(service.models)} models, {mode}; log {service.log.path} ({service.log.num_rows} rows, "
