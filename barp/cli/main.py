@@ -213,6 +213,7 @@ def main(args: list[str] | None = None) -> BarpCLI | None:
         # a tool or test passes ``args`` while its own command line is in sys.argv: that is intended here
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         check_config_files(argv)
+        check_non_finite(argv)
         return BarpCLI(
             RouterModule,
             RoutingDataModule,
@@ -223,6 +224,21 @@ def main(args: list[str] | None = None) -> BarpCLI | None:
             trainer_defaults={"callbacks": [ResultsTable(), PredictionWriter()]},
             auto_configure_optimizers=False,
         )
+
+
+NON_FINITE = re.compile(r"[+-]?(nan|inf|infinity)", re.IGNORECASE)
+
+
+def check_non_finite(argv: list[str]) -> None:
+    """Refuse ``nan`` / ``inf`` given to an option on the command line, naming the option (the parser's own message,
+    "Expected a float, got nan", does not say that the number is refused for not being finite)."""
+    for i, arg in enumerate(argv):
+        option, eq, value = arg.partition("=")
+        if not eq:
+            option, value = arg, (argv[i + 1] if i + 1 < len(argv) else "")
+        if option.startswith("--") and option != "--config" and NON_FINITE.fullmatch(value.strip()):
+            raise ConfigError(f"{option} {value.strip()!r}: not a finite number; every number barp takes must be "
+                              "finite (NaN and infinity are refused)")
 
 
 def fit_checkpoint(args: list[str], fallback: str) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from barp.encoders import encoder_identity
-from barp.errors import ConfigError
+from barp.errors import BarpError, ConfigError
 
 RECORD_KEY = "barp"
 RNG_KEY = "barp_rng"
@@ -59,7 +59,8 @@ def load_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict[str, 
             warnings.simplefilter("ignore")
             ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        # torch words it "Unsupported global: GLOBAL os.system" or "unsupported GLOBAL posix.system" by version
+        found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(err), re.IGNORECASE)
         if found is None:  # not a pickle that names code: a damaged or foreign file
             raise ConfigError(f"{where} is not a readable checkpoint (truncated, or not written by barp fit)") from None
         named = f" ({found.group(1)})"
@@ -67,14 +68,15 @@ def load_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict[str, 
             f"{where}: refused to load: it holds Python objects{named} that a barp checkpoint never contains, and "
             "unpickling them could run code. Only checkpoints written by barp fit are loaded."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError):
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError,
+            zipfile.BadZipFile, UnicodeDecodeError):  # a text file, say: the unpickler fails in its own ways
         raise ConfigError(f"{where} is not a readable checkpoint (truncated, or not written by barp fit)") from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     names = hp.get("model_names") if isinstance(hp, dict) else None
-    if not (isinstance(ckpt.get("state_dict"), dict) and isinstance(names, list) and names
-            and all(isinstance(n, str) for n in names)):
-        raise ConfigError(f"{where} is not a barp checkpoint (no router weights and model names): use a checkpoint "
-                          "written by barp fit")
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and isinstance(names, list) and names
+            and all(isinstance(n, str) for n in names) and "pytorch-lightning_version" in ckpt):
+        raise ConfigError(f"{where} is not a barp checkpoint (no router weights, model names and Lightning's "
+                          "record): use a checkpoint written by barp fit")
     return ckpt
 
 
@@ -234,16 +236,35 @@ def embed_like_checkpoint(data_config, checkpoint: dict) -> None:
         init["encoder_dtype"] = saved
 
 
-def datamodule_from_checkpoint(ckpt: dict[str, Any], stage: str):
+#: Data settings that grant trust: a checkpoint never sets them (a crafted one could otherwise run code while its
+#: data is rebuilt); only the user's own command line does.
+TRUST_OPTIONS = ("trust_pickle",)
+
+
+def datamodule_from_checkpoint(ckpt: dict[str, Any], stage: str, trust_pickle: bool = False):
     """The checkpoint's data, rebuilt from the data settings saved in it (relative paths are read from the current
-    folder), prepared (prompts embedded through barp's embedding cache) and set up for ``stage``."""
+    folder), prepared (prompts embedded through barp's embedding cache) and set up for ``stage``.
+
+    Args:
+        ckpt: The checkpoint (:func:`load_checkpoint`).
+        stage: The Lightning stage to set the data up for.
+        trust_pickle: The user's own ``trust_pickle`` (their command line's); the checkpoint's saved value is
+            never used, so a checkpoint cannot make barp unpickle a file that is not a pinned official pickle.
+    """
     import inspect
 
     from barp.data.datamodule import RoutingDataModule
 
-    saved = ckpt.get("datamodule_hyper_parameters") or {}
+    saved = dict(ckpt.get("datamodule_hyper_parameters") or {})
     accepted = inspect.signature(RoutingDataModule).parameters
-    dm = RoutingDataModule(**{k: v for k, v in saved.items() if k in accepted})
-    dm.prepare_data()
-    dm.setup(stage)
+    settings = {k: v for k, v in saved.items() if k in accepted and k not in TRUST_OPTIONS}
+    dm = RoutingDataModule(**settings, trust_pickle=bool(trust_pickle))
+    try:
+        dm.prepare_data()
+        dm.setup(stage)
+    except BarpError as err:
+        if "refusing to unpickle" not in str(err) or trust_pickle:
+            raise
+        raise type(err)(f"the checkpoint's data settings name this file, and a checkpoint never grants "
+                        f"trust_pickle: {err}") from None
     return dm
