@@ -91,3 +91,16 @@ def test_development_set_with_one_price_selects_the_best_mean_reward(tmp_path, c
         val = {int(r["epoch"]): float(r["val/id/reward_avg"]) for r in csv.DictReader(f) if r.get("val/id/reward_avg")}
     chosen = int(Path(cli.trainer.checkpoint_callback.best_model_path).stem.split("=")[1])
     assert max(val.values()) - val[chosen] <= 0.002
+
+
+def test_paper_tables_show_the_mean_reward_where_aiq_is_undefined(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    from paper_tables import summary_table
+
+    rows = [{"method": m, "w_c": w, "split": "id", "task": "all", "n": 10, "score": s, "cost": 2e-4,
+             "reward": (1 - w) * s - w * 0.2} for m, s in (("barp", 0.7), ("single:a", 0.5)) for w in (0.0, 1.0)]
+    summary = summarize(rows)
+    summary["results"]["oracle"] = summary["results"]["barp"]  # the table lists the splits the oracle has
+    table = summary_table([(rows, summary)], ["barp"], [0.0])
+    assert "ID mean reward (AIQ undefined: one price)" in table.splitlines()[0]
+    assert f"| barp | {summary['results']['barp']['id']['mean_reward']:.3f} ± 0.000 |" in table

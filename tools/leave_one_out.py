@@ -151,7 +151,11 @@ def aggregate(runs: dict[str, list[tuple[list[dict], dict]]]) -> dict[str, dict]
     for family, sweeps in runs.items():
         entry: dict = {"seeds": len(sweeps), "n_ood": sorted({s["meta"]["n"].get("ood") for _, s in sweeps})}
         for split in ("ood", "id"):
-            entry[f"{split}_aiq"] = {m: _stats([s["results"][m][split]["aiq"] for _, s in sweeps
+            # AIQ; where every model costs the same it is undefined and the sweep's mean reward stands in for it
+            key = "aiq" if all(s["splits"].get(split, {}).get("aiq_defined", True) for _, s in sweeps) \
+                else "mean_reward"
+            entry[f"{split}_measure"] = "AIQ" if key == "aiq" else "mean reward"
+            entry[f"{split}_aiq"] = {m: _stats([s["results"][m][split][key] for _, s in sweeps
                                                 if split in s["results"].get(m, {})]) for m in METHODS}
         entry["points"] = {m: {str(w): {k: _stats([r[k] for rows, _ in sweeps for r in rows
                                                    if r["method"] == m and r["split"] == "ood" and r["task"] == "all"
@@ -186,7 +190,10 @@ def render(results: dict[str, dict], recipe: str, seeds: list[int]) -> str:
     """The Markdown report: the overview (one row per family), the verdict lines, and per family the operating
     points."""
     yes = {True: "yes", False: "no", None: "-"}
-    header = ["held-out family", "OOD prompts", "seeds", "BaRP ID AIQ", *(f"OOD AIQ {LABELS[m]}" for m in METHODS),
+    first = next(iter(results.values()), {})
+    id_measure, ood_measure = first.get("id_measure", "AIQ"), first.get("ood_measure", "AIQ")
+    header = ["held-out family", "OOD prompts", "seeds", f"BaRP ID {id_measure}",
+              *(f"OOD {ood_measure} {LABELS[m]}" for m in METHODS),
               "BaRP >= best fixed", "BaRP >= linear TS"]
     body = []
     for family, e in results.items():
