@@ -2,13 +2,15 @@
 
 A reader (or a run that was killed mid-write) sees either the old file or the complete new one, never a part.
 Every file barp writes for a user (results, sweeps, plots, canonical parquet, logs, cache shards) goes through here.
+A set of files that belong together (a sweep's results) is written into a staging folder first and then replaced as
+one unit, as far as a file system allows, by :func:`replace_file_set`.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,3 +40,59 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         handle.write(text)
     return Path(path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file or a folder) to disk where the platform allows it (folders: POSIX only)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_file_set(staging: str | os.PathLike, folder: str | os.PathLike, names: Sequence[str], marker: str,
+                     earlier: Sequence[str] = ()) -> None:
+    """Replace a set of files in ``folder`` by the complete new set written in ``staging``, as one unit as far as a
+    file system allows.
+
+    No file system renames several files at once, so the set carries a marker: the file (one of ``names``) whose
+    presence says the set is complete. The earlier marker is removed first, then the earlier files, then the new
+    files are moved in (``os.replace``, so ``staging`` must be on the same file system, e.g. inside ``folder``), the
+    new marker last; files and folder are flushed to disk between the steps. A run killed at any point therefore
+    leaves the earlier complete set, the new complete set, or a set without its marker (recognisably incomplete),
+    never earlier files beside new ones. ``staging`` itself is left in place (empty of ``names``).
+
+    Args:
+        staging: Folder holding every file of ``names``, completely written.
+        folder: Folder receiving them (created if needed).
+        names: File names of the new set; ``marker`` is one of them.
+        marker: The completion marker, moved in last.
+        earlier: File names of the earlier set to remove from ``folder`` first (missing ones are skipped); only
+            these and ``names`` are ever touched.
+    """
+    staging, folder = Path(staging), Path(folder)
+    if marker not in names:
+        raise ValueError(f"replace_file_set: marker {marker!r} is not one of {list(names)}")
+    missing = [n for n in names if not (staging / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"replace_file_set: {missing} not written in {staging}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        _fsync(staging / name)
+    old = [marker, *(n for n in dict.fromkeys([*earlier, *names]) if n != marker)]  # the marker goes first
+    if any((folder / n).exists() for n in old):
+        for name in old:
+            (folder / name).unlink(missing_ok=True)
+        _fsync(folder)
+    for name in names:
+        if name != marker:
+            os.replace(staging / name, folder / name)
+    _fsync(folder)
+    os.replace(staging / marker, folder / marker)
+    _fsync(folder)

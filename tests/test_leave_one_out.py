@@ -5,6 +5,7 @@ without training."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -48,6 +49,8 @@ def fake_sweep(folder: Path, shift: float) -> dict:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+    # a finished sweep's summary.json lists the files written before it (barp.sweep.harness.inspect_sweep_folder)
+    summary["files"] = {"sweep.csv": {"sha256": hashlib.sha256((folder / "sweep.csv").read_bytes()).hexdigest()}}
     (folder / "summary.json").write_text(json.dumps(summary))
     return summary
 

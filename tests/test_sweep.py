@@ -61,8 +61,9 @@ def test_sweep_writes_three_files_with_every_method(swept):
     assert set(summary["results"]) == expected and set(summary["splits"]) == {"id", "ood"}
     for split in ("id", "ood"):
         entry = summary["results"]["barp"][split]
-        assert set(entry) == {"aiq", "score_at_best_single_cost", "cost_to_best_single_score", "mean_regret",
-                              "aiq_ci"}  # the checkpoint is the bootstrap reference: no difference to itself
+        # the checkpoint is the bootstrap reference: no difference to itself
+        assert set(entry) == {"aiq", "mean_reward", "score_at_best_single_cost", "cost_to_best_single_score",
+                              "mean_regret", "aiq_ci"}
         assert entry["aiq_ci"][0] <= entry["aiq"] <= entry["aiq_ci"][1]
         knn = summary["results"]["knn"][split]
         assert knn["aiq_diff_ci"][0] <= knn["aiq"] - entry["aiq"] <= knn["aiq_diff_ci"][1]

@@ -30,6 +30,7 @@ import yaml
 
 from barp.atomic import atomic_path, atomic_write_text
 from barp.errors import ConfigError, run_tool
+from barp.sweep.harness import is_complete_sweep
 
 #: Methods every sweep evaluates (``barp sweep --methods``).
 METHODS = ["barp", "best_fixed", "knn", "linear_ts", "oracle"]
@@ -94,7 +95,7 @@ def fit_and_sweep(recipe: str, cfg: dict, run_dir: Path, family: str, seed: int,
     from barp.cli.main import fit_checkpoint, main
 
     sweep_dir = run_dir / "sweep"
-    if reuse and (sweep_dir / "sweep.csv").is_file() and (sweep_dir / "summary.json").is_file():
+    if reuse and is_complete_sweep(sweep_dir):  # an interrupted sweep is redone, never read
         return sweep_dir, False
     common = ["--config", recipe, "--data.init_args.ood_tasks", json.dumps([family])]
     if num_prompts is not None:
@@ -342,7 +343,7 @@ def leave_one_out(
     for seed in seeds:  # seed-major: an interrupted run has every family at the first seeds
         for family in chosen:
             run_dir = out / family / f"seed{seed}"
-            if not train and not (run_dir / "sweep" / "summary.json").is_file():
+            if not train and not is_complete_sweep(run_dir / "sweep"):
                 missing.append(f"{family}/seed{seed}")
                 continue
             print(f"leave_one_out: {family}, seed {seed}", file=sys.stderr, flush=True)

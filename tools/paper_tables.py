@@ -26,7 +26,7 @@ import numpy as np
 from jsonargparse import auto_cli
 
 from barp.atomic import atomic_write_text
-from barp.sweep.harness import ALL_METHODS
+from barp.sweep.harness import ALL_METHODS, is_complete_sweep
 
 Table = Literal["per_task", "cost", "heads", "algorithms", "summary"]
 HEADS = ("mlp", "linear", "bilinear")
@@ -42,7 +42,7 @@ def _fit_and_sweep(recipe: str, out: Path, seed: int, head: str, methods: list[s
     from barp.cli.main import fit_checkpoint, main
 
     sweep_dir = out / f"seed{seed}" / f"head_{head}" / "sweep"
-    if reuse and (sweep_dir / "sweep.csv").is_file():
+    if reuse and is_complete_sweep(sweep_dir):  # an interrupted sweep is redone, never read
         return sweep_dir
     run_dir = out / f"seed{seed}" / f"head_{head}"
     common = ["--config", recipe]

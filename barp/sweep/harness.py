@@ -5,8 +5,11 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from barp.atomic import atomic_write_text
+from barp.atomic import atomic_write_text, replace_file_set
 from barp.errors import ConfigError
 from barp.learning.rl import check_w_c, preference_tensor, reward
 from barp.metrics.bootstrap import PerPrompt
@@ -52,22 +55,105 @@ ALL_METHODS: list[str] = list(get_args(Method))
 COLUMNS = ["method", "w_c", "split", "task", "n", "score", "cost", "reward"]
 DEFAULT_GRID = [round(0.1 * i, 1) for i in range(11)]
 OUTPUT_FILES = ("sweep.csv", "summary.json", "pareto.png")
+MARKER = "summary.json"  # removed first and moved in last when a sweep replaces another: without it, no finished sweep
+STAGING_PREFIX = ".sweep-staging-"  # folder inside --output where a sweep's files are written before they move in
+
+
+@dataclass(frozen=True)
+class SweepFolder:
+    """What a folder holds of a ``barp sweep`` (see :func:`inspect_sweep_folder`).
+
+    Attributes:
+        present: The sweep's result files in the folder (names from ``OUTPUT_FILES``).
+        problem: Why those files are not one finished sweep (None: they are, or there are none).
+        leftovers: Staging folders of runs stopped while writing (or still writing).
+    """
+
+    present: list[str]
+    problem: str | None
+    leftovers: list[str]
+
+    @property
+    def complete(self) -> bool:
+        """The folder holds one finished sweep: every file its ``summary.json`` lists, unchanged."""
+        return bool(self.present) and self.problem is None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inspect_sweep_folder(folder: str | os.PathLike) -> SweepFolder:
+    """Whether ``folder`` holds a finished sweep, an incomplete one (a run stopped while replacing its files), or none.
+
+    A sweep moves ``summary.json`` in last, after the other files, and lists them there (``files``: name and
+    SHA-256), so a set without it, with a listed file missing or changed, is incomplete. A ``summary.json`` from
+    before that list counts as finished when all of ``OUTPUT_FILES`` are present. Readers of sweep folders should
+    take only a ``complete`` one.
+    """
+    out = Path(folder)
+    present = [f for f in OUTPUT_FILES if (out / f).is_file()]
+    leftovers = sorted(p.name for p in out.glob(STAGING_PREFIX + "*")) if out.is_dir() else []
+    problem = None
+    if present and MARKER not in present:
+        problem = f"{', '.join(present)} without {MARKER}, which is written last"
+    elif present:
+        try:
+            listed = json.loads((out / MARKER).read_text(encoding="utf-8")).get("files")
+        except (OSError, ValueError, AttributeError):
+            listed = {}
+            problem = f"{MARKER} unreadable"
+        if problem is None and listed is None:  # written before summary.json listed the files
+            missing = [f for f in OUTPUT_FILES if f not in present]
+            problem = f"{', '.join(missing)} missing" if missing else None
+        elif problem is None:
+            listed = listed if isinstance(listed, dict) else {}
+            missing = [f for f in listed if f not in present]
+            changed = [f for f in listed if f in present and not (
+                isinstance(listed[f], dict) and listed[f].get("sha256") == _sha256(out / f))]
+            unlisted = [f for f in present if f != MARKER and f not in listed]
+            problem = "; ".join([f"{', '.join(missing)} missing"] * bool(missing)
+                                + [f"{', '.join(changed)} not the file(s) {MARKER} lists"] * bool(changed)
+                                + [f"{', '.join(unlisted)} not listed in {MARKER}"] * bool(unlisted)) or None
+    return SweepFolder(present, problem, leftovers)
+
+
+def is_complete_sweep(folder: str | os.PathLike) -> bool:
+    """``folder`` holds one finished sweep (see :func:`inspect_sweep_folder`); what readers of sweep folders check."""
+    return inspect_sweep_folder(folder).complete
 
 
 def check_output(output: str, overwrite: bool = False) -> Path:
     """Check ``--output`` before any work: a folder (or a path one can be made at) that is writable and holds no
-    earlier sweep unless ``overwrite``. Nothing is created.
+    earlier sweep, finished or left incomplete by an interrupted run, unless ``overwrite`` (then one line on stderr
+    says what an incomplete one held). Nothing is created.
 
     Raises:
-        ConfigError: ``output`` is a file, lies under a file, is not writable, or already holds a sweep.
+        ConfigError: ``output`` is a file, lies under a file, is not writable, or already holds a sweep (or the
+            staging folder of an interrupted one).
     """
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output {output!r} is a file; barp sweep writes a folder ({', '.join(OUTPUT_FILES)})")
-    existing = [f for f in OUTPUT_FILES if (out / f).exists()]
-    if existing and not overwrite:
-        raise ConfigError(f"--output {output!r} already holds a sweep ({', '.join(existing)}): choose another "
-                          "folder, or pass --overwrite true to replace it")
+    state = inspect_sweep_folder(out)
+    staged = (f"the staging folder {', '.join(state.leftovers)} of a barp sweep stopped while writing its files (or "
+              "still writing)") if state.leftovers else ""
+    if state.problem is not None:
+        found = f"a sweep left incomplete by an interrupted run ({state.problem})" + (f", and {staged}" * bool(staged))
+    elif state.present:
+        found = f"a sweep ({', '.join(state.present)})" + (f", and {staged}" * bool(staged))
+    else:
+        found = staged
+    if found and not overwrite:
+        raise ConfigError(f"--output {output!r} already holds {found}: choose another folder, or pass "
+                          "--overwrite true to replace it")
+    if found and (state.problem is not None or state.leftovers):
+        print(f"barp sweep: warning: --output {output!r} holds {found}; replacing it (--overwrite true)",
+              file=sys.stderr, flush=True)
     base = out
     while not base.exists():
         base = base.parent
@@ -235,7 +321,8 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
         datamodule: The data (same split and embeddings as the checkpoint was trained on).
         ckpt_path: Checkpoint of the router to compare (``barp fit``); its tau is used by every method. None
             (only with ``barp`` left out of ``methods``) uses the datamodule's training-cost percentile as tau.
-        output: Folder for ``sweep.csv``, ``summary.json`` and ``pareto.png`` (written atomically).
+        output: Folder for ``sweep.csv``, ``summary.json`` and ``pareto.png``, written as one set (see
+            :func:`write_outputs`).
         methods: Methods to evaluate (default all); ``single_models`` expands to one ``single:<model>`` per model.
         w_c: Cost weights of the grid (default 0, 0.1, ..., 1).
         seed: Seed for training the comparison methods and for the random router.
@@ -250,8 +337,8 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
         progress: Show progress bars.
         bootstrap: Resamples of the test prompts for the 95% intervals of each AIQ and of its difference to the
             checkpoint's (paired bootstrap, seeded by ``seed``); 0 skips them.
-        overwrite: Replace a sweep already in ``output`` (by default an existing sweep stops the run before any
-            work).
+        overwrite: Replace a sweep already in ``output``, finished or left incomplete by an interrupted run (by
+            default either stops the run before any work, saying which).
 
     Returns:
         The summary (as written to ``summary.json``).
@@ -267,7 +354,8 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
         raise ConfigError(f"--methods: unknown {unknown}; expected some of {ALL_METHODS}")
-    check_output(output, overwrite)
+    out = check_output(output, overwrite)
+    stale = inspect_sweep_folder(out).leftovers if overwrite else []
     if ckpt_path is not None:
         load_checkpoint(ckpt_path)  # an unusable checkpoint stops the run before the data are embedded
     L.seed_everything(seed, verbose=False)
@@ -301,21 +389,49 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
     reference = checkpoint.name if checkpoint is not None and checkpoint in routers else None
     model_costs = {s.name: s.costs.double().numpy() for s in splits}
     summary = summarize(rows, meta, per_prompt if bootstrap else None, bootstrap, seed, reference, model_costs)
-    write_outputs(rows, summary, Path(output))
+    summary = write_outputs(rows, summary, out, stale)
     if wandb_logger and str(wandb_logger.get("class_path", "")).endswith("WandbLogger"):
-        log_to_wandb(wandb_logger, rows, summary, Path(output) / "pareto.png")
+        log_to_wandb(wandb_logger, rows, summary, out / "pareto.png")
     return summary
 
 
-def write_outputs(rows: list[dict], summary: dict, output: Path) -> None:
-    """Write ``sweep.csv``, ``summary.json`` and ``pareto.png`` into ``output``, each atomically."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    atomic_write_text(output / "sweep.csv", buf.getvalue())
-    atomic_write_text(output / "summary.json", json.dumps(summary, indent=2) + "\n")
-    plot_pareto(rows, output / "pareto.png", summary)
+def write_outputs(rows: list[dict], summary: dict, output: Path, stale: list[str] | None = None) -> dict:
+    """Write ``sweep.csv``, ``pareto.png`` and ``summary.json`` into ``output`` as one set.
+
+    Each is written into a fresh staging folder inside ``output`` first; only when all are written does the set
+    replace an earlier sweep's (:func:`barp.atomic.replace_file_set`: ``summary.json``, which lists the other files
+    with their SHA-256 under ``files``, is removed first and moved in last). A run stopped before that leaves the
+    earlier sweep as it was; one killed during the replacement leaves a set that :func:`inspect_sweep_folder` calls
+    incomplete, never earlier files beside new ones.
+
+    Args:
+        rows: The sweep's rows.
+        summary: Its summary (written with ``files`` added).
+        output: The folder.
+        stale: Staging folders of interrupted runs found in ``output`` before the sweep; removed once it is written.
+
+    Returns:
+        The summary as written to ``summary.json``.
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output, prefix=STAGING_PREFIX))
+    try:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+        atomic_write_text(staging / "sweep.csv", buf.getvalue())
+        plot_pareto(rows, staging / "pareto.png", summary)
+        files = {f: {"sha256": _sha256(staging / f)} for f in OUTPUT_FILES if f != MARKER}
+        written = {**summary, "files": files}
+        atomic_write_text(staging / MARKER, json.dumps(written, indent=2) + "\n")
+        replace_file_set(staging, output, OUTPUT_FILES, MARKER, earlier=OUTPUT_FILES)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for name in stale or []:  # an interrupted run's staging folder, seen before this sweep began
+        if name.startswith(STAGING_PREFIX) and Path(name).name == name:
+            shutil.rmtree(output / name, ignore_errors=True)
+    return written
 
 
 def log_to_wandb(logger_config: dict, rows: list[dict], summary: dict, figure: Path) -> None:
