@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from barp.errors import ConfigError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
@@ -33,6 +35,32 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_output_folder(output: str, command: str, writes: str) -> Path:
+    """Check, before any work, that ``output`` is a folder a command can write its results in; nothing is created.
+
+    Args:
+        output: The ``--output`` value.
+        command: The command, for the message (``barp sweep``).
+        writes: What it writes there, for the message (``sweep.csv, summary.json``).
+
+    Raises:
+        ConfigError: ``output`` is a file, lies under a file, or its nearest existing folder is not writable.
+    """
+    out = Path(output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {output!r} is a file; {command} writes a folder ({writes})")
+    base = out
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"--output {output!r}: {str(base)!r} is a file, so the folder cannot be made")
+    try:
+        tempfile.TemporaryFile(dir=base).close()
+    except OSError as err:
+        raise ConfigError(f"--output {output!r}: cannot write in {str(base)!r} ({err.strerror or err})") from None
+    return out
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -20,7 +20,6 @@ import csv
 import io
 import math
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, fields
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from jsonargparse import ArgumentParser
 
+from barp.atomic import check_output_folder
 from barp.errors import ConfigError, DataValidationError, exit_on_user_error
 from barp.ope.estimators import ESTIMATORS, Estimate, check_options, estimate_policy, is_impossible
 
@@ -95,22 +95,11 @@ def check_output(output: str, overwrite: bool = False, inputs: dict[str, str] | 
     """
     from barp.data.sources.files import check_not_input
 
-    out = Path(output).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {output!r} is a file; barp ope writes a folder ({OUTPUT_FILE})")
+    out = check_output_folder(output, "barp ope", OUTPUT_FILE)
     check_not_input(out / OUTPUT_FILE, inputs or {}, option=f"--output {output!r}")
     if (out / OUTPUT_FILE).exists() and not overwrite:
         raise ConfigError(f"--output {output!r} already holds an ope result ({OUTPUT_FILE}): choose another folder, "
                           "or pass --overwrite true to replace it")
-    base = out
-    while not base.exists():
-        base = base.parent
-    if not base.is_dir():
-        raise ConfigError(f"--output {output!r}: {str(base)!r} is a file, so the folder cannot be made")
-    try:
-        tempfile.TemporaryFile(dir=base).close()
-    except OSError as err:
-        raise ConfigError(f"--output {output!r}: cannot write in {str(base)!r} ({err.strerror or err})") from None
     return out
 
 

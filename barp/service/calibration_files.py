@@ -8,13 +8,12 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from barp.atomic import atomic_path, atomic_write_text
+from barp.atomic import atomic_path, atomic_write_text, check_output_folder
 from barp.errors import ConfigError
 from barp.service.curve import Curve
 
@@ -40,22 +39,11 @@ def check_output(output: str, overwrite: bool = False) -> Path:
     Raises:
         ConfigError: ``output`` is a file, lies under a file, is not writable, or already holds a calibration.
     """
-    out = Path(output).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {output!r} is a file; barp calibrate writes a folder ({', '.join(OUTPUT_FILES)})")
+    out = check_output_folder(output, "barp calibrate", ", ".join(OUTPUT_FILES))
     existing = [f for f in OUTPUT_FILES if (out / f).exists()]
     if existing and not overwrite:
         raise ConfigError(f"--output {output!r} already holds a calibration ({', '.join(existing)}): choose another "
                           "folder, or pass --overwrite true to replace it")
-    base = out
-    while not base.exists():
-        base = base.parent
-    if not base.is_dir():
-        raise ConfigError(f"--output {output!r}: {str(base)!r} is a file, so the folder cannot be made")
-    try:
-        tempfile.TemporaryFile(dir=base).close()
-    except OSError as err:
-        raise ConfigError(f"--output {output!r}: cannot write in {str(base)!r} ({err.strerror or err})") from None
     return out
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from barp.atomic import atomic_write_text, replace_file_set
+from barp.atomic import atomic_write_text, check_output_folder, replace_file_set
 from barp.errors import ConfigError
 from barp.learning.rl import check_w_c, preference_tensor, reward
 from barp.metrics.bootstrap import PerPrompt
@@ -136,9 +136,7 @@ def check_output(output: str, overwrite: bool = False) -> Path:
         ConfigError: ``output`` is a file, lies under a file, is not writable, or already holds a sweep (or the
             staging folder of an interrupted one).
     """
-    out = Path(output).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {output!r} is a file; barp sweep writes a folder ({', '.join(OUTPUT_FILES)})")
+    out = check_output_folder(output, "barp sweep", ", ".join(OUTPUT_FILES))
     state = inspect_sweep_folder(out)
     staged = (f"the staging folder {', '.join(state.leftovers)} of a barp sweep stopped while writing its files (or "
               "still writing)") if state.leftovers else ""
@@ -154,15 +152,6 @@ def check_output(output: str, overwrite: bool = False) -> Path:
     if found and (state.problem is not None or state.leftovers):
         print(f"barp sweep: warning: --output {output!r} holds {found}; replacing it (--overwrite true)",
               file=sys.stderr, flush=True)
-    base = out
-    while not base.exists():
-        base = base.parent
-    if not base.is_dir():
-        raise ConfigError(f"--output {output!r}: {str(base)!r} is a file, so the folder cannot be made")
-    try:
-        tempfile.TemporaryFile(dir=base).close()
-    except OSError as err:
-        raise ConfigError(f"--output {output!r}: cannot write in {str(base)!r} ({err.strerror or err})") from None
     return out
 
 
