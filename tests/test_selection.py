@@ -41,6 +41,7 @@ def test_aiq_is_defined_only_where_models_differ_in_price():
     assert not aiq_defined([2e-4, 2e-4, 2e-4])
     assert not aiq_defined([2e-4, 2e-4 * (1 + 1e-9)])  # float noise is no price difference
     assert not aiq_defined([0.0, 0.0])
+    assert aiq_defined([1.5]) and not aiq_defined([0.0])  # one known model: its cost alone sets the range
 
 
 def test_one_price_fit_selects_on_mean_reward_and_prints_no_aiq(tmp_path, capsys):
@@ -98,7 +99,8 @@ def test_paper_tables_show_the_mean_reward_where_aiq_is_undefined(monkeypatch):
     from paper_tables import summary_table
 
     rows = [{"method": m, "w_c": w, "split": "id", "task": "all", "n": 10, "score": s, "cost": 2e-4,
-             "reward": (1 - w) * s - w * 0.2} for m, s in (("barp", 0.7), ("single:a", 0.5)) for w in (0.0, 1.0)]
+             "reward": (1 - w) * s - w * 0.2} for m, s in (("barp", 0.7), ("single:a", 0.5), ("single:b", 0.6))
+            for w in (0.0, 1.0)]
     summary = summarize(rows)
     summary["results"]["oracle"] = summary["results"]["barp"]  # the table lists the splits the oracle has
     table = summary_table([(rows, summary)], ["barp"], [0.0])

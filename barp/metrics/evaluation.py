@@ -104,8 +104,10 @@ def aiq_defined(model_mean_costs: np.ndarray | torch.Tensor) -> bool:
     Args:
         model_mean_costs: Every model's mean cost on the split, shape (K,).
     """
-    costs = np.asarray(model_mean_costs, dtype=np.float64)
+    costs = np.asarray(model_mean_costs, dtype=np.float64).reshape(-1)
     high, low = float(np.max(costs)), float(np.min(costs))
+    if len(costs) < 2:  # one known model (a sweep of one single-model method): its cost alone sets the range
+        return high > 0
     return high > 0 and high - low > 1e-6 * high
 
 
