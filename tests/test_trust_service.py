@@ -247,7 +247,8 @@ def test_feedback_refuses_a_cost_above_max_cost_usd(ckpt, tmp_path):
     from barp.service.app import create_app
     from barp.service.cli import build_service
 
-    service = build_service(ckpt, str(tmp_path), budget_per_1k=0.5, w_c=0.5)
+    # the MAX_COST_USD bound itself (barp serve's default bound is lower: 1000 x the checkpoint's tau, issue 24)
+    service = build_service(ckpt, str(tmp_path), budget_per_1k=0.5, w_c=0.5, max_cost_usd=MAX_COST_USD)
     with TestClient(create_app(service), raise_server_exceptions=False) as c:
         ids = [d["decision_id"] for d in c.post("/route", json={"prompts": ["a", "b"]}).json()["decisions"]]
         for cost in (1e308, 1.7e308, MAX_COST_USD * 1.001):

@@ -11,6 +11,11 @@ overspend bounded: ``spent(t) - B t <= B (w_max - w_c(0)) / step``, whatever the
 relative to the budget, so one ``step`` works for any price level; ``step`` trades the speed of the correction
 against the jitter of ``w_c`` (one request at ``k`` times the budget moves it by ``step * (k - 1)``). Start it at the
 calibrated w_c (``barp calibrate``) so that it only corrects for drift.
+
+``max_move`` clips each update: no single row moves w_c by more than ``max_move`` (a row above
+``1 + max_move / step`` times the budget counts as that much), so one absurd or hostile cost cannot pin w_c to a bound.
+The clip trades the overspend bound above (clipped overspend is not corrected) for that robustness; ``max_move=None``
+is the unclipped controller. :meth:`BudgetController.reset` forgets the served requests and restarts from a w_c.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class BudgetController:
         step: Change of w_c per request per unit of relative overspend (> 0).
         w_min: Lowest cost weight the controller may set.
         w_max: Highest cost weight the controller may set.
+        max_move: Most one update may move w_c (> 0), or None: unclipped.
     """
 
     budget_per_1k: float
@@ -52,6 +58,7 @@ class BudgetController:
     step: float = 0.01
     w_min: float = 0.0
     w_max: float = 1.0
+    max_move: float | None = None
     served: int = field(default=0, init=False)
     spent: float = field(default=0.0, init=False)
 
@@ -62,6 +69,7 @@ class BudgetController:
             ("w_min", self.w_min, lambda v: 0 <= v <= 1, "in [0, 1]"),
             ("w_max", self.w_max, lambda v: self.w_min <= v <= 1, f"in [w_min={self.w_min!r}, 1]"),
             ("w_c", self.w_c, lambda v: self.w_min <= v <= self.w_max, f"in [{self.w_min!r}, {self.w_max!r}]"),
+            ("max_move", 1.0 if self.max_move is None else self.max_move, lambda v: v > 0, "a number > 0 (or None)"),
         )
         for name, value, ok, what in checks:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
@@ -92,10 +100,21 @@ class BudgetController:
         cost = float(cost)
         self.served += 1
         self.spent += cost
-        self.w_c = min(self.w_max, max(self.w_min, self.w_c + self.step * (cost / self.budget - 1.0)))
+        move = self.step * (cost / self.budget - 1.0)
+        if self.max_move is not None:
+            move = min(self.max_move, max(-self.max_move, move))
+        self.w_c = min(self.w_max, max(self.w_min, self.w_c + move))
         return self.w_c
+
+    def reset(self, w_c: float) -> None:
+        """Forget every served request and restart from ``w_c`` (clipped to [w_min, w_max])."""
+        if isinstance(w_c, bool) or not isinstance(w_c, (int, float)) or not math.isfinite(w_c):
+            raise ConfigError(f"budget controller: reset w_c must be a number in [0, 1], got {w_c!r}")
+        self.w_c = min(self.w_max, max(self.w_min, float(w_c)))
+        self.served, self.spent = 0, 0.0
 
     def state(self) -> dict[str, float]:
         """What ``/health`` shows: the budget, the current w_c, requests and spend so far."""
         return {"budget_per_1k": self.budget_per_1k, "w_c": self.w_c, "served": self.served,
-                "spend_per_1k": self.spend_per_1k, "step": self.step}
+                "spend_per_1k": self.spend_per_1k if self.served else None, "step": self.step,
+                "max_move": self.max_move, "w_min": self.w_min, "w_max": self.w_max}

@@ -13,8 +13,22 @@ from typing import Any
 
 from jsonargparse import ArgumentParser
 
+from barp.data.table import MAX_COST_USD
 from barp.errors import ConfigError, exit_on_user_error
 from barp.service.calibrate import Target, calibrate
+
+#: The default bound on one feedback's cost is this many times the checkpoint's tau (the 95th percentile of the
+#: training costs per request), at least MIN_COST_BOUND_USD and at most MAX_COST_USD.
+COST_BOUND_TAUS = 1000.0
+#: The default cost bound is never below this (USD per request).
+MIN_COST_BOUND_USD = 1.0
+
+
+def default_max_cost(tau: float) -> float:
+    """The default bound on one feedback's cost: ``min(MAX_COST_USD, max(1 USD, 1000 * tau))``."""
+    if not (isinstance(tau, float) and math.isfinite(tau) and tau > 0):
+        return MAX_COST_USD
+    return min(MAX_COST_USD, max(MIN_COST_BOUND_USD, COST_BOUND_TAUS * tau))
 
 
 def build_service(
@@ -26,6 +40,11 @@ def build_service(
     budget_per_1k: float | None = None,
     budget_step: float = 0.01,
     fsync: bool = True,
+    budget_max_move: float | None = 0.1,
+    budget_reset: bool = False,
+    max_cost_usd: float | None = None,
+    decision_ttl_s: float | None = 86400.0,
+    compact_after: int = 10_000,
 ):
     """Load the router and its encoder once and open (or resume) the request log; see :func:`serve` for the
     arguments."""
@@ -39,6 +58,15 @@ def build_service(
         raise ConfigError(f"--w_c must be a number in [0, 1], got {w_c!r}")
     if w_c is not None and target is not None:
         raise ConfigError("give at most one of --w_c and --target")
+    for name, value in (("max_cost_usd", max_cost_usd), ("decision_ttl_s", decision_ttl_s),
+                        ("budget_max_move", budget_max_move)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise ConfigError(f"--{name} must be a number > 0 (or null), got {value!r}")
+    if max_cost_usd is not None and max_cost_usd > MAX_COST_USD:
+        raise ConfigError(f"--max_cost_usd must be at most MAX_COST_USD = {MAX_COST_USD:g}, got {max_cost_usd!r}")
+    if isinstance(compact_after, bool) or not isinstance(compact_after, int) or compact_after < 1:
+        raise ConfigError(f"--compact_after must be an integer >= 1, got {compact_after!r}")
     router = TrainedRouter.from_checkpoint(ckpt_path)
     curve, default = None, 0.5 if w_c is None else float(w_c)
     if calibration is not None:
@@ -56,9 +84,14 @@ def build_service(
         default = float(curve.w_c[choose(curve, target.check(router.models, "--target"))])
     controller = None
     if budget_per_1k is not None:
-        controller = BudgetController(budget_per_1k, w_c=default, step=budget_step)
-    log = FeedbackLog(log_dir, sync=fsync)  # last: every check above leaves the log as it was
-    service = RoutingService(router, log, w_c=default, curve=curve, controller=controller)
+        controller = BudgetController(budget_per_1k, w_c=default, step=budget_step, max_move=budget_max_move)
+    if max_cost_usd is None:
+        max_cost_usd = default_max_cost(router.module.tau_value)
+    # last: every check above leaves the log as it was
+    log = FeedbackLog(log_dir, sync=fsync, decision_ttl_s=decision_ttl_s, compact_after=compact_after)
+    service = RoutingService(router, log, w_c=default, curve=curve, controller=controller, max_cost_usd=max_cost_usd)
+    if budget_reset and controller is not None:
+        service.reset_budget()
     router.encoder.encode(["warm-up"])  # load the encoder now: /health means ready, and no request pays for it
     return service
 
@@ -76,8 +109,21 @@ def serve(
     max_batch: int = 256,
     max_prompt_chars: int = 100_000,
     fsync: bool = True,
+    api_key_file: str | None = None,
+    feedback_key_file: str | None = None,
+    allow_unauthenticated: bool = False,
+    max_body_bytes: int = 4 * 2**20,
+    max_request_chars: int = 400_000,
+    max_prompt_id_chars: int = 256,
+    request_timeout_s: float = 30.0,
+    max_cost_usd: float | None = None,
+    budget_max_move: float | None = 0.1,
+    budget_reset: bool = False,
+    decision_ttl_s: float | None = 86400.0,
+    compact_after: int = 10_000,
+    docs: bool = False,
 ) -> None:
-    """Serve a trained router over HTTP: POST /route, POST /feedback, GET /health, GET /models.
+    """Serve a trained router over HTTP: POST /route, POST /feedback, POST /budget/reset, GET /health, GET /models.
 
     Args:
         ckpt_path: Checkpoint written by ``barp fit``.
@@ -98,21 +144,58 @@ def serve(
         max_batch: Most prompts per /route request.
         max_prompt_chars: Most characters per prompt.
         fsync: fsync the log after every write (turn off only to benchmark without disk syncs).
+        api_key_file: File of API keys, one per line (optionally ``name:key``; ``#`` comments); with
+            ``BARP_API_KEY``, the keys every endpoint but /health asks for (``Authorization: Bearer <key>`` or
+            ``X-API-Key: <key>``). Logged rows record a key's name (or ``sha256:`` and 8 hex characters), never it.
+        feedback_key_file: File of grader keys (same format; or ``BARP_FEEDBACK_KEY``): when set, only these keys may
+            post /feedback and /budget/reset, and they may not route.
+        allow_unauthenticated: Serve on a non-loopback --host without any key, on purpose: anyone who reaches the
+            port may route and write the feedback the next router is trained on.
+        max_body_bytes: Most bytes of a request body, checked before it is read (Content-Length, or while a chunked
+            body streams in): 413.
+        max_request_chars: Most characters of all prompts of one /route request: 413.
+        max_prompt_id_chars: Most characters per entry of ``prompt_ids``: 413.
+        request_timeout_s: Seconds one /route request may take; after it the answer is 503 and nothing is recorded.
+        max_cost_usd: Most USD one /feedback may report (422 above). Default: 1000 x the checkpoint's tau (the 95th
+            percentile of its training costs per request), at least 1 and at most MAX_COST_USD = 1000.
+        budget_max_move: Most one feedback row may move the budget controller's w_c (null: unclipped).
+        budget_reset: Restart the budget controller from the default w_c, ignoring the rows logged so far
+            (recorded in the log folder, so later restarts replay only newer rows); also POST /budget/reset.
+        decision_ttl_s: Seconds a routed decision waits for its feedback; later it expires (archived in
+            expired.jsonl, and its feedback is answered 410). null: never.
+        compact_after: Rewrite decisions.jsonl with only the pending decisions once it holds more than this many
+            answered or expired lines (and more of them than pending ones).
+        docs: Serve /docs, /redoc and /openapi.json (their pages load scripts from a CDN, cdn.jsdelivr.net).
     """
     import uvicorn
 
     from barp.service.app import create_app
+    from barp.service.guard import API_KEY_ENV, KeyRing, is_loopback
 
     if not (isinstance(port, int) and 0 < port < 65536):
         raise ConfigError(f"--port must be an integer in [1, 65535], got {port!r}")
-    for name, value in (("max_batch", max_batch), ("max_prompt_chars", max_prompt_chars)):
+    for name, value in (("max_batch", max_batch), ("max_prompt_chars", max_prompt_chars),
+                        ("max_body_bytes", max_body_bytes), ("max_request_chars", max_request_chars),
+                        ("max_prompt_id_chars", max_prompt_id_chars)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"--{name} must be an integer >= 1, got {value!r}")
+    if isinstance(request_timeout_s, bool) or not isinstance(request_timeout_s, (int, float)) \
+            or not math.isfinite(request_timeout_s) or request_timeout_s <= 0:
+        raise ConfigError(f"--request_timeout_s must be a number > 0, got {request_timeout_s!r}")
+    keys = KeyRing.from_sources(api_key_file, feedback_key_file)
+    if not keys and not is_loopback(host) and not allow_unauthenticated:
+        raise ConfigError(f"--host {host!r} is not a loopback address and no API key is set: anyone who reaches the "
+                          "port could route and write the feedback the next router learns from. Set "
+                          f"{API_KEY_ENV} or --api_key_file, or pass --allow_unauthenticated true to serve open on "
+                          "purpose")
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            service = build_service(ckpt_path, log_dir, w_c, calibration, target, budget_per_1k, budget_step, fsync)
+            service = build_service(ckpt_path, log_dir, w_c, calibration, target, budget_per_1k, budget_step, fsync,
+                                    budget_max_move=budget_max_move, budget_reset=budget_reset,
+                                    max_cost_usd=max_cost_usd, decision_ttl_s=decision_ttl_s,
+                                    compact_after=compact_after)
     finally:  # a torn log line set aside, an unverifiable calibration: one line each, also before an error
         for item in caught:
             if issubclass(item.category, UserWarning):
@@ -121,10 +204,17 @@ def serve(
                 warnings.showwarning(item.message, item.category, item.filename, item.lineno)
     mode = (f"budget ${budget_per_1k:g} per 1k queries from w_c = {service.default_w_c:.4g}"
             if service.controller is not None else f"w_c = {service.default_w_c:.4g} by default")
+    access = (f"{len(keys)} API keys" + (" (graders separate)" if keys.split else "") if keys
+              else "no API key (open to anyone who reaches the port)")
     print(f"barp serve: {len(service.models)} models, {mode}; log {service.log.path} ({service.log.num_rows} rows, "
-          f"{service.log.num_pending} pending); listening on http://{host}:{port}", flush=True)
-    uvicorn.run(create_app(service, max_batch, max_prompt_chars), host=host, port=port, log_level="warning",
-                workers=1)
+          f"{service.log.num_pending} pending); {access}; listening on http://{host}:{port}", flush=True)
+    app = create_app(service, max_batch, max_prompt_chars, keys=keys, max_body_bytes=max_body_bytes,
+                     max_request_chars=max_request_chars, max_prompt_id_chars=max_prompt_id_chars,
+                     request_timeout_s=float(request_timeout_s), docs=docs)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", workers=1)
+    finally:
+        service.log.close()
 
 
 def _parser(function, prog: str, description: str) -> ArgumentParser:
