@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "barp"
 #: Top-level part of the package -> its layer (docs/architecture.md). A module may import its own part and lower
 #: layers only.
 LAYERS = {
-    "errors": 1, "atomic": 1, "paths": 1, "loggers": 1, "metrics": 1,
+    "errors": 0,
+    "atomic": 1, "paths": 1, "loggers": 1, "metrics": 1,
     "encoders": 2, "learning": 2,
     "data": 3,
     "models": 4,
