@@ -9,6 +9,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_cli import RECIPE, ROOT, tiny_args
@@ -63,7 +64,13 @@ def test_sweep_writes_three_files_with_every_method(swept):
         entry = summary["results"]["barp"][split]
         # the checkpoint is the bootstrap reference: no difference to itself
         assert set(entry) == {"aiq", "mean_reward", "score_at_best_single_cost", "cost_to_best_single_score",
-                              "mean_regret", "aiq_ci"}
+                              "mean_regret", "aiq_ci", "score_over_prompts", "score_over_tasks"}
+        # both averages, named plainly: over prompts (the "all" row) and over tasks (each task once)
+        at = [r for r in rows if r["method"] == "barp" and r["split"] == split and float(r["w_c"]) == 0.5]
+        tasks = [float(r["score"]) for r in at if r["task"] != "all"]
+        assert entry["score_over_tasks"]["0.5"] == pytest.approx(np.mean(tasks))
+        assert entry["score_over_prompts"]["0.5"] == pytest.approx(float(next(r["score"] for r in at
+                                                                              if r["task"] == "all")))
         assert entry["aiq_ci"][0] <= entry["aiq"] <= entry["aiq_ci"][1]
         knn = summary["results"]["knn"][split]
         assert knn["aiq_diff_ci"][0] <= knn["aiq"] - entry["aiq"] <= knn["aiq_diff_ci"][1]

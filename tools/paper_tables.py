@@ -10,7 +10,12 @@ checkpoint (every method) and on the other heads (BaRP only), under ``<output>/s
 sweep outputs it finds there (``--reuse``), so the tables can be re-rendered from existing sweeps without training.
 Tables: per-task ID and OOD scores at one preference (BaRP vs the smallest and largest model vs the offline
 routers); BaRP's cost and score for w_c = 0.2 ... 0.8; the decision-head ablation; the learning-algorithm
-ablation (BaRP's policy gradient vs LinUCB vs linear Thompson sampling vs epsilon-greedy).
+ablation (BaRP's policy gradient vs LinUCB vs linear Thompson sampling vs epsilon-greedy); ``headline``, the
+paper's own comparison (BaRP vs RouterDC and GraphRouter, the largest and the best single LLM, per task family and
+averaged over tasks and over prompts, with BaRP's relative improvement)::
+
+    python tools/paper_tables.py --recipe configs/experiments/llmrouter.yaml --tables '[headline]' \
+        --methods '[barp, routerdc, graphrouter, most_expensive, single_models, oracle]' --first_seed 42
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from jsonargparse import auto_cli
 from barp.atomic import atomic_write_text
 from barp.sweep.harness import ALL_METHODS, is_complete_sweep
 
-Table = Literal["per_task", "cost", "heads", "algorithms", "summary"]
+Table = Literal["per_task", "cost", "heads", "algorithms", "summary", "headline"]
 HEADS = ("mlp", "linear", "bilinear")
 PER_TASK_METHODS = {"cheapest": "smallest LLM", "most_expensive": "largest LLM", "knn": "kNN (offline)",
                     "mlp": "MLP (offline)", "mf": "MF (offline)", "barp": "BaRP"}
@@ -103,10 +108,66 @@ def per_task_table(runs, split: str, w_c: float) -> str:
     tasks = sorted({r["task"] for rows, _ in runs for r in rows if r["split"] == split and r["task"] != "all"})
     body = []
     for method, label in PER_TASK_METHODS.items():
+        over_tasks = [v for run in runs for k, v in _scores(run, method, split, w_c).items() if k == "over tasks"]
         body.append([label] + [_pm(_cell(runs, method, split, w_c, t, "score"), 100) for t in tasks]
-                    + [_pm(_cell(runs, method, split, w_c, "all", "score"), 100),
+                    + [_pm(over_tasks, 100), _pm(_cell(runs, method, split, w_c, "all", "score"), 100),
                        _pm_cost(_cell(runs, method, split, w_c, "all", "cost"))])
-    return _markdown(["method", *tasks, "avg score (%)", "avg cost (USD)"], body)
+    return _markdown(["method", *tasks, "mean over tasks (%)", "mean over prompts (%)", "avg cost (USD)"], body)
+
+
+HEADLINE = {"barp": "BaRP", "routerdc": "RouterDC", "graphrouter": "GraphRouter", "most_expensive": "largest LLM",
+            "best_single": "best single LLM"}
+
+
+def _method_in(run, method: str, split: str) -> str | None:
+    """The sweep method behind a headline column in one run: ``best_single`` is that run's best single model on the
+    split (the highest mean test score: in hindsight, as papers report it)."""
+    rows, summary = run
+    if method == "best_single":
+        best = (summary["splits"].get(split) or {}).get("best_single_model")
+        return best["method"] if best else None
+    return method if any(r["method"] == method and r["split"] == split for r in rows) else None
+
+
+def _scores(run, method: str, split: str, w_c: float) -> dict[str, float]:
+    """One run's scores at ``w_c`` per task, plus ``over tasks`` (each task once) and ``over prompts``."""
+    name = _method_in(run, method, split)
+    if name is None:
+        return {}
+    at = {r["task"]: r["score"] for r in run[0]
+          if r["method"] == name and r["split"] == split and abs(r["w_c"] - w_c) < 1e-9}
+    tasks = {t: v for t, v in at.items() if t != "all"}
+    out = dict(tasks)
+    if tasks:
+        out["over tasks"] = float(np.mean(list(tasks.values())))
+    if "all" in at:
+        out["over prompts"] = at["all"]
+    return out
+
+
+def headline_table(runs, split: str, w_c: float) -> str:
+    """The paper's comparison at ``w_c``: scores (%) per task family and averaged (over tasks: each task once, as
+    the paper and the routers it compares with report; over prompts: barp's own average) of BaRP, RouterDC,
+    GraphRouter, the largest LLM and the best single LLM, then BaRP's relative improvement ``(BaRP - other) /
+    other`` on each average, as the paper states it; mean ± std over the runs (seeds)."""
+    per_run = [{m: _scores(run, m, split, w_c) for m in HEADLINE} for run in runs]
+    tasks = sorted({t for r in per_run for t in r["barp"] if t not in ("over tasks", "over prompts")})
+    present = [m for m in HEADLINE if any(r[m] for r in per_run)]
+    body = []
+    for row in [*tasks, "over tasks", "over prompts"]:
+        label = row if row in tasks else f"**mean {row}**"
+        body.append([label] + [_pm([r[m][row] for r in per_run if row in r[m]], 100) for m in present])
+    head = ["task family", *(HEADLINE[m] + " (%)" for m in present)]
+    rel_body = []
+    for other in present[1:]:
+        cells = []
+        for avg in ("over tasks", "over prompts"):
+            rel = [(r["barp"][avg] - r[other][avg]) / r[other][avg] for r in per_run
+                   if avg in r["barp"] and avg in r[other] and r[other][avg] > 0]
+            cells.append(_pm(rel, 100) + (" %" if rel else ""))
+        rel_body.append([f"BaRP vs {HEADLINE[other]}", *cells])
+    relative = _markdown(["(BaRP - other) / other", "on the mean over tasks", "on the mean over prompts"], rel_body)
+    return _markdown(head, body) + "\n\n" + relative
 
 
 def cost_table(runs, grid: list[float]) -> str:
@@ -179,6 +240,7 @@ def paper_tables(
     reuse: bool = True,
     methods: list[str] | None = None,
     summary_points: list[float] | None = None,
+    headline_points: list[float] | None = None,
 ) -> str:
     """Train, sweep and render the paper's tables as Markdown (printed and written to ``<output>/paper_tables.md``).
 
@@ -198,6 +260,9 @@ def paper_tables(
         methods: Methods to sweep with the MLP-head checkpoint (``barp sweep --methods``; default all). With
             ``summary`` these are its rows, ``single_models`` standing for ``single:<model>`` of each model.
         summary_points: Preferences at which the summary table gives score and cost (default 0 and ``w_c``).
+        headline_points: Preferences of ``headline``, the paper's comparison (BaRP vs RouterDC, GraphRouter, the
+            largest and the best single LLM, per task and averaged, with relative improvements). The paper does not
+            say at which preference it compares; default w_c = 0 (quality only) and 0.5.
 
     Returns:
         The Markdown text.
@@ -230,6 +295,12 @@ def paper_tables(
     if "algorithms" in tables:
         parts += [f"## Learning-algorithm ablation (same bandit feedback), w_c = {w_c:g}\n",
                   ablation_table({label: (main_runs, m) for m, label in ALGORITHMS.items()}, w_c), ""]
+    if "headline" in tables:
+        for point in ([0.0, 0.5] if headline_points is None else list(headline_points)):
+            for split in ("id", "ood"):
+                if any(r["split"] == split for rows, _ in main_runs for r in rows):
+                    parts += [f"## The paper's comparison, {split.upper()} test, w_c = {point:g} (scores %, mean ± "
+                              f"std over {len(seeds)} seeds)\n", headline_table(main_runs, split, point), ""]
     if "summary" in tables:
         points = [0.0, float(w_c)] if summary_points is None else list(summary_points)
         names = sorted({r["method"] for rows, _ in main_runs for r in rows})

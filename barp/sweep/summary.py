@@ -28,6 +28,10 @@ DEFINITIONS = {
                    "every frontier is then a vertical line, aiq is null, and tables rank by mean_reward instead",
     "mean_reward": "the method's reward averaged over the w_c grid (split means)",
     "mean_regret": "mean over the w_c grid of (oracle reward - method reward), split means",
+    "score_over_prompts": "per w_c, the method's mean score over the split's prompts (barp's tables; larger tasks "
+                          "weigh more)",
+    "score_over_tasks": "per w_c, the mean over the split's tasks of each task's mean score (every task counts "
+                        "once, as RouterDC, GraphRouter and EmbedLLM report their averages)",
     "aiq_ci": "95% percentile interval of the AIQ under a bootstrap over the split's test prompts (the same resample "
               "for every method, cost range recomputed per resample); test-prompt variation only, not training seeds",
     "aiq_diff_ci": "95% interval of (this method's AIQ - the reference's) under the same paired bootstrap; the "
@@ -46,6 +50,16 @@ def _points(rows: list[dict], split: str) -> dict[str, dict[str, np.ndarray]]:
         rs = sorted(rs, key=lambda r: r["w_c"])
         out[method] = {k: np.array([r[k] for r in rs], dtype=np.float64) for k in ("w_c", "score", "cost", "reward")}
     return out
+
+
+def task_means(rows: list[dict], method: str, split: str, key: str = "score") -> dict[str, float]:
+    """Per preference (``"0.5"``), the mean over the split's tasks of each task's mean ``key`` (every task counts
+    once, as routing papers average their task columns), from the sweep's per-task rows."""
+    by_w: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["method"] == method and r["split"] == split and r["task"] != "all":
+            by_w[f"{float(r['w_c']):g}"].append(float(r[key]))
+    return {w: float(np.mean(v)) for w, v in by_w.items()}
 
 
 def _clean(x: float | None) -> float | None:
@@ -98,7 +112,9 @@ def summarize(rows: list[dict], meta: dict | None = None,
         for method, p in pts.items():
             entry = {"aiq": aiq(p["cost"], p["score"], cost_range) if defined else None,
                      "mean_reward": float(np.mean(p["reward"])), "score_at_best_single_cost": None,
-                     "cost_to_best_single_score": None, "mean_regret": None}
+                     "cost_to_best_single_score": None, "mean_regret": None,
+                     "score_over_prompts": {f"{w:g}": float(v) for w, v in zip(p["w_c"], p["score"])},
+                     "score_over_tasks": task_means(rows, method, split)}
             if best is not None:
                 entry["score_at_best_single_cost"] = _clean(score_at_cost(p["cost"], p["score"], best["cost"]))
                 entry["cost_to_best_single_score"] = _clean(cost_to_reach(p["cost"], p["score"], best["score"]))
