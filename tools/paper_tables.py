@@ -7,7 +7,8 @@ Example::
 
 For each seed it trains BaRP with each decision head (``barp fit``), then runs ``barp sweep`` on the MLP-head
 checkpoint (every method) and on the other heads (BaRP only), under ``<output>/seed<S>/``. A rerun reuses the
-sweep outputs it finds there (``--reuse``), so the tables can be re-rendered from existing sweeps without training.
+sweep outputs and finished fits it finds there (``--reuse``), so the tables can be re-rendered from existing sweeps
+without training, and a sweep with other methods reuses the fitted BaRP checkpoints.
 Tables: per-task ID and OOD scores at one preference (BaRP vs the smallest and largest model vs the offline
 routers); BaRP's cost and score for w_c = 0.2 ... 0.8; the decision-head ablation; the learning-algorithm
 ablation (BaRP's policy gradient vs LinUCB vs linear Thompson sampling vs epsilon-greedy); ``headline``, the
@@ -41,13 +42,19 @@ ALGORITHMS = {"barp": "policy gradient (BaRP, as configured)", "linucb": "LinUCB
               "epsilon_greedy": "epsilon-greedy"}
 
 
+def _covers(sweep_dir: Path, methods: list[str]) -> bool:
+    """Whether a finished sweep holds every one of ``methods`` (``single_models``: the ``single:`` methods)."""
+    done = set(json.loads((sweep_dir / "summary.json").read_text())["results"])
+    return all(any(d.startswith("single:") for d in done) if m == "single_models" else m in done for m in methods)
+
+
 def _fit_and_sweep(recipe: str, out: Path, seed: int, head: str, methods: list[str], grid: list[float],
                    num_prompts: int | None, max_epochs: int | None, reuse: bool) -> Path:
     """Train BaRP with ``head`` for ``seed`` and sweep it; returns the sweep folder."""
     from barp.cli.main import fit_checkpoint, main
 
     sweep_dir = out / f"seed{seed}" / f"head_{head}" / "sweep"
-    if reuse and is_complete_sweep(sweep_dir):  # an interrupted sweep is redone, never read
+    if reuse and is_complete_sweep(sweep_dir) and _covers(sweep_dir, methods):  # interrupted or other: redone
         return sweep_dir
     run_dir = out / f"seed{seed}" / f"head_{head}"
     common = ["--config", recipe]
@@ -58,7 +65,12 @@ def _fit_and_sweep(recipe: str, out: Path, seed: int, head: str, methods: list[s
            "--trainer.default_root_dir", str(run_dir), "--trainer.logger.init_args.save_dir", str(run_dir)]
     if max_epochs is not None:
         fit += ["--trainer.max_epochs", str(max_epochs), "--trainer.check_val_every_n_epoch", "1"]
-    ckpt = fit_checkpoint(fit, str(run_dir / "final.ckpt"))
+    done = run_dir / "fitted_checkpoint.txt"  # written once the fit has finished: a rerun reuses its checkpoint
+    if reuse and done.is_file() and Path(done.read_text().strip()).is_file():
+        ckpt = done.read_text().strip()
+    else:
+        ckpt = fit_checkpoint(fit, str(run_dir / "final.ckpt"))
+        atomic_write_text(done, ckpt)
     sweep = ["sweep", *common, "--ckpt_path", ckpt, "--output", str(sweep_dir), "--seed", str(seed),
              "--methods", json.dumps(methods), "--w_c", json.dumps(grid), "--progress", "false",
              "--overwrite", "true"]  # reached only to redo this sweep (no --reuse, or an incomplete one)
