@@ -32,7 +32,9 @@ TAU = 1e-3
 BANDITS = [LinUCBRouter, LinearTSRouter, EpsilonGreedyRouter]
 # Small, fast settings for 42 training prompts (the shipped configs are for thousands).
 TEST_ARGS = {"mlp": {"lr": 1e-2}, "mf": {"lr": 1e-2}, "linucb": {"pca_dim": 2},
-             "linear_ts": {"pca_dim": 2, "v": 0.5}, "epsilon_greedy": {"pca_dim": 2, "epsilon": 0.3}}
+             "linear_ts": {"pca_dim": 2, "v": 0.5}, "epsilon_greedy": {"pca_dim": 2, "epsilon": 0.3},
+             "graphrouter": {"lr": 1e-2, "steps_per_batch": 4},
+             "routerdc": {"lr": 1e-2, "batch_size": 16, "select_every": 10}}
 
 
 def structured_table(n: int = 60, seed: int = 0) -> OutcomeTable:

@@ -20,7 +20,7 @@ from barp.sweep.contenders import ModuleContender
 from barp.sweep.harness import DEFAULT_GRID, log_to_wandb
 
 SMALL = ["--config", RECIPE, "--data.init_args.num_prompts", "240"]
-TRAINED = {"knn", "mlp", "mf", "linucb", "linear_ts", "epsilon_greedy"}
+TRAINED = {"knn", "mlp", "mf", "linucb", "linear_ts", "epsilon_greedy", "graphrouter", "routerdc"}
 COLUMNS = ["method", "w_c", "split", "task", "n", "score", "cost", "reward"]
 
 

@@ -19,8 +19,10 @@ from barp.models.baselines.bandits import (
     LinearTSRouter,
     LinUCBRouter,
 )
+from barp.models.baselines.graphrouter import GraphRouter
 from barp.models.baselines.mf import MFRouter
 from barp.models.baselines.offline import KNNRouter, MLPRouter
+from barp.models.baselines.routerdc import RouterDCRouter
 
 #: Method name (as in result files) -> its RouterModule class (as in ``configs/model/<name>.yaml``).
 METHOD_CLASSES: dict[str, type[RouterModule]] = {
@@ -30,6 +32,8 @@ METHOD_CLASSES: dict[str, type[RouterModule]] = {
     "linucb": LinUCBRouter,
     "linear_ts": LinearTSRouter,
     "epsilon_greedy": EpsilonGreedyRouter,
+    "graphrouter": GraphRouter,
+    "routerdc": RouterDCRouter,
 }
 
 # Options of RouterModule that evaluation sets itself (linked from the data, or shared with the compared router).

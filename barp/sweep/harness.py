@@ -50,7 +50,8 @@ from barp.sweep.pareto import plot_pareto
 from barp.sweep.summary import SINGLE_PREFIX, summarize
 
 Method = Literal["barp", "single_models", "cheapest", "most_expensive", "best_fixed", "random", "oracle", "knn",
-                 "mlp", "mf", "linucb", "linear_ts", "epsilon_greedy"]
+                 "mlp", "mf", "linucb", "linear_ts", "epsilon_greedy", "graphrouter",
+                 "routerdc"]
 ALL_METHODS: list[str] = list(get_args(Method))
 COLUMNS = ["method", "w_c", "split", "task", "n", "score", "cost", "reward"]
 DEFAULT_GRID = [round(0.1 * i, 1) for i in range(11)]
@@ -257,8 +258,10 @@ def evaluate(routers: list[Contender], splits: list[SplitData], grid: list[float
 
 
 def build_routers(methods: list[str], checkpoint: ModuleContender | None, datamodule, tau: float, seed: int,
-                  max_epochs: int, method_configs: list[str] | None = None, progress: bool = True) -> list[Contender]:
-    """The routers to compare, in ``ALL_METHODS`` order, training the comparison methods that need it."""
+                  max_epochs: int, method_configs: list[str] | None = None, progress: bool = True,
+                  grid: list[float] | None = None) -> list[Contender]:
+    """The routers to compare, in ``ALL_METHODS`` order, training the comparison methods that need it (with the
+    sweep's ``grid`` as their evaluation preferences)."""
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
         raise ConfigError(f"--methods: unknown {unknown}; expected some of {ALL_METHODS}")
@@ -286,7 +289,11 @@ def build_routers(methods: list[str], checkpoint: ModuleContender | None, datamo
         elif m == "oracle":
             routers.append(Oracle(tau))
     for m in tqdm(to_train, desc="barp sweep: training baselines", file=sys.stderr, disable=not progress):
-        module = train_method(m, datamodule, tau, seed, max_epochs, overrides.get(m))
+        # the sweep's grid is every trained method's evaluation grid (a per-preference router trains one model
+        # per point of it: RouterDC's default); a method config's own values win
+        args = {"eval_w_c": grid[0], "extra_eval_w_c": list(grid[1:]), **(overrides.get(m) or {})} if grid else \
+            overrides.get(m)
+        module = train_method(m, datamodule, tau, seed, max_epochs, args)
         routers.append(ModuleContender(module, m))
     return routers
 
@@ -365,7 +372,8 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
     saved = hp.train_repeats, hp.batch_size
     hp.train_repeats, hp.batch_size = saved[0] * pulls, saved[1] * pulls
     try:
-        routers = build_routers(methods, checkpoint, datamodule, tau, seed, max_epochs, method_configs, progress)
+        routers = build_routers(methods, checkpoint, datamodule, tau, seed, max_epochs, method_configs, progress,
+                                grid)
         budget = {"train_repeats": hp.train_repeats, "batch_size": hp.batch_size}
     finally:
         hp.train_repeats, hp.batch_size = saved

@@ -10,6 +10,7 @@ from barp.models.baselines.bandits import (
     LinearTSRouter,
     LinUCBRouter,
 )
+from barp.models.baselines.graphrouter import GraphRouter
 from barp.models.baselines.mf import MFRouter
 from barp.models.baselines.offline import (
     KNNRouter,
@@ -17,9 +18,11 @@ from barp.models.baselines.offline import (
     OfflineRouterModule,
     full_information_training_data,
 )
+from barp.models.baselines.routerdc import RouterDCRouter
 
 __all__ = [
     "EpsilonGreedyRouter",
+    "GraphRouter",
     "KNNRouter",
     "LinUCBRouter",
     "LinearBanditModule",
@@ -27,5 +30,6 @@ __all__ = [
     "MFRouter",
     "MLPRouter",
     "OfflineRouterModule",
+    "RouterDCRouter",
     "full_information_training_data",
 ]
