@@ -22,7 +22,7 @@ from barp.models.baselines.bandits import (
 from barp.models.baselines.graphrouter import GraphRouter
 from barp.models.baselines.mf import MFRouter
 from barp.models.baselines.offline import KNNRouter, MLPRouter
-from barp.models.baselines.routerdc import RouterDCRouter
+from barp.models.baselines.routerdc import RouterDC
 
 #: Method name (as in result files) -> its RouterModule class (as in ``configs/model/<name>.yaml``).
 METHOD_CLASSES: dict[str, type[RouterModule]] = {
@@ -33,7 +33,7 @@ METHOD_CLASSES: dict[str, type[RouterModule]] = {
     "linear_ts": LinearTSRouter,
     "epsilon_greedy": EpsilonGreedyRouter,
     "graphrouter": GraphRouter,
-    "routerdc": RouterDCRouter,
+    "routerdc": RouterDC,
 }
 
 # Options of RouterModule that evaluation sets itself (linked from the data, or shared with the compared router).

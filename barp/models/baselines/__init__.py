@@ -18,7 +18,7 @@ from barp.models.baselines.offline import (
     OfflineRouterModule,
     full_information_training_data,
 )
-from barp.models.baselines.routerdc import RouterDCRouter
+from barp.models.baselines.routerdc import RouterDC
 
 __all__ = [
     "EpsilonGreedyRouter",
@@ -30,6 +30,6 @@ __all__ = [
     "MFRouter",
     "MLPRouter",
     "OfflineRouterModule",
-    "RouterDCRouter",
+    "RouterDC",
     "full_information_training_data",
 ]

@@ -204,7 +204,7 @@ class RouterDCTower(nn.Module):
         self.llm_embeddings = nn.Parameter(torch.randn(num_models, self.dim) * 0.78)
 
 
-class RouterDCRouter(RouterModule):
+class RouterDC(RouterModule):
     """RouterDC (Chen et al., NeurIPS 2024), trained with full information on the train split; see the module
     docstring for the method and what barp adds (the cost trade-off, the two encoder modes, step counting).
 
@@ -391,7 +391,7 @@ class RouterDCRouter(RouterModule):
         try:
             return [self._texts[row.tobytes()] for row in keys]
         except KeyError:
-            raise RuntimeError("RouterDCRouter (encoder_mode=finetune) routes prompt texts: route raw prompts "
+            raise RuntimeError("RouterDC (encoder_mode=finetune) routes prompt texts: route raw prompts "
                                "(decide, route_prompts, TrainedRouter) or embeddings of the data it was set up "
                                "with") from None
 
@@ -478,7 +478,7 @@ class RouterDCRouter(RouterModule):
         preferences; ``per_preference`` summed over the towers, each at its grid point (the logged parts are
         averages over towers)."""
         if self.train_data is None:
-            raise RuntimeError("RouterDCRouter needs a datamodule (full-information training data)")
+            raise RuntimeError("RouterDC needs a datamodule (full-information training data)")
         hp = self.hparams
         rows = rows.long().cpu()
         if self.per_preference:
@@ -536,7 +536,7 @@ class RouterDCRouter(RouterModule):
             self._tuned.clear()
             self.log("train/selected_step", float(np.mean([b[1] for b in self._best])))
         if self.global_step < budget:
-            rank_zero_warn(f"RouterDCRouter: the trainer's epochs ran out after {self.global_step} of "
+            rank_zero_warn(f"RouterDC: the trainer's epochs ran out after {self.global_step} of "
                            f"{budget} steps (model.max_steps); raise trainer.max_epochs for the full budget")
         self.trainer.should_stop = True
 
