@@ -51,3 +51,24 @@ def tiny_datamodule(_barp_cache):
     dm.prepare_data()
     dm.setup("fit")
     return dm
+
+
+@pytest.fixture()
+def served_models():
+    """``served_models(ckpt, folder, prompts, w_c)``: the models ``barp serve`` (its service and app, in process)
+    answers for ``prompts`` from a checkpoint."""
+    return _served_models
+
+
+def _served_models(ckpt, folder, prompts: list[str], w_c: float) -> list[str]:
+    """The models ``barp serve`` (its service and app, in process) answers for ``prompts`` from a checkpoint."""
+    from fastapi.testclient import TestClient
+
+    from barp.service.app import create_app
+    from barp.service.cli import build_service
+
+    service = build_service(str(ckpt), str(folder))
+    with TestClient(create_app(service)) as client:
+        answer = client.post("/route", json={"prompts": prompts, "w_c": w_c})
+    assert answer.status_code == 200, answer.text
+    return [d["model"] for d in answer.json()["decisions"]]

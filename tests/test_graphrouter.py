@@ -165,7 +165,7 @@ def test_learns_a_task_dependent_choice(fitted):
 
 
 @pytest.mark.slow
-def test_checkpoint_loads_and_routes_raw_prompts(fitted):
+def test_checkpoint_loads_and_routes_raw_prompts(fitted, served_models):
     cli, ckpt = fitted
     router = TrainedRouter.from_checkpoint(ckpt)
     assert isinstance(router.module, GraphRouter) and len(router.module.query_emb) > 0
@@ -178,3 +178,4 @@ def test_checkpoint_loads_and_routes_raw_prompts(fitted):
     score = float(np.mean(dm.table.scores[rows, chosen]))
     assert score > float(dm.table.scores[rows].mean(0).max()) + 0.3, score
     assert decisions == cli.model.eval().decide(prompts, w_c=0.0)
+    assert served_models(ckpt, Path(ckpt).parent / "serve", prompts[:8], 0.0) == [d.model for d in decisions[:8]]

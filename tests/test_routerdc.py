@@ -204,7 +204,7 @@ def _save(trainer, path) -> None:
     torch.save(ckpt, path)
 
 
-def test_a_checkpoint_routes_through_trained_router(tiny_datamodule, tmp_path):
+def test_a_checkpoint_routes_through_trained_router(tiny_datamodule, tmp_path, served_models):
     dm = tiny_datamodule
     L.seed_everything(0, verbose=False)
     module = RouterDC(model_names=dm.model_names, task_names=dm.task_names, embed_dim=384, tau=TAU, **FAST)
@@ -221,6 +221,9 @@ def test_a_checkpoint_routes_through_trained_router(tiny_datamodule, tmp_path):
         assert torch.allclose(router.module.route(emb, w), module.eval().route(emb, w), atol=1e-6)
     decisions = router.route(["prompt number 3", "prompt number 40"], w_c=0.3)
     assert [d.model in dm.model_names for d in decisions] == [True, True]
+    # barp serve routes with it as TrainedRouter does
+    assert served_models(path, tmp_path / "serve", ["prompt number 3", "prompt number 40"], 0.3) == \
+        [d.model for d in decisions]
 
 
 def test_finetune_mode_trains_the_encoder_and_checkpoints_it(tiny_datamodule, tmp_path):
@@ -312,3 +315,4 @@ def test_per_preference_checkpoint_routes_through_trained_router(tiny_datamodule
     w = torch.stack([torch.linspace(1, 0, len(emb)), torch.linspace(0, 1, len(emb))], dim=1)
     with torch.no_grad():
         assert torch.allclose(router.module.route(emb, w), module.eval().route(emb, w), atol=1e-6)
+
