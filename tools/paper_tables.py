@@ -154,6 +154,8 @@ def _scores(run, method: str, split: str, w_c: float) -> dict[str, float]:
         out["over tasks"] = float(np.mean(list(tasks.values())))
     if "all" in at:
         out["over prompts"] = at["all"]
+        out["cost"] = next(r["cost"] for r in run[0] if r["method"] == name and r["split"] == split
+                           and r["task"] == "all" and abs(r["w_c"] - w_c) < 1e-9)
     return out
 
 
@@ -163,12 +165,14 @@ def headline_table(runs, split: str, w_c: float) -> str:
     GraphRouter, the largest LLM and the best single LLM, then BaRP's relative improvement ``(BaRP - other) /
     other`` on each average, as the paper states it; mean ± std over the runs (seeds)."""
     per_run = [{m: _scores(run, m, split, w_c) for m in HEADLINE} for run in runs]
-    tasks = sorted({t for r in per_run for t in r["barp"] if t not in ("over tasks", "over prompts")})
+    tasks = sorted({t for r in per_run for t in r["barp"] if t not in ("over tasks", "over prompts", "cost")})
     present = [m for m in HEADLINE if any(r[m] for r in per_run)]
     body = []
     for row in [*tasks, "over tasks", "over prompts"]:
         label = row if row in tasks else f"**mean {row}**"
         body.append([label] + [_pm([r[m][row] for r in per_run if row in r[m]], 100) for m in present])
+    body.append(["mean cost per prompt (USD)"] + [_pm_cost([r[m]["cost"] for r in per_run if "cost" in r[m]])
+                                                  for m in present])
     head = ["task family", *(HEADLINE[m] + " (%)" for m in present)]
     rel_body = []
     for other in present[1:]:
