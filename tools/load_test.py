@@ -175,20 +175,8 @@ def main(ckpt_path: str, requests: int = 200, batch_requests: int = 40, concurre
     rows = {"encoder alone, batch 1": encoder_alone(ckpt_path, prompts, 1, requests),
             "encoder alone, batch 32": encoder_alone(ckpt_path, prompts, 32, batch_requests)}
     port, log_dir = _free_port(), tempfile.mkdtemp(prefix="barp-load-")
-    server = subprocess.Popen([sys.executable, "-m", "barp", "serve", "--ckpt_path", ckpt_path, "--port",
-                               str(port), "--log_dir", log_dir], env={**os.environ})
+    server = _start_server(ckpt_path, port, log_dir, [], startup_timeout)
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("barp serve did not start") from None
-                time.sleep(0.5)
         one = [{"prompts": [prompts[i % len(prompts)]], "w_c": w_c} for i in range(requests)]
         _post(http.client.HTTPConnection("127.0.0.1", port, timeout=60), "/route", one[0])  # warm-up
         rows["barp serve /route, batch 1"], answers = hammer(port, "/route", one, concurrency)
