@@ -254,13 +254,3 @@ def run_calibrate(cfg) -> dict[str, Any]:
     kwargs = _kwargs(cfg)
     with exit_on_user_error("barp calibrate"):
         return calibrate(**kwargs)
-
-
-def run_serve_cli(argv: list[str]) -> None:
-    """Run ``barp serve`` with ``argv`` (without the ``serve`` word)."""
-    run_serve(serve_parser().parse_args(argv))
-
-
-def run_calibrate_cli(argv: list[str]) -> dict[str, Any]:
-    """Run ``barp calibrate`` with ``argv`` (without the ``calibrate`` word)."""
-    return run_calibrate(calibrate_parser().parse_args(argv))

@@ -86,9 +86,3 @@ def run_sweep(cfg, parser: ArgumentParser) -> dict:
         )
     print("\n" + format_summary(summary) + f"\n\nwrote {output}/sweep.csv, summary.json, pareto.png", flush=True)
     return summary
-
-
-def run_sweep_cli(argv: list[str]) -> dict:
-    """Parse ``argv`` (the arguments after ``barp sweep``) and run the sweep; see :func:`run_sweep`."""
-    parser = sweep_parser()
-    return run_sweep(parser.parse_args(argv), parser)
