@@ -63,6 +63,26 @@ def check_output_folder(output: str, command: str, writes: str) -> Path:
     return out
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path.
+
+    Args:
+        path: The file to write.
+        data: Its whole content.
+        durable: Also flush the data to disk before the rename and the folder after it, so that the new content
+            survives a power loss once this returns (logs that must not lose acknowledged work).
+    """
+    target = Path(path)
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
+    if durable:
+        fsync_path(target.parent)
+    return target
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
@@ -70,7 +90,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """Flush ``path`` (a file or a folder) to disk where the platform allows it (folders: POSIX only)."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -112,15 +132,15 @@ def replace_file_set(staging: str | os.PathLike, folder: str | os.PathLike, name
         raise FileNotFoundError(f"replace_file_set: {missing} not written in {staging}")
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
-        _fsync(staging / name)
+        fsync_path(staging / name)
     old = [marker, *(n for n in dict.fromkeys([*earlier, *names]) if n != marker)]  # the marker goes first
     if any((folder / n).exists() for n in old):
         for name in old:
             (folder / name).unlink(missing_ok=True)
-        _fsync(folder)
+        fsync_path(folder)
     for name in names:
         if name != marker:
             os.replace(staging / name, folder / name)
-    _fsync(folder)
+    fsync_path(folder)
     os.replace(staging / marker, folder / marker)
-    _fsync(folder)
+    fsync_path(folder)

@@ -297,7 +297,7 @@ def test_the_decisions_file_is_compacted_atomically(router, tmp_path):
             assert c.post("/feedback", json={"decision_id": decision_id, "score": 1, "cost": 0.1}).status_code == 200
     kept = [d["decision_id"] for d in lines(tmp_path / DECISIONS_FILE)]
     assert kept == ids[6:] or kept == ids[7:]  # compacted once 6 answered lines outnumbered the 4 pending
-    assert not list(tmp_path.glob("*.compact"))
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file of the atomic rewrite is left
     service.log.close()
     again = FeedbackLog(tmp_path)
     assert again.num_pending == 3 and again.num_rows == 7

@@ -52,6 +52,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from barp.atomic import atomic_write_bytes, fsync_path
 from barp.errors import ConfigError, DataValidationError
 from barp.service.budget import cost_problem
 
@@ -272,14 +273,6 @@ def duplicate_problem(found: _Scan) -> str | None:
     return None
 
 
-def _fsync_dir(folder: Path) -> None:
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class FeedbackLog:
     """The service's request log in ``folder`` (created if needed); reopening it resumes where it stopped.
 
@@ -387,7 +380,7 @@ class FeedbackLog:
             raise ConfigError(f"--log_dir {str(self.folder)!r}: cannot open {Path(err.filename or '').name!r} for "
                               f"appending ({err.strerror or err})") from None
         if self.sync:  # make the new files' names durable too
-            _fsync_dir(self.folder)
+            fsync_path(self.folder)
         with self._lock:
             self._forget(now)
             self._expire(now)
@@ -480,18 +473,7 @@ class FeedbackLog:
         """Rewrite ``decisions.jsonl`` with only the pending decisions, atomically (a temporary file, fsync,
         rename, fsync of the folder); the caller holds the lock."""
         path = self.folder / DECISIONS_FILE
-        tmp = path.with_name(path.name + ".compact")
-        data = b"".join(_line(d) for d in self._pending.values())
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.folder)
+        atomic_write_bytes(path, b"".join(_line(d) for d in self._pending.values()), durable=True)
         self._decisions.close()
         self._decisions = _AppendOnly(path, self.sync)
         self._decision_lines = len(self._pending)
@@ -574,17 +556,10 @@ class FeedbackLog:
         restart replays only the rows logged after this."""
         with self._lock:
             record = {"after_rows": self._num_rows, "w_c": float(w_c), "time": self.clock(), "key_id": key_id}
-            path = self.folder / BUDGET_RESET_FILE
-            tmp = path.with_name(path.name + ".tmp")
             try:
-                with open(tmp, "w", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-                _fsync_dir(self.folder)
+                atomic_write_bytes(self.folder / BUDGET_RESET_FILE, (json.dumps(record) + "\n").encode(),
+                                   durable=True)
             except OSError as err:
-                tmp.unlink(missing_ok=True)
                 raise LogUnavailable(err.errno, err.strerror or str(err)) from None
             self._reset_marker = record
             return dict(record)
