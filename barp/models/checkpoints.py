@@ -188,6 +188,16 @@ def _setting_diffs(ckpt: dict[str, Any], data_hparams: dict[str, Any]) -> str:
     return "; ".join(diffs) if diffs else "no data option differs; the data file itself does"
 
 
+def trained_on(ckpt: dict[str, Any], fingerprints: np.ndarray) -> np.ndarray | None:
+    """Which of the rows (:func:`row_fingerprints`) the checkpoint was trained on and did not also evaluate at fit
+    time (a published test file may share rows with the training file); None if the checkpoint has no record."""
+    record = ckpt.get(RECORD_KEY) or {}
+    if record.get("train_rows") is None:
+        return None
+    evaluated = record.get("eval_rows", torch.zeros(0, dtype=torch.int64)).numpy()
+    return np.isin(fingerprints, record["train_rows"].numpy()) & ~np.isin(fingerprints, evaluated)
+
+
 def check_unseen(ckpt: dict[str, Any], datamodule, splits: dict[str, np.ndarray], where: str) -> None:
     """Refuse to evaluate on prompts the checkpoint was trained on.
 
@@ -197,15 +207,12 @@ def check_unseen(ckpt: dict[str, Any], datamodule, splits: dict[str, np.ndarray]
         splits: Evaluated split name -> table rows.
         where: Prefix of error messages (the checkpoint option and path).
     """
-    record = ckpt.get(RECORD_KEY) or {}
-    if record.get("train_rows") is None:
-        return
-    trained, evaluated = record["train_rows"].numpy(), record.get("eval_rows", torch.zeros(0, dtype=torch.int64))
     for name, rows in splits.items():
         if not len(rows):
             continue
-        now = split_fingerprints(datamodule, rows).numpy()
-        seen = np.isin(now, trained) & ~np.isin(now, evaluated.numpy())  # evaluated at fit time too: as published
+        seen = trained_on(ckpt, split_fingerprints(datamodule, rows).numpy())
+        if seen is None:
+            return
         if seen.any():
             raise ConfigError(
                 f"{where}: {int(seen.sum())} of {len(rows)} {name} prompts were training prompts of this checkpoint, "

@@ -112,19 +112,11 @@ def check_unseen_prompts(ckpt: dict, logged, ckpt_path: str) -> None:
     Raises:
         ConfigError: How many of the log's distinct prompts were training prompts of the checkpoint.
     """
-    from barp.models.checkpoints import RECORD_KEY, row_fingerprints
+    from barp.models.checkpoints import row_fingerprints, trained_on
 
-    record = ckpt.get(RECORD_KEY) or {}
-    trained = record.get("train_rows")
-    if trained is None:
-        return
     pairs = sorted(set(zip(logged.prompt_ids, logged.prompts)))
-    now = row_fingerprints([pid for pid, _ in pairs], [text for _, text in pairs]).numpy()
-    seen = np.isin(now, np.asarray(trained))
-    evaluated = record.get("eval_rows")
-    if evaluated is not None:
-        seen &= ~np.isin(now, np.asarray(evaluated))
-    if seen.any():
+    seen = trained_on(ckpt, row_fingerprints([pid for pid, _ in pairs], [text for _, text in pairs]).numpy())
+    if seen is not None and seen.any():
         raise ConfigError(
             f"--log {logged.source!r}: {int(seen.sum())} of its {len(pairs)} prompts were training prompts of the "
             f"checkpoint {ckpt_path!r} (same prompt id and text), so the estimates would not measure unseen "
