@@ -132,6 +132,15 @@ def _unicode_problem(text: str) -> str | None:
     return None
 
 
+def _check_text(name: str, text: str, limit: int, option: str = "") -> None:
+    """Refuse a text field over ``limit`` characters (413) or that is not valid Unicode (422)."""
+    if len(text) > limit:
+        raise ApiError(413, f"field {name!r}: {len(text)} characters is over this server's limit of {limit}{option}")
+    problem = _unicode_problem(text)
+    if problem is not None:
+        raise ApiError(422, f"field {name!r}: {problem}")
+
+
 def _prompts(body: RouteRequest, max_batch: int, max_prompt_chars: int, max_request_chars: int = 10**9,
              max_prompt_id_chars: int = 256) -> list[str]:
     if (body.prompt is None) == (body.prompts is None):
@@ -147,12 +156,7 @@ def _prompts(body: RouteRequest, max_batch: int, max_prompt_chars: int, max_requ
         name = field if field == "prompt" else f"prompts[{i}]"
         if not text.strip():
             raise ApiError(422, f"field {name!r}: the prompt is empty, got {text!r}")
-        if len(text) > max_prompt_chars:
-            raise ApiError(413, f"field {name!r}: {len(text)} characters is over this server's limit of "
-                                f"{max_prompt_chars}")
-        problem = _unicode_problem(text)
-        if problem is not None:
-            raise ApiError(422, f"field {name!r}: {problem}")
+        _check_text(name, text, max_prompt_chars)
     total = sum(len(text) for text in prompts)
     if total > max_request_chars:
         raise ApiError(413, f"field {field!r}: {total} characters in all is over this server's limit of "
@@ -161,12 +165,7 @@ def _prompts(body: RouteRequest, max_batch: int, max_prompt_chars: int, max_requ
         raise ApiError(422, f"field 'prompt_ids': {len(body.prompt_ids)} ids for {len(prompts)} prompts; give one "
                             "per prompt")
     for i, pid in enumerate(body.prompt_ids or ()):
-        if len(pid) > max_prompt_id_chars:
-            raise ApiError(413, f"field 'prompt_ids[{i}]': {len(pid)} characters is over this server's limit of "
-                                f"{max_prompt_id_chars} (--max_prompt_id_chars)")
-        problem = _unicode_problem(pid)
-        if problem is not None:
-            raise ApiError(422, f"field 'prompt_ids[{i}]': {problem}")
+        _check_text(f"prompt_ids[{i}]", pid, max_prompt_id_chars, " (--max_prompt_id_chars)")
     if body.w_c is not None and body.target is not None:
         raise ApiError(422, f"give at most one of 'w_c' ({body.w_c!r}) and 'target'")
     return prompts
