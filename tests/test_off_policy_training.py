@@ -10,21 +10,22 @@ import torch
 from barp.data.datamodule import RoutingDataModule
 from barp.data.environment import LoggedEnvironment
 from barp.errors import ConfigError
-from barp.learning.rl import importance_weights, reinforce_loss
+from barp.learning.rl import clipped_self_normalised_weights, reinforce_loss
 from barp.models.barp import BaRPModule
 from barp.ope.simulate import simulate
 from tests.test_learning import routing_problem
 
 
-def test_importance_weights_clip_then_self_normalise():
+def test_policy_gradient_weights_clip_then_self_normalise():
     logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.9, 0.05, 0.05]]))
     actions = torch.tensor([0, 1, 0])
     propensity = torch.tensor([0.5, 0.1, 0.05])
     raw = torch.tensor([1.0, 8.0, 18.0])
-    np.testing.assert_allclose(importance_weights(logits, actions, propensity, None), raw / raw.mean(), rtol=1e-6)
+    weights = clipped_self_normalised_weights(logits, actions, propensity, None)
+    np.testing.assert_allclose(weights, raw / raw.mean(), rtol=1e-6)
     clipped = torch.tensor([1.0, 8.0, 10.0])
-    np.testing.assert_allclose(importance_weights(logits, actions, propensity, 10.0), clipped / clipped.mean(),
-                               rtol=1e-6)
+    weights = clipped_self_normalised_weights(logits, actions, propensity, 10.0)
+    np.testing.assert_allclose(weights, clipped / clipped.mean(), rtol=1e-6)
 
 
 def test_importance_weighted_gradient_equals_the_on_policy_gradient_in_expectation():

@@ -18,7 +18,7 @@ from barp.ope.estimators import (
     effective_sample_size,
     estimate_policy,
     fold_of_rows,
-    importance_weights,
+    target_logging_ratios,
 )
 from barp.ope.simulate import router_probabilities, simulate, simulate_log
 
@@ -64,9 +64,9 @@ def test_effective_sample_size_formula():
 
 def test_weights_and_clipping():
     target = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
-    w = importance_weights(target, np.array([0, 1, 1]), np.array([0.1, 0.5, 0.25]))
+    w = target_logging_ratios(target, np.array([0, 1, 1]), np.array([0.1, 0.5, 0.25]))
     np.testing.assert_allclose(w, [10.0, 1.0, 4.0])
-    np.testing.assert_allclose(importance_weights(target, np.array([0, 1, 1]), np.array([0.1, 0.5, 0.25]), clip=3),
+    np.testing.assert_allclose(target_logging_ratios(target, np.array([0, 1, 1]), np.array([0.1, 0.5, 0.25]), clip=3),
                                [3.0, 1.0, 3.0])
 
 

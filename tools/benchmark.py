@@ -10,8 +10,8 @@ Writes ``OUTPUT/benchmark.json`` and prints a table. Sections (docs/performance.
   prompts and 5-shot prompts), the three paths taking turns; prompts/s, ratios and cosine agreement with the plain
   fp32 embeddings.
 - ``training``: barp's Lightning fit (the synthetic recipe's model settings, validation, logger and checkpoints off)
-  against a bare PyTorch loop with the same policy, sampling, reward, loss and Adam step, for REINFORCE and for the
-  neighbour critic; pulls/s after a warm-up, and their ratio.
+  against a bare PyTorch loop calling the same module's own ``training_step`` and optimizer, for REINFORCE and for
+  the neighbour critic; pulls/s after a warm-up, and their ratio.
 - ``routing``: :class:`~barp.models.trained.TrainedRouter` (encoder + policy) against its encoder alone, single prompts
   (p50/p95 latency) and batches of 32 (prompts/s), taking turns on the same prompts.
 - ``startup``: fresh interpreters timing ``barp --help``, ``import barp.cli.main`` and the imports of torch,
@@ -243,23 +243,34 @@ def _callback_class():
     return StepTimer
 
 
+def barp_module(dm, model_args: dict):
+    """The BaRPModule both training loops time, built as ``barp fit`` builds it from the recipe's model section."""
+    from barp.models.barp import BaRPModule
+
+    return BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim,
+                      encoder=dm.hparams.encoder, **model_args)
+
+
+def _trainer(device: str, deterministic: bool, root: str, **options):
+    """A Trainer with validation, logger, checkpoints, progress bar and model summary off."""
+    import lightning as L
+
+    return L.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, limit_val_batches=0,
+                     num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, deterministic=deterministic, default_root_dir=root, **options)
+
+
 def lightning_fit(dm, model_args: dict, deterministic: bool, device: str, max_steps: int = -1,
                   max_epochs: int | None = None, warmup: int = 0) -> dict:
     """barp's fit: BaRPModule on ``dm`` with validation, logger, checkpoints and progress bar off."""
     import lightning as L
 
-    from barp.models.barp import BaRPModule
-
     _quiet_lightning()
     L.seed_everything(42, verbose=False)
-    model = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim,
-                       encoder=dm.hparams.encoder, **model_args)
-    timer = _callback_class()(warmup, model_args.get("samples_per_prompt", 1), device == "cuda")
+    model = barp_module(dm, model_args)
+    timer = _callback_class()(warmup, model.hparams.samples_per_prompt, device == "cuda")
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_steps=max_steps,
-                            max_epochs=max_epochs, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            deterministic=deterministic, callbacks=[timer], default_root_dir=tmp)
+        trainer = _trainer(device, deterministic, tmp, max_steps=max_steps, max_epochs=max_epochs, callbacks=[timer])
         start = time.perf_counter()
         trainer.fit(model, datamodule=dm)
         fit_s = time.perf_counter() - start
@@ -272,79 +283,67 @@ def lightning_fit(dm, model_args: dict, deterministic: bool, device: str, max_st
     return out
 
 
+def _adding_time(method: Callable, total: list[float]) -> Callable:
+    """``method``, adding the wall time of each call to ``total[0]``."""
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - start
+
+    return timed
+
+
 def bare_loop(dm, model_args: dict, steps: int, warmup: int, deterministic: bool, device: str) -> dict:
-    """The same training step as BaRPModule's, written as a plain PyTorch loop on the same data.
+    """barp's own training step, ``BaRPModule.training_step``, called by a plain PyTorch loop on the same data.
 
-    Policy (:class:`~barp.learning.policy.BaRPPolicy`), preferences, sampling, reward, REINFORCE loss with the
-    batch-mean baseline or the neighbour critic's loss (:class:`~barp.learning.critic.NeighbourCritic`, estimates once
-    per prompt as BaRPModule does), linear entropy decay, Adam.
+    The module is built as in :func:`lightning_fit` and set up by Lightning's fit hooks in a fit of 0 steps (the
+    training environment, tau, the neighbour critic); the loop then draws the datamodule's training batches, calls
+    ``training_step``, ``backward`` and the module's own optimizer (``configure_optimizers``). What differs from
+    :func:`lightning_fit` is Lightning's loop around the step. The entropy coefficient stays at its start (the
+    Trainer's step counter does not move), which a step's cost does not depend on.
     """
-    from barp.learning.critic import NeighbourCritic
-    from barp.learning.policy import BaRPPolicy
-    from barp.learning.rl import (
-        critic_policy_loss,
-        normalized_cost,
-        reinforce_loss,
-        reward,
-        sample_preferences,
-    )
+    import lightning as L
 
+    _quiet_lightning()
+    L.seed_everything(42, verbose=False)
+    model = barp_module(dm, model_args)
+    with tempfile.TemporaryDirectory() as tmp:
+        _trainer(device, deterministic, tmp, max_steps=0).fit(model, datamodule=dm)
     torch.use_deterministic_algorithms(deterministic)
-    torch.manual_seed(42)
-    a = dict(model_args)
-    emb = torch.as_tensor(dm.train_embeddings()).to(device)
-    train = dm.table.subset(dm.splits.train)
-    scores = torch.tensor(np.asarray(train.scores), dtype=torch.float32, device=device)
-    costs = torch.tensor(np.asarray(train.costs), dtype=torch.float32, device=device)
-    tau = float(a.get("tau") or dm.train_environment().cost_percentile(a.get("tau_percentile", 95.0)))
-    policy = BaRPPolicy(emb.shape[1], scores.shape[1], a.get("head", "mlp"), a.get("hidden_dim", 256),
-                        a.get("pref_dim", 64), a.get("preference_features", "raw")).to(device)
-    opt = torch.optim.Adam(policy.parameters(), lr=a.get("lr", 1e-3), weight_decay=a.get("weight_decay", 0.0))
-    use_critic = a.get("critic", "none") != "none"
-    critic = NeighbourCritic(emb.cpu(), scores.shape[1], a.get("critic_neighbours", 40), a.get("critic_prior", 1.0)) \
-        if use_critic else None
-    k, batch, n = a.get("samples_per_prompt", 1), dm.hparams.batch_size, len(emb)
-    beta0 = a.get("beta", 0.02)
-    beta1 = beta0 if a.get("beta_final") is None else a["beta_final"]
+    model.to(device).train()
+    opt = model.configure_optimizers()
+    k = model.hparams.samples_per_prompt
+    critic_s = [0.0]
+    if model.critic is not None:  # time the critic's share of the step (its memory update and its estimates)
+        for name in ("observe", "values"):
+            setattr(model.critic, name, _adding_time(getattr(model.critic, name), critic_s))
+    loader = dm.train_dataloader()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    step, pulls, start, critic_s = 0, 0, None, 0.0
+    step, pulls, start = 0, 0, None
     while step < steps:
-        perm = torch.randperm(n)
-        for first in range(0, n, batch):
+        for batch_idx, batch in enumerate(loader):
             if step >= steps:
                 break
-            prompts = perm[first:first + batch].to(device)
-            x, rows = emb[prompts].repeat_interleave(k, dim=0), prompts.repeat_interleave(k)
-            w = sample_preferences(len(x), device=device, cost_power=a.get("cost_power", 1.0))
-            logits = policy(x, w)
-            actions = torch.distributions.Categorical(logits=logits).sample()
-            q, c = scores[rows, actions], costs[rows, actions]
-            r = reward(q, c, w, tau)
-            beta = beta0 + (beta1 - beta0) * min(step / steps, 1.0)
-            if critic is not None:
-                t = time.perf_counter()
-                critic.observe(rows, actions, q, normalized_cost(c, tau))
-                values = critic.values(prompts, w, repeats=k)
-                critic_s += time.perf_counter() - t if step >= warmup else 0.0
-                loss = critic_policy_loss(logits, values, actions, r, a.get("critic_residual", 0.0), beta).loss
-            else:
-                loss = reinforce_loss(logits, actions, r, r.mean(), beta).loss
+            batch = {key: v.to(device) if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
+            loss = model.training_step(batch, batch_idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             if step == warmup:
                 sync()
-                start = time.perf_counter()
+                start, critic_s[0] = time.perf_counter(), 0.0
             elif step > warmup:
-                pulls += len(x)
+                pulls += len(batch["emb"]) * k
     sync()
     seconds = time.perf_counter() - start
     torch.use_deterministic_algorithms(False)
     out = {"steps": step, "seconds": seconds, "pulls": pulls, "pulls_per_s": pulls / seconds,
            "ms_per_step": 1000 * seconds / (step - warmup)}
-    if critic is not None:
-        out["critic_ms_per_step"] = 1000 * critic_s / (step - warmup)
+    if model.critic is not None:
+        out["critic_ms_per_step"] = 1000 * critic_s[0] / (step - warmup)
     return out
 
 

@@ -83,9 +83,9 @@ def _fit_barp(recipe: dict, data_args: dict, log_path: Path, tau: float, steps: 
 
 
 def _bandit(name: Bandit, dm, tau: float, train_emb: torch.Tensor):
-    from barp.models.baselines.bandits import LinearTSRouter, LinUCBRouter
+    from barp.models.registry import METHOD_CLASSES
 
-    cls = {"linucb": LinUCBRouter, "linear_ts": LinearTSRouter}[name]
+    cls = METHOD_CLASSES[name]
     module = cls(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim, tau=tau)
     module.fit_pca(train_emb)
     return module

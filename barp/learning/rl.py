@@ -113,9 +113,10 @@ def exploration_probabilities(logits: torch.Tensor, temperature: float = 1.0, ep
     return (1 - epsilon) * probs + epsilon / logits.shape[-1]
 
 
-def importance_weights(logits: torch.Tensor, actions: torch.Tensor, propensity: torch.Tensor,
-                       clip: float | None) -> torch.Tensor:
-    """Self-normalised, clipped importance weights of logged actions, shape (B,), detached.
+def clipped_self_normalised_weights(logits: torch.Tensor, actions: torch.Tensor, propensity: torch.Tensor,
+                                    clip: float | None) -> torch.Tensor:
+    """The off-policy gradient's weights of logged actions: clipped, then self-normalised over the batch, shape (B,),
+    detached (the per-row ratios of off-policy evaluation are :func:`barp.ope.estimators.target_logging_ratios`).
 
     ``rho_i = min(pi(a_i|x_i, w_i) / mu_i, clip)``, divided by the batch mean of rho so that they average 1
     (self-normalised: a little bias, much less variance than plain inverse propensity weights).

@@ -9,8 +9,8 @@ nearest training prompts (:mod:`barp.learning.critic`, :func:`barp.learning.rl.c
 
 Trained from a log of served requests (``data.train_log``; :class:`~barp.data.environment.LoggedEnvironment`), the
 step is off-policy: the logged model and its outcome replace the sampled pull, and the policy-gradient terms are
-weighted by clipped, self-normalised importance weights pi(a|x, w) / mu(a|x)
-(:func:`barp.learning.rl.importance_weights`), with a fresh preference w per example (the logged score and cost give
+weighted by :func:`barp.learning.rl.clipped_self_normalised_weights` (pi(a|x, w) / mu(a|x), clipped, self-normalised),
+with a fresh preference w per example (the logged score and cost give
 the reward at any w). The critic's memory holds the mean logged outcome of each (prompt, model) the log served, and
 nothing else.
 """
@@ -27,9 +27,9 @@ from barp.learning.critic import NeighbourCritic
 from barp.learning.policy import BaRPPolicy, Head, PreferenceFeatures
 from barp.learning.rl import (
     check_cost_power,
+    clipped_self_normalised_weights,
     critic_policy_loss,
     exploration_probabilities,
-    importance_weights,
     leave_one_out_baseline,
     normalized_cost,
     preference_fit_baseline,
@@ -277,7 +277,7 @@ class BaRPModule(RouterModule):
         """One step on logged requests: importance-weighted policy gradient (or the critic's), fresh preferences."""
         logged = self.env.logged(rows)
         r = reward(logged.score, logged.cost, w, self.tau_value)
-        rho = importance_weights(logits, logged.action, logged.propensity, self.hparams.importance_clip)
+        rho = clipped_self_normalised_weights(logits, logged.action, logged.propensity, self.hparams.importance_clip)
         beta = self.current_beta()
         if self.hparams.critic != "none":
             if self.critic is None:

@@ -1,5 +1,7 @@
-"""Names of the trainable comparison methods and how evaluation trains them: the same Lightning loop as ``barp fit``,
-on the same datamodule (same split, same embeddings), with the same tau as the router they are compared with."""
+"""barp's one registry of router names and classes, and how evaluation trains the comparison methods: the same
+Lightning loop as ``barp fit``, on the same datamodule (same split, same embeddings), with the same tau as the router
+they are compared with. ``barp sweep``'s method names and its ``model.class_path`` check derive from
+:data:`ROUTER_CLASSES`."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import lightning as L
 import yaml
 
 from barp.errors import ConfigError
+from barp.models.barp import BaRPModule
 from barp.models.base import RouterModule
 from barp.models.baselines.bandits import (
     EpsilonGreedyRouter,
@@ -24,8 +27,10 @@ from barp.models.baselines.mf import MFRouter
 from barp.models.baselines.offline import KNNRouter, MLPRouter
 from barp.models.baselines.routerdc import RouterDC
 
-#: Method name (as in result files) -> its RouterModule class (as in ``configs/model/<name>.yaml``).
-METHOD_CLASSES: dict[str, type[RouterModule]] = {
+#: Method name (as in result files) -> its RouterModule class (as in ``configs/model/<name>.yaml``): BaRP, then the
+#: comparison methods in the order ``barp sweep`` reports them. The one table of names and classes.
+ROUTER_CLASSES: dict[str, type[RouterModule]] = {
+    "barp": BaRPModule,
     "knn": KNNRouter,
     "mlp": MLPRouter,
     "mf": MFRouter,
@@ -35,6 +40,34 @@ METHOD_CLASSES: dict[str, type[RouterModule]] = {
     "graphrouter": GraphRouter,
     "routerdc": RouterDC,
 }
+#: The comparison methods evaluation trains itself: every router but BaRP.
+METHOD_CLASSES: dict[str, type[RouterModule]] = {name: cls for name, cls in ROUTER_CLASSES.items() if name != "barp"}
+
+
+def router_class(class_path: str | None, option: str = "model.class_path") -> type[RouterModule]:
+    """The router class a config names by ``class_path`` (its last dotted part is the class name; None: BaRPModule).
+
+    Raises:
+        ConfigError: No router class of :data:`ROUTER_CLASSES` has that name.
+    """
+    name = str(class_path or BaRPModule.__name__).rsplit(".", 1)[-1]
+    classes = {cls.__name__: cls for cls in ROUTER_CLASSES.values()}
+    if name not in classes:
+        raise ConfigError(f"{option}: {name!r} is not a barp router class; expected one of {sorted(classes)}")
+    return classes[name]
+
+
+def method_name(router: type[RouterModule]) -> str:
+    """The method name (:data:`ROUTER_CLASSES`) of a router class or of a subclass of one: ``barp`` for BaRPModule.
+
+    Raises:
+        ConfigError: ``router`` derives from no registered class.
+    """
+    for name, cls in ROUTER_CLASSES.items():
+        if issubclass(router, cls):
+            return name
+    raise ConfigError(f"{router.__name__} is not a barp router class; expected a subclass of one of "
+                      f"{sorted(c.__name__ for c in ROUTER_CLASSES.values())}")
 
 # Options of RouterModule that evaluation sets itself (linked from the data, or shared with the compared router).
 _LINKED = {"model_names", "task_names", "embed_dim", "encoder", "tau"}

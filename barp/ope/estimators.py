@@ -34,6 +34,7 @@ import numpy as np
 
 from barp.errors import ConfigError
 from barp.learning.rl import check_w_c
+from barp.metrics.bootstrap import ratio_of_sums
 
 if TYPE_CHECKING:  # annotations only: barp.data.sources imports pandas, which every barp command would then load
     from barp.data.sources.logs import LoggedFeedback
@@ -45,10 +46,11 @@ RIDGE_ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
 
 
 # ---------------------------------------------------------------------- weights
-def importance_weights(
+def target_logging_ratios(
     target: np.ndarray, actions: np.ndarray, propensity: np.ndarray, clip: float | None = None
 ) -> np.ndarray:
-    """``pi(a_i | x_i) / p_i`` per logged row, optionally clipped at ``clip``.
+    """The importance weights of IPS, SNIPS and DR: ``pi(a_i | x_i) / p_i`` per logged row (the target's probability
+    of the logged model over the logging policy's), optionally clipped at ``clip``; not normalised.
 
     Args:
         target: Target policy probabilities per row, shape (n, K).
@@ -61,6 +63,30 @@ def importance_weights(
     if clip is not None:
         w = np.minimum(w, clip)
     return w
+
+
+def snips_terms(weights: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SNIPS (self-normalised IPS) ``sum_i w_i y_i / sum_i w_i`` as the numerator and denominator terms of a ratio of
+    sums (:func:`barp.metrics.bootstrap.ratio_of_sums` gives the estimate and its interval).
+
+    Args:
+        weights: Importance weights per row, shape (n,), or per row and column, shape (n, C).
+        values: The quantities per row, shape (n, C).
+
+    Returns:
+        ``(w_ic y_ic, w_ic)``, both of shape (n, C).
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    weights = np.broadcast_to(weights[:, None] if weights.ndim == 1 else weights, values.shape)
+    return weights * values, weights.copy()
+
+
+def snips(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The SNIPS estimate ``sum_i w_i y_i / sum_i w_i`` per column (NaN where every weight is 0); the arguments are
+    those of :func:`snips_terms`."""
+    num, den = snips_terms(weights, values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num.sum(axis=0) / den.sum(axis=0)
 
 
 def effective_sample_size(weights: np.ndarray) -> float:
@@ -183,24 +209,6 @@ class Estimate:
     weight_mean: float
     clipped_rows: int
     warning: str
-
-
-def _bootstrap(num: np.ndarray, den: np.ndarray, resamples: int, seed: int, level: float) -> np.ndarray:
-    """Percentile intervals of ``sum(num) / sum(den)`` (per column) over row resamples, shape (2, C)."""
-    n = len(num)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, 4_000_000 // max(n, 1))
-    values = []
-    for start in range(0, resamples, chunk):
-        b = min(chunk, resamples - start)
-        flat = np.repeat(np.arange(b) * n, n) + rng.integers(0, n, size=b * n)
-        counts = np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            values.append((counts @ num) / (counts @ den))
-    values = np.concatenate(values)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (no overlap at all)
-        return np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2], axis=0)
 
 
 def overlap_warnings(
@@ -346,12 +354,12 @@ def estimate_policy(
 
 def _estimates_at(log, probs, pref, observed, predicted, estimators, clip, bootstrap, level, seed, min_ess):
     """The estimates at one preference (see :func:`estimate_policy`)."""
-    raw = importance_weights(probs, log.actions, log.propensity)
+    raw = target_logging_ratios(probs, log.actions, log.propensity)
     weights = raw if clip is None else np.minimum(raw, clip)
     mix = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]), np.array([1.0 - pref, 0.0, -pref])
     y = observed @ np.stack(mix, axis=1)  # (n, 3): score, cost, reward
     ones = np.ones((len(y), 3))
-    terms = {"ips": (weights[:, None] * y, ones), "snips": (weights[:, None] * y, np.repeat(weights[:, None], 3, 1))}
+    terms = {"ips": (weights[:, None] * y, ones), "snips": snips_terms(weights, y)}
     if predicted is not None:
         m = predicted @ np.stack(mix, axis=1)  # (n, K, 3)
         direct = np.einsum("nk,nkq->nq", probs, m)
@@ -365,9 +373,7 @@ def _estimates_at(log, probs, pref, observed, predicted, estimators, clip, boots
     names = [e for e in ESTIMATORS if e in estimators]
     num = np.concatenate([terms[e][0] for e in names], axis=1)
     den = np.concatenate([terms[e][1] for e in names], axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        point = num.sum(axis=0) / den.sum(axis=0)
-    low, high = _bootstrap(num, den, bootstrap, seed, level)
+    point, (low, high) = ratio_of_sums(num, den, bootstrap, seed, level)
     out = []
     for e_i, name in enumerate(names):
         for q_i, quantity in enumerate(QUANTITIES):

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-#: Resamples per chunk of the bootstrap (bounds memory on large logs).
-_CHUNK = 50
+from barp.metrics.bootstrap import bootstrap_statistic, percentile_interval, ratio_of_sums
+from barp.ope.estimators import snips, snips_terms, target_logging_ratios
 
 
 @dataclass(frozen=True)
@@ -96,16 +96,11 @@ def greedy_choices(module: torch.nn.Module, embeddings: np.ndarray, grid: np.nda
     return out
 
 
-def _interval(samples: np.ndarray, level: float) -> np.ndarray:
-    """Percentile interval over axis 0, as a trailing axis of size 2 (NaN-safe)."""
-    lo, hi = np.nanquantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=0)
-    return np.stack([lo, hi], axis=-1)
-
-
 def build_curve(grid: np.ndarray, choices: np.ndarray, weight: np.ndarray, score: np.ndarray, cost: np.ndarray,
                 models: list[str], best: tuple[str, float], source: str, resamples: int = 1000, level: float = 0.95,
                 seed: int = 0) -> Curve:
-    """Curve from per-prompt values: ``sum_i weight * value / sum_i weight`` per grid point, bootstrapped.
+    """Curve from per-prompt values: ``sum_i weight * value / sum_i weight`` per grid point (SNIPS,
+    :func:`barp.ope.estimators.snips_terms`), with percentile bootstrap intervals over the prompts.
 
     Args:
         grid: Cost weights (G,).
@@ -120,30 +115,19 @@ def build_curve(grid: np.ndarray, choices: np.ndarray, weight: np.ndarray, score
         level: Interval coverage.
         seed: Bootstrap seed.
     """
-    n, k = choices.shape[1], len(models)
-    wy_score, wy_cost = weight * score, weight * cost
+    g, k, n = len(grid), len(models), choices.shape[1]
+    num, den = snips_terms(np.concatenate([weight.T, weight.T], axis=1), np.concatenate([score.T, cost.T], axis=1))
+    point, interval = ratio_of_sums(num, den, resamples, seed, level)
+    ends = np.moveaxis(interval, 0, -1)  # (2G, 2): score, then cost, per grid point
 
-    def means(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        den = counts @ weight.T
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s, c = (counts @ wy_score.T) / den, 1000.0 * (counts @ wy_cost.T) / den
-        shares = np.stack([counts @ (choices == j).T for j in range(k)], axis=-1) / counts.sum(axis=1)[:, None, None]
-        return s, c, shares
+    def shares(counts: np.ndarray) -> np.ndarray:  # (b, G, K): the share of the prompts routed to each model
+        return np.stack([counts @ (choices == j).T for j in range(k)], axis=-1) / counts.sum(axis=1)[:, None, None]
 
-    s0, c0, sh0 = means(np.ones((1, n)))
-    rng = np.random.default_rng(seed)
-    draws: list[tuple[np.ndarray, ...]] = []
-    for start in range(0, resamples, _CHUNK):
-        b = min(_CHUNK, resamples - start)
-        idx = rng.integers(0, n, size=(b, n))
-        counts = np.zeros((b, n))
-        np.add.at(counts, (np.arange(b)[:, None], idx), 1.0)
-        draws.append(means(counts))
-    s_b, c_b, sh_b = (np.concatenate([d[i] for d in draws]) for i in range(3))
-    return Curve(w_c=np.asarray(grid, dtype=np.float64), models=list(models), cost_per_1k=c0[0],
-                 cost_per_1k_ci=_interval(c_b, level), score=s0[0], score_ci=_interval(s_b, level), shares=sh0[0],
-                 shares_ci=_interval(sh_b, level), best_single_model=best[0], best_single_score=float(best[1]), n=n,
-                 source=source, level=level)
+    shares_ci = percentile_interval(bootstrap_statistic(shares, n, resamples, seed), level)  # the same resamples
+    return Curve(w_c=np.asarray(grid, dtype=np.float64), models=list(models), cost_per_1k=1000.0 * point[g:],
+                 cost_per_1k_ci=1000.0 * ends[g:], score=point[:g], score_ci=ends[:g],
+                 shares=shares(np.ones((1, n)))[0], shares_ci=np.moveaxis(shares_ci, 0, -1),
+                 best_single_model=best[0], best_single_score=float(best[1]), n=n, source=source, level=level)
 
 
 def curve_from_table(grid: np.ndarray, choices: np.ndarray, scores: np.ndarray, costs: np.ndarray,
@@ -181,11 +165,12 @@ def curve_from_log(grid: np.ndarray, choices: np.ndarray, actions: np.ndarray, p
         source: The log.
         **bootstrap: ``resamples``, ``level``, ``seed`` of :func:`build_curve`.
     """
-    weight = (choices == actions[None, :]) / propensity[None, :]
-    inv = 1.0 / propensity
-    per_model = [float((inv * score)[actions == j].sum() / inv[actions == j].sum()) if (actions == j).any()
-                 else float("nan") for j in range(len(models))]
+    k = len(models)
+    weight = np.stack([target_logging_ratios(np.eye(k)[c], actions, propensity) for c in choices])  # (G, n)
+    # the best single model by the same estimate: SNIPS of "always model j" (NaN where the log never served it)
+    always = [target_logging_ratios(np.eye(k)[np.full(len(actions), j)], actions, propensity) for j in range(k)]
+    per_model = snips(np.stack(always, axis=1), np.repeat(score[:, None], k, axis=1))
     j = int(np.nanargmax(per_model))
     tile = lambda v: np.broadcast_to(v, choices.shape)  # noqa: E731
-    return build_curve(grid, choices, weight, tile(score), tile(cost), models, (models[j], per_model[j]), source,
+    return build_curve(grid, choices, weight, tile(score), tile(cost), models, (models[j], float(per_model[j])), source,
                        **bootstrap)

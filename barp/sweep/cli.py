@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from barp.errors import ConfigError, exit_on_user_error
+from barp.errors import exit_on_user_error
 from barp.models.base import RouterModule
 from barp.sweep.harness import sweep
 from barp.sweep.summary import format_summary
@@ -15,15 +15,9 @@ from barp.sweep.summary import format_summary
 
 def _module_class(model_section) -> type[RouterModule]:
     """The RouterModule class named by the config's ``model.class_path``; default BaRPModule."""
-    from barp.models.barp import BaRPModule
-    from barp.models.registry import METHOD_CLASSES
+    from barp.models.registry import router_class
 
-    class_path = model_section.get("class_path") if model_section is not None else None
-    name = str(class_path or "BaRPModule").rsplit(".", 1)[-1]
-    classes = {c.__name__: c for c in (BaRPModule, *METHOD_CLASSES.values())}
-    if name not in classes:
-        raise ConfigError(f"model.class_path: {name!r} is not a barp router class; expected one of {sorted(classes)}")
-    return classes[name]
+    return router_class(model_section.get("class_path") if model_section is not None else None)
 
 
 def sweep_parser() -> ArgumentParser:

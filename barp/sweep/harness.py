@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -34,7 +34,7 @@ from barp.models.checkpoints import (
     load_checkpoint,
     model_order,
 )
-from barp.models.registry import METHOD_CLASSES, read_method_configs, train_method
+from barp.models.registry import METHOD_CLASSES, method_name, read_method_configs, train_method
 from barp.models.trained import module_class as checkpoint_class
 from barp.sweep.contenders import (
     BestFixed,
@@ -49,10 +49,11 @@ from barp.sweep.contenders import (
 from barp.sweep.pareto import plot_pareto
 from barp.sweep.summary import SINGLE_PREFIX, summarize
 
-Method = Literal["barp", "single_models", "cheapest", "most_expensive", "best_fixed", "random", "oracle", "knn",
-                 "mlp", "mf", "linucb", "linear_ts", "epsilon_greedy", "graphrouter",
-                 "routerdc"]
-ALL_METHODS: list[str] = list(get_args(Method))
+#: The reference policies a sweep compares with (computed from the full outcomes, not trained; ``sweep/contenders``).
+REFERENCE_METHODS = ("single_models", "cheapest", "most_expensive", "best_fixed", "random", "oracle")
+#: Every method name of ``--methods``, in report order: BaRP, the references, the comparison methods of the registry.
+ALL_METHODS: list[str] = ["barp", *REFERENCE_METHODS, *METHOD_CLASSES]
+Method = Literal[tuple(ALL_METHODS)]
 COLUMNS = ["method", "w_c", "split", "task", "n", "score", "cost", "reward"]
 DEFAULT_GRID = [round(0.1 * i, 1) for i in range(11)]
 OUTPUT_FILES = ("sweep.csv", "summary.json", "pareto.png")
@@ -186,7 +187,7 @@ def load_checkpoint_router(ckpt_path: str, module_class: type[RouterModule], dat
     module = saved.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     if not module._trained:
         raise ConfigError(f"{where} holds an untrained router (no training step)")
-    name = checkpoint_name(saved)
+    name = method_name(saved)
     if order is None:
         return ModuleContender(module, name)
     warnings.warn(f"barp sweep: {where} orders the models {module.model_names}, the data "
@@ -296,14 +297,6 @@ def build_routers(methods: list[str], checkpoint: ModuleContender | None, datamo
         module = train_method(m, datamodule, tau, seed, max_epochs, args)
         routers.append(ModuleContender(module, m))
     return routers
-
-
-def checkpoint_name(module_class: type[RouterModule]) -> str:
-    """The method name of a checkpoint's router: ``barp`` for BaRPModule, else its comparison-method name."""
-    for name, cls in METHOD_CLASSES.items():
-        if issubclass(module_class, cls):
-            return name
-    return "barp"
 
 
 def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] | None = None,
