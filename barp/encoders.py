@@ -127,7 +127,7 @@ def encoder_identity(name: str) -> str:
     return path
 
 
-def check_max_length(name: str, max_length: int, option: str = "data.max_length") -> int:
+def check_max_length(name: str, max_length: int, option: str = "data.encoder.max_length") -> int:
     """Validate a max token count against the encoder's position embeddings (read from its config only).
 
     Args:

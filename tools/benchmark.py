@@ -253,7 +253,7 @@ def lightning_fit(dm, model_args: dict, deterministic: bool, device: str, max_st
     _quiet_lightning()
     L.seed_everything(42, verbose=False)
     model = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim,
-                       encoder=dm.hparams.encoder, **model_args)
+                       encoder=dm.encoder_spec.name, **model_args)
     timer = _callback_class()(warmup, model_args.get("samples_per_prompt", 1), device == "cuda")
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_steps=max_steps,
@@ -303,7 +303,7 @@ def bare_loop(dm, model_args: dict, steps: int, warmup: int, deterministic: bool
     use_critic = a.get("critic", "none") != "none"
     critic = NeighbourCritic(emb.cpu(), scores.shape[1], a.get("critic_neighbours", 40), a.get("critic_prior", 1.0)) \
         if use_critic else None
-    k, batch, n = a.get("samples_per_prompt", 1), dm.hparams.batch_size, len(emb)
+    k, batch, n = a.get("samples_per_prompt", 1), dm.batches.batch_size, len(emb)
     beta0 = a.get("beta", 0.02)
     beta1 = beta0 if a.get("beta_final") is None else a["beta_final"]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -359,7 +359,7 @@ def training_section(steps: int, warmup: int, repeats: int, device: str = "cpu")
         dm = standin_datamodule(cache_dir=tmp, **data_args)
         dm.prepare_data()
         dm.setup("fit")
-        section.update(train_prompts=len(dm.splits.train), batch_size=dm.hparams.batch_size,
+        section.update(train_prompts=len(dm.splits.train), batch_size=dm.batches.batch_size,
                        samples_per_prompt=model_args.get("samples_per_prompt", 1))
         for key, critic in (("reinforce", "none"), ("critic", "neighbours")):
             args = {**model_args, "critic": critic}
@@ -569,6 +569,7 @@ def standin_encoder():
 def growth_section(sizes: list[int], device: str = "cpu") -> dict:
     """Embedding pipeline, one training epoch and the critic's neighbour search at each synthetic table size."""
     from barp.data.embedding_cache import EmbeddingCache
+    from barp.data.parts import merge_options
     from barp.data.synthetic import generate_synthetic
     from barp.learning.critic import nearest_neighbours
 
@@ -591,7 +592,8 @@ def growth_section(sizes: list[int], device: str = "cpu") -> dict:
             start = time.perf_counter()
             cache.get_or_compute(table.prompts, lambda texts: (_ for _ in ()).throw(RuntimeError("not cached")))
             row["cache_reload_s"] = time.perf_counter() - start
-            dm = standin_datamodule(cache_dir=str(Path(tmp) / f"dm-{n}"), **{**data_args, "num_prompts": n})
+            options = merge_options(data_args, {"synthetic": {"num_prompts": n}})
+            dm = standin_datamodule(cache_dir=str(Path(tmp) / f"dm-{n}"), **options)
             dm._table = table
             dm.prepare_data()
             dm.setup("fit")

@@ -30,11 +30,12 @@ FLAT_ENCODER = ("encoder", "max_length", "truncation_side", "encoder_dtype", "en
 
 
 def is_flat(hparams: Mapping[str, Any]) -> bool:
-    """Whether ``hparams`` are in the old flat form (an encoder name instead of an encoder part, or a flat option)."""
-    if isinstance(hparams.get("encoder"), str):
-        return True
-    return any(key in hparams for key in FLAT_OPTIONS if key not in PARTS) \
-        or any(key in hparams for key in FLAT_ENCODER if key != "encoder")
+    """Whether ``hparams`` are in the old flat form: an encoder name instead of an encoder part or, without either, a
+    flat option."""
+    encoder = hparams.get("encoder")
+    if isinstance(encoder, Mapping):
+        return False
+    return isinstance(encoder, str) or any(key in hparams for key in (*FLAT_OPTIONS, *FLAT_ENCODER))
 
 
 def upgrade_data_hparams(flat: Mapping[str, Any]) -> dict[str, Any]:

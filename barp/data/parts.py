@@ -142,6 +142,19 @@ def as_record(part: Any) -> dict[str, Any] | None:
     return None if part is None else dataclasses.asdict(part)
 
 
+def merge_options(base: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Data options ``base`` (a config's ``data.init_args``) with ``overrides`` applied, a part's options one by one:
+    ``merge_options({"synthetic": {"num_prompts": 3000, "seed": 0}}, {"synthetic": {"num_prompts": 300}})`` keeps
+    the seed."""
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in base.items()}
+    for key, value in (overrides or {}).items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
 def check_at_least_one(part: Any, option: str, names: tuple[str, ...]) -> None:
     """Refuse a value below 1 among ``part``'s fields ``names``, naming ``option.<field>`` and the value."""
     for name in names:
@@ -150,4 +163,4 @@ def check_at_least_one(part: Any, option: str, names: tuple[str, ...]) -> None:
             raise ConfigError(f"{option}.{name} must be >= 1, got {value!r}")
 
 
-__all__ = ["Batches", "Source", "Split", "Synthetic", "as_record", "check_at_least_one", "coerce"]
+__all__ = ["Batches", "Source", "Split", "Synthetic", "as_record", "check_at_least_one", "coerce", "merge_options"]
