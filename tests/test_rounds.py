@@ -25,7 +25,7 @@ def test_rounds_log_only_served_outcomes_and_write_their_outputs(tmp_path):
     from barp.data.parts import Synthetic
     from barp.data.sources.logs import read_log
 
-    rows = _tool().rounds(output=str(tmp_path), num_rounds=3, steps=40, data={"num_prompts": 300})
+    rows = _tool().rounds(output=str(tmp_path), num_rounds=3, steps=40, data={"synthetic": {"num_prompts": 300}})
     assert {(r["round"], r["method"]) for r in rows} == {(i, m) for i in range(3) for m in ("barp", "linucb",
                                                                                             "linear_ts")}
     for method in ("barp", "linucb", "linear_ts"):

@@ -284,7 +284,7 @@ def _recipe(tmp_path: Path) -> tuple[Path, Path]:
     data = write_table(tmp_path / "data.csv", n=12)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"data:\n  class_path: barp.data.datamodule.RoutingDataModule\n  init_args:\n"
-                      f"    path: {data}\n    ood_tasks: []\n")
+                      f"    source:\n      path: {data}\n    split:\n      ood_tasks: []\n")
     return recipe, data
 
 

@@ -198,8 +198,8 @@ class RoutingDataModule(L.LightningDataModule):
         tables = [load_table(p, **options) for _, p in parts]
         if len(tables) == 1:
             return tables[0], None
-        source = ", ".join(f"{role if role != 'pool' else 'train'}={p}" for role, p in parts)
-        table = concat(tables, source=source, pools=[role for role, _ in parts])
+        named = ", ".join(f"{role if role != 'pool' else 'train'}={p}" for role, p in parts)
+        table = concat(tables, source=named, pools=[role for role, _ in parts])
         roles = [role for (role, _), t in zip(parts, tables) for _ in range(len(t))]
         assert len(roles) == len(table), "rows of different roles are never dropped as copies"
         training = set(tables[0].prompts)
