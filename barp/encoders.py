@@ -13,7 +13,8 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,54 @@ DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 ENCODER_DTYPES = ("float32", "bfloat16", "float16")
 EncoderDtype = Literal["auto", "float32", "bfloat16", "float16"]
 _PACKAGED_ALIASES = {DEFAULT_ENCODER, "all-MiniLM-L6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+
+#: An old checkpoint's flat data-module option -> the :class:`EncoderSpec` field it set.
+_FLAT_NAMES = {"encoder": "name", "max_length": "max_length", "truncation_side": "truncation_side",
+               "encoder_dtype": "dtype", "encoder_batch_size": "batch_size", "encoder_device": "device"}
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How prompts are embedded: the frozen encoder, its input cut and its compute settings.
+
+    Args:
+        name: Frozen sentence encoder (HF name or local directory); the default resolves to the packaged
+            all-MiniLM-L6-v2.
+        max_length: Encoder max tokens per prompt.
+        truncation_side: Which end of a long prompt to cut; ``left`` keeps the end (the question).
+        dtype: Compute dtype. ``auto`` (default) uses the fastest dtype whose embeddings agree with float32's
+            (cosine >= 0.999 on every prompt of a short probe, run once per machine and remembered in
+            ``<cache_dir>/embeddings/encoder_dtype.json``); ``float32`` is the reference. Once resolved, the data
+            module's spec (and so every checkpoint and the embedding cache's key) holds the dtype used.
+        batch_size: Prompts per encoder forward pass.
+        device: Device for embedding (``cpu``, ``cuda``); embeddings are cached either way.
+    """
+
+    name: str = DEFAULT_ENCODER
+    max_length: int = 256
+    truncation_side: Literal["left", "right"] = "left"
+    dtype: EncoderDtype = "auto"
+    batch_size: int = 64
+    device: str = "cpu"
+
+    def identity(self) -> dict:
+        """What decides an embedding (name, max length, truncation side, dtype): what checkpoints record."""
+        return {"name": self.name, "max_length": self.max_length, "truncation_side": self.truncation_side,
+                "dtype": self.dtype}
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> EncoderSpec:
+        """The spec in a checkpoint's record: :meth:`identity` (or the spec's fields), or an OLD checkpoint's flat
+        data-module options (``encoder``, ``max_length``, ``truncation_side``, ``encoder_dtype``,
+        ``encoder_batch_size``, ``encoder_device``). Other keys are ignored; a record without a dtype predates the
+        option, whose embeddings were float32."""
+        if "name" in record:
+            fields = {k: record[k] for k in cls.__dataclass_fields__ if k in record}
+        else:
+            fields = {new: record[old] for old, new in _FLAT_NAMES.items() if old in record}
+        fields.setdefault("dtype", "float32")
+        return cls(**fields)
 
 
 def resolve_encoder_path(name: str) -> str:
@@ -78,7 +127,7 @@ def encoder_identity(name: str) -> str:
     return path
 
 
-def check_max_length(name: str, max_length: int, option: str = "data.max_length") -> int:
+def check_max_length(name: str, max_length: int, option: str = "data.encoder.max_length") -> int:
     """Validate a max token count against the encoder's position embeddings (read from its config only).
 
     Args:

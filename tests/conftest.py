@@ -16,6 +16,7 @@ import torch  # noqa: E402
 # Tiny models on 2 shared cores: one intra-op thread avoids oversubscription (measured 3x faster suites).
 torch.set_num_threads(1)
 
+from barp.data.parts import Batches, Split  # noqa: E402
 from barp.data.table import OutcomeTable  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def tiny_datamodule(_barp_cache):
     """A RoutingDataModule over a 60-prompt random table, embedded with the real encoder."""
     from barp.data.datamodule import RoutingDataModule
 
-    dm = RoutingDataModule(ood_tasks=[], batch_size=16)
+    dm = RoutingDataModule(split=Split(ood_tasks=[]), batches=Batches(batch_size=16))
     dm.use_table(make_table(n=60, k=4, seed=1))
     dm.prepare_data()
     dm.setup("fit")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from barp.data.parts import Batches, Split
 from barp.learning.rl import preference_tensor
 from barp.sweep.contenders import BestFixed, Outcomes
 from barp.sweep.harness import ALL_METHODS, build_routers
@@ -88,7 +89,7 @@ def test_sweep_builds_it_from_the_training_split(_barp_cache):
     from barp.data.datamodule import RoutingDataModule
 
     assert "best_fixed" in ALL_METHODS
-    dm = RoutingDataModule(ood_tasks=[], batch_size=16)
+    dm = RoutingDataModule(split=Split(ood_tasks=[]), batches=Batches(batch_size=16))
     dm.use_table(structured_table())
     dm.prepare_data()
     dm.setup("fit")

@@ -142,7 +142,7 @@ def test_barp_sweep_refuses_a_file_output_at_once(tmp_path, capsys):
     as_file = tmp_path / "out.csv"
     as_file.write_text("x")
     with pytest.raises(SystemExit) as info:
-        main(["sweep", "--config", RECIPE, "--data.init_args.path", str(data), "--methods", "[oracle]",
+        main(["sweep", "--config", RECIPE, "--data.init_args.source.path", str(data), "--methods", "[oracle]",
               "--output", str(as_file)])
     assert info.value.code == 2 and "is a file" in capsys.readouterr().err
     assert as_file.read_text() == "x"

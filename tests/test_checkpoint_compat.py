@@ -21,7 +21,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints"
 EXPECTED = json.loads((FIXTURES / "expected_v0.json").read_text())
 RECIPE = "configs/experiments/synthetic.yaml"
 #: The data the fixtures were trained on, in today's options.
-DATA = ["--data.init_args.num_prompts", "300", "--data.init_args.encoder_dtype", "float32"]
+DATA = ["--data.init_args.synthetic.num_prompts", "300", "--data.init_args.encoder.dtype", "float32"]
 MODEL_CONFIG = {"barp": [], "knn": ["--config", "configs/model/knn.yaml"]}
 
 

@@ -47,8 +47,8 @@ def crafted(trained, tmp_path):  # noqa: F811
     payload = tmp_path / "payload.pkl"
     payload.write_bytes(pickle.dumps(_Payload(marker)))
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
-    ckpt["datamodule_hyper_parameters"] = {**dict(ckpt["datamodule_hyper_parameters"]), "path": str(payload),
-                                           "trust_pickle": True}
+    ckpt["datamodule_hyper_parameters"] = {**dict(ckpt["datamodule_hyper_parameters"]),
+                                           "source": {"path": str(payload), "trust_pickle": True}}
     path = tmp_path / "crafted.ckpt"
     torch.save(ckpt, path)
     return path, marker

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from barp.cli import main
+from barp.data.parts import Batches, Split
 from barp.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +40,8 @@ def write_table(path: Path, models: list[str] = MODELS, n: int = 36, seed: int =
 
 
 def run_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--config", RECIPE, "--data.init_args.path", str(data), "--data.init_args.ood_tasks", "[]",
-            "--data.init_args.batch_size", "8", "--model.init_args.critic_neighbours", "5",
+    return ["--config", RECIPE, "--data.init_args.source.path", str(data), "--data.init_args.split.ood_tasks", "[]",
+            "--data.init_args.batches.batch_size", "8", "--model.init_args.critic_neighbours", "5",
             "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
             "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(out),
             "--trainer.logger.init_args.save_dir", str(out), *extra]
@@ -73,7 +74,7 @@ def test_checkpoint_records_models_tasks_encoder_and_training_prompts(trained):
     assert record["encoder"]["max_length"] == 256 and record["encoder"]["truncation_side"] == "left"
     assert "@" in record["encoder"]["identity"]  # name plus weights fingerprint
     assert record["train_rows"].dtype == torch.int64 and len(record["train_rows"]) > 0
-    assert saved["datamodule_hyper_parameters"]["split_seed"] == 42  # split settings, generically
+    assert saved["datamodule_hyper_parameters"]["split"]["seed"] == 42  # split settings, generically
     assert {"torch", "numpy", "python"} <= set(saved["barp_rng"])
 
 
@@ -118,9 +119,11 @@ def tiny_model_pair(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("order")
     table = make_table(n=40, k=3, seed=3)
-    dm = RoutingDataModule(ood_tasks=[], batch_size=8, val_fraction=0.2, test_fraction=0.3)
+    dm = RoutingDataModule(split=Split(ood_tasks=[], val_fraction=0.2, test_fraction=0.3),
+                           batches=Batches(batch_size=8))
     dm.use_table(table)
-    rev = RoutingDataModule(ood_tasks=[], batch_size=8, val_fraction=0.2, test_fraction=0.3)
+    rev = RoutingDataModule(split=Split(ood_tasks=[], val_fraction=0.2, test_fraction=0.3),
+                            batches=Batches(batch_size=8))
     rev.use_table(OutcomeTable(table.prompt_ids, table.prompts, table.tasks, table.models[::-1],
                                table.scores[:, ::-1], table.costs[:, ::-1], source="reversed"))
     L.seed_everything(0)
@@ -141,11 +144,11 @@ def tiny_model_pair(tmp_path_factory):
 def test_another_split_seed_that_would_test_on_training_prompts_is_refused(trained, tmp_path, capsys, sub):
     data, ckpt, _ = trained
     args = run_args(data, tmp_path) if sub != "sweep" else [
-        "--config", RECIPE, "--data.init_args.path", str(data), "--data.init_args.ood_tasks", "[]",
+        "--config", RECIPE, "--data.init_args.source.path", str(data), "--data.init_args.split.ood_tasks", "[]",
         "--model.init_args.critic_neighbours", "5", "--output", str(tmp_path / "sweep"), "--methods", "[barp]"]
-    err = fails(capsys, [sub, *args, "--ckpt_path", str(ckpt), "--data.init_args.split_seed", "7"])
+    err = fails(capsys, [sub, *args, "--ckpt_path", str(ckpt), "--data.init_args.split.seed", "7"])
     assert "prompts were training prompts of this checkpoint" in err
-    assert "data.split_seed: checkpoint 42, now 7" in err
+    assert "data.split.seed: checkpoint 42, now 7" in err
     assert not (tmp_path / "sweep").exists()
 
 
@@ -153,8 +156,8 @@ def test_another_split_seed_that_would_test_on_training_prompts_is_refused(train
 def test_other_encoder_settings_are_refused(trained, tmp_path, capsys, option, value):
     data, ckpt, _ = trained
     err = fails(capsys, ["test", *run_args(data, tmp_path), "--ckpt_path", str(ckpt),
-                         f"--data.init_args.{option}", value])
-    assert f"data.{option}: checkpoint" in err and "embedded differently" in err
+                         f"--data.init_args.encoder.{option}", value])
+    assert f"data.encoder.{option}: checkpoint" in err and "embedded differently" in err
 
 
 def test_the_checkpoints_own_settings_test_fine(trained, tmp_path):
@@ -233,7 +236,7 @@ def test_a_crafted_checkpoint_never_runs_code(trained, tmp_path, capsys):
         TrainedRouter.from_checkpoint(crafted)
     err = fails(capsys, ["test", *run_args(data, tmp_path / "run"), "--ckpt_path", str(crafted)])
     assert "refused to load" in err and "weights_only" not in err
-    err = fails(capsys, ["sweep", "--config", RECIPE, "--data.init_args.path", str(data), "--ckpt_path",
+    err = fails(capsys, ["sweep", "--config", RECIPE, "--data.init_args.source.path", str(data), "--ckpt_path",
                          str(crafted), "--output", str(tmp_path / "sweep")])
     assert "refused to load" in err
     assert not target.exists()
@@ -277,14 +280,15 @@ def test_every_unusable_checkpoint_gets_one_message(trained, tmp_path, capsys, k
 def test_resume_on_other_training_prompts_is_refused(trained, tmp_path, capsys):
     data, ckpt, _ = trained
     err = fails(capsys, ["fit", *run_args(data, tmp_path), "--ckpt_path", str(ckpt), "--trainer.max_epochs", "3",
-                         "--data.init_args.split_seed", "3"])
-    assert "training prompts differ from the checkpoint's" in err and "data.split_seed" in err
+                         "--data.init_args.split.seed", "3"])
+    assert "training prompts differ from the checkpoint's" in err and "data.split.seed" in err
 
 
 # ------------------------------------------------------------------ config values that used to crash
 @pytest.mark.parametrize("yaml_text, named", [("model:\n  init_args:\n    lr: .nan\n", "model.lr"),
                                               ("model:\n  init_args:\n    beta: .nan\n", "model.beta"),
-                                              ("data:\n  init_args:\n    max_length: 1000\n", "data.max_length=1000")])
+                                              ("data:\n  init_args:\n    encoder:\n      max_length: 1000\n",
+                                               "data.encoder.max_length=1000")])
 def test_nan_rates_and_too_long_max_length_are_named(trained, tmp_path, capsys, yaml_text, named):
     data, _, _ = trained
     config = tmp_path / "override.yaml"
@@ -329,9 +333,9 @@ def test_module_owns_its_frozen_encoder_rebuilt_from_its_checkpoint(trained):
 
     data, ckpt, _ = trained
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert saved[ENCODER_KEY] == {"encoder": saved["datamodule_hyper_parameters"]["encoder"], "max_length": 256,
-                                  "truncation_side": "left",
-                                  "encoder_dtype": saved["datamodule_hyper_parameters"]["encoder_dtype"]}
+    data_encoder = saved["datamodule_hyper_parameters"]["encoder"]
+    assert saved[ENCODER_KEY] == {"name": data_encoder["name"], "max_length": 256, "truncation_side": "left",
+                                  "dtype": data_encoder["dtype"]}
     assert not any("encoder" in key for key in saved["state_dict"])  # never stored as weights
     module = BaRPModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
     prompts = ["Question 3: what is 3 plus 3?", "Write a haiku about rain."]
@@ -366,10 +370,12 @@ def test_auto_dtype_with_a_checkpoint_embeds_like_the_checkpoint():
 
     from barp.models.checkpoints import embed_like_checkpoint
 
-    saved = {"datamodule_hyper_parameters": {"encoder_dtype": "float32"}}
-    auto = Namespace(class_path="RoutingDataModule", init_args=Namespace(encoder_dtype="auto"))
-    embed_like_checkpoint(auto, saved)
-    assert auto.init_args.encoder_dtype == "float32"
-    explicit = Namespace(class_path="RoutingDataModule", init_args=Namespace(encoder_dtype="bfloat16"))
-    embed_like_checkpoint(explicit, saved)
-    assert explicit.init_args.encoder_dtype == "bfloat16"  # an explicit choice stays (and is checked later)
+    for saved in ({"datamodule_hyper_parameters": {"encoder": {"name": "x", "dtype": "float32"}}},
+                  {"datamodule_hyper_parameters": {"encoder": "x", "encoder_dtype": "float32"}}):  # old, flat
+        auto = Namespace(class_path="RoutingDataModule", init_args=Namespace(encoder=Namespace(dtype="auto")))
+        embed_like_checkpoint(auto, saved)
+        assert auto.init_args.encoder.dtype == "float32"
+        explicit = Namespace(class_path="RoutingDataModule",
+                             init_args=Namespace(encoder=Namespace(dtype="bfloat16")))
+        embed_like_checkpoint(explicit, saved)
+        assert explicit.init_args.encoder.dtype == "bfloat16"  # an explicit choice stays (and is checked later)

@@ -10,6 +10,7 @@ import torch
 from test_learning import routing_problem
 
 from barp.data.datamodule import RoutingDataModule
+from barp.data.parts import Batches, Split
 from barp.errors import ConfigError
 from barp.learning.critic import NeighbourCritic, nearest_neighbours
 from barp.learning.rl import critic_policy_loss, reinforce_loss
@@ -90,7 +91,8 @@ def test_doubly_robust_gradient_is_unbiased_for_a_wrong_critic():
 
 
 def _module_and_data(**kwargs):
-    dm = RoutingDataModule(ood_tasks=[], batch_size=8, train_repeats=1, val_fraction=0.1, test_fraction=0.3)
+    dm = RoutingDataModule(split=Split(ood_tasks=[], val_fraction=0.1, test_fraction=0.3),
+                           batches=Batches(batch_size=8, train_repeats=1))
     dm.use_table(routing_problem())
     module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim, tau=2e-3,
                         eval_w_c=0.5, extra_eval_w_c=[0.0], **kwargs)

@@ -1,4 +1,4 @@
-"""Every supported file format trains through `barp fit --data.path` and evaluates through `barp test`."""
+"""Every supported file format trains through `barp fit --data.source.path` and evaluates through `barp test`."""
 
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ def files(tmp_path_factory):
 def args_for(path: Path, out: Path, *extra: str) -> list[str]:
     return [
         "--config", RECIPE,
-        "--data.init_args.path", str(path),
-        "--data.init_args.val_fraction", "0.2",
-        "--data.init_args.test_fraction", "0.3",
-        "--data.init_args.batch_size", "8",
+        "--data.init_args.source.path", str(path),
+        "--data.init_args.split.val_fraction", "0.2",
+        "--data.init_args.split.test_fraction", "0.3",
+        "--data.init_args.batches.batch_size", "8",
         "--model.init_args.critic_neighbours", "5",  # the fixture tables hold a few dozen prompts
         "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
         "--trainer.enable_progress_bar", "false",
@@ -61,16 +61,17 @@ def test_routerbench_csv_with_repeated_ids_trains_and_tests(files, tmp_path):
 
 
 def test_published_test_file_through_the_recipe(files, tmp_path):
-    """A given test file is the ID test split through `barp fit --data.test_path` (recipe's test_fraction unset)."""
+    """A given test file is the ID test split through `barp fit --data.source.test_path` (the recipe's test_fraction
+    unset)."""
     import pandas as pd
 
     frame = pd.read_csv(files["routerbench_csv"], dtype=str, keep_default_na=False)
     rows = list(range(1, 42, 3))
     frame.drop(index=rows).to_csv(tmp_path / "train.csv", index=False)
     frame.iloc[rows].to_csv(tmp_path / "test.csv", index=False)
-    argv = [a for a in args_for(tmp_path / "train.csv", tmp_path, "--data.init_args.test_path",
+    argv = [a for a in args_for(tmp_path / "train.csv", tmp_path, "--data.init_args.source.test_path",
                                 str(tmp_path / "test.csv"), "--test_after_fit", "true")]
-    i = argv.index("--data.init_args.test_fraction")
+    i = argv.index("--data.init_args.split.test_fraction")
     cli = main(["fit", *argv[:i], *argv[i + 2:]])
     dm = cli.datamodule
     published = [s for s, e in zip(frame["sample_id"].iloc[rows], frame["eval_name"].iloc[rows])
@@ -92,9 +93,9 @@ FAST_FORMATS = ("routerbench_csv_index", "long_jsonl", "records_json")
 def test_each_format_trains_and_tests(files, tmp_path, name):
     extra = ["--test_after_fit", "true"]
     if name.endswith("pkl"):
-        extra += ["--data.init_args.trust_pickle", "true"]
+        extra += ["--data.init_args.source.trust_pickle", "true"]
     if name == "records_json":
-        extra += ["--data.init_args.prices", str(files["prices_json"])]
+        extra += ["--data.init_args.source.prices", str(files["prices_json"])]
     cli = main(["fit", *args_for(files[name], tmp_path, *extra)])
     results = json.loads(next(Path(cli.trainer.log_dir).glob("test_results.json")).read_text())
     assert {r["split"] for r in results["rows"]} == {"id", "ood"}

@@ -22,7 +22,7 @@ def test_ddp_two_processes_train_and_test(tmp_path):
         "--trainer.accelerator", "cpu", "--trainer.devices", "2",
         "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
         "--trainer.enable_progress_bar", "false",
-        "--data.init_args.num_prompts", "240",
+        "--data.init_args.synthetic.num_prompts", "240",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
     ]
     # an empty embedding cache (with the session's remembered encoder dtype, so no probe runs): both processes embed
@@ -84,7 +84,7 @@ def test_ddp_three_processes_test_the_whole_split_once(tmp_path):
     """--trainer.devices 3 on CPU: the test metrics are those of one process (the oracle is exact)."""
     common = ["--config", str(ROOT / "configs" / "experiments" / "synthetic.yaml"),
               "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
-              "--trainer.enable_progress_bar", "false", "--data.init_args.num_prompts", "230"]
+              "--trainer.enable_progress_bar", "false", "--data.init_args.synthetic.num_prompts", "230"]
     results = {}
     for devices in ("1", "3"):
         out = tmp_path / devices

@@ -16,7 +16,15 @@ import torch
 
 import barp.encoders as encoders
 from barp.data.embedding_cache import EmbeddingCache, text_key
-from barp.encoders import SentenceEncoder, default_dtype_file, encoder_identity, probe_prompts, resolve_dtype
+from barp.data.parts import Split, Synthetic
+from barp.encoders import (
+    EncoderSpec,
+    SentenceEncoder,
+    default_dtype_file,
+    encoder_identity,
+    probe_prompts,
+    resolve_dtype,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,26 +99,29 @@ def test_datamodule_keys_cache_and_checkpoint_record_by_resolved_dtype(tmp_path)
     from conftest import make_table
 
     from barp.data.datamodule import RoutingDataModule
-    from barp.models.checkpoints import encoder_settings
+    from barp.models.checkpoints import encoder_record
 
-    dm = RoutingDataModule(ood_tasks=[], cache_dir=str(tmp_path))
-    assert dm.hparams.encoder_dtype == "auto"
+    dm = RoutingDataModule(split=Split(ood_tasks=[]), cache_dir=str(tmp_path))
+    assert dm.encoder_spec.dtype == "auto" and dm.hparams.encoder["dtype"] == "auto"
     dm.use_table(make_table(n=12, seed=3))
     store = tmp_path / "embeddings" / encoders.DTYPE_FILE
     store.parent.mkdir(parents=True)
     store.write_text(default_dtype_file().read_text() if default_dtype_file().exists() else "{}")
     dm.prepare_data()
     dm.setup("fit")
-    resolved = dm.hparams.encoder_dtype
+    resolved = dm.encoder_spec.dtype
     assert resolved in encoders.ENCODER_DTYPES
-    assert encoder_settings(dict(dm.hparams))["encoder_dtype"] == resolved  # what a checkpoint records
+    assert dm.hparams.encoder["dtype"] == resolved  # saved with the data's hyperparameters
+    assert encoder_record(dm.encoder_spec)["dtype"] == resolved  # what a checkpoint records
     (setting,) = [json.loads(p.read_text()) for p in (tmp_path / "embeddings").glob("*/setting.json")]
     assert setting["dtype"] == resolved
-    explicit = RoutingDataModule(ood_tasks=[], cache_dir=str(tmp_path), encoder_dtype=resolved)
+    explicit = RoutingDataModule(split=Split(ood_tasks=[]), encoder=EncoderSpec(dtype=resolved),
+                                 cache_dir=str(tmp_path))
     explicit.use_table(dm.table)
     assert explicit._cache().folder == dm._cache().folder  # same dtype, same cache
     if resolved != "float32":
-        fp32 = RoutingDataModule(ood_tasks=[], cache_dir=str(tmp_path), encoder_dtype="float32")
+        fp32 = RoutingDataModule(split=Split(ood_tasks=[]), encoder=EncoderSpec(dtype="float32"),
+                                 cache_dir=str(tmp_path))
         assert fp32._cache().folder != dm._cache().folder  # embeddings of two dtypes never mix
 
 
@@ -222,7 +233,7 @@ def test_ddp_processes_share_the_embedding_and_leave_one_cache(tmp_path):
         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
         "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--data.init_args.num_prompts", "120", "--model.init_args.critic_neighbours", "5",
+        "--data.init_args.synthetic.num_prompts", "120", "--model.init_args.critic_neighbours", "5",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", BARP_CACHE=str(cache_dir))
@@ -235,14 +246,15 @@ def test_ddp_processes_share_the_embedding_and_leave_one_cache(tmp_path):
     assert log.count("encoder dtype auto -> ") == 1  # probed once (before the other process waited)
     from barp.data.datamodule import RoutingDataModule
 
-    dm = RoutingDataModule(num_prompts=120, ood_tasks=["arc-challenge", "summarization"], cache_dir=str(cache_dir))
+    dm = RoutingDataModule(synthetic=Synthetic(num_prompts=120),
+                           split=Split(ood_tasks=["arc-challenge", "summarization"]), cache_dir=str(cache_dir))
     cache = dm._cache()  # resolves auto from the run's remembered choice (same machine, same thread count)
     names = sorted(p.name for p in cache.folder.glob("shard-*"))
     prompts = list(dict.fromkeys(dm.table.prompts))
     assert sum(shares.values()) == len(prompts)
     assert names == [f"shard-{__import__('hashlib').sha1(b''.join(map(text_key, prompts))).hexdigest()[:16]}.npz"]
     merged, computed = cache.get_or_compute(prompts, _no_probe)
-    single = SentenceEncoder(dtype=dm.hparams.encoder_dtype).encode(prompts)
+    single = SentenceEncoder(dtype=dm.encoder_spec.dtype).encode(prompts)
     cosine = np.sum(merged * single, axis=1)
     assert computed == 0 and cosine.min() > 0.9999, cosine.min()
     assert encoder_identity("all-MiniLM-L6-v2") in json.loads((cache.folder / "setting.json").read_text())["encoder"]

@@ -7,12 +7,14 @@ import torch
 from test_learning import routing_problem
 
 from barp.data.datamodule import RoutingDataModule
+from barp.data.parts import Batches, Split
 from barp.errors import ConfigError
 from barp.models.barp import BaRPModule
 
 
 def _module(**kwargs) -> BaRPModule:
-    dm = RoutingDataModule(ood_tasks=[], batch_size=8, train_repeats=1, val_fraction=0.1, test_fraction=0.3)
+    dm = RoutingDataModule(split=Split(ood_tasks=[], val_fraction=0.1, test_fraction=0.3),
+                           batches=Batches(batch_size=8, train_repeats=1))
     dm.use_table(routing_problem())
     return BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim, tau=2e-3,
                       eval_w_c=0.5, **kwargs)
@@ -55,8 +57,8 @@ def test_uniform_pulls_are_counted_saved_and_pooled_by_the_guard(tmp_path):
     module, dm = cli.model, cli.datamodule
     pulls = module.explore_pulls
     steps = cli.trainer.global_step
-    total = sum(min(dm.hparams.batch_size, len(dm.splits.train) - i)
-                for i in range(0, len(dm.splits.train), dm.hparams.batch_size)) * 2 * module.hparams.samples_per_prompt
+    total = sum(min(dm.batches.batch_size, len(dm.splits.train) - i)
+                for i in range(0, len(dm.splits.train), dm.batches.batch_size)) * 2 * module.hparams.samples_per_prompt
     assert steps > 0 and 0.4 * total < float(pulls[0].sum()) < 0.6 * total  # about half the pulls were uniform
     assert bool((pulls[0] > 0).all())  # uniform: every model was pulled
     table = dm.table.subset(dm.splits.train)

@@ -11,6 +11,7 @@ import torch
 
 from barp.cli import main
 from barp.data.datamodule import RoutingDataModule
+from barp.data.parts import Batches, Split
 from barp.data.table import OutcomeTable
 from barp.errors import ConfigError
 from barp.learning.rl import preference_tensor
@@ -94,7 +95,7 @@ def _table(best_of_task: dict[str, int], n: int = 90, seed: int = 0) -> OutcomeT
 
 
 def _dm(table: OutcomeTable) -> RoutingDataModule:
-    dm = RoutingDataModule(ood_tasks=[], batch_size=16)
+    dm = RoutingDataModule(split=Split(ood_tasks=[]), batches=Batches(batch_size=16))
     dm.use_table(table)
     dm.prepare_data()
     dm.setup("fit")
@@ -148,8 +149,8 @@ def fitted(tmp_path_factory):
     frame.to_csv(out / "data.csv", index=False)
     cli = main(["fit", "--config", str(ROOT / "configs/experiments/routerbench.yaml"),
                 "--config", str(ROOT / "configs/model/graphrouter.yaml"),
-                "--data.init_args.path", str(out / "data.csv"), "--data.init_args.ood_tasks", "[]",
-                "--data.init_args.batch_size", "16", "--model.init_args.lr", "0.01",
+                "--data.init_args.source.path", str(out / "data.csv"), "--data.init_args.split.ood_tasks", "[]",
+                "--data.init_args.batches.batch_size", "16", "--model.init_args.lr", "0.01",
                 "--model.init_args.steps_per_batch", "4", "--trainer.max_epochs", "8",
                 "--trainer.check_val_every_n_epoch", "8", "--trainer.enable_progress_bar", "false",
                 "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),

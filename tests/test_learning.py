@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from barp.data.datamodule import RoutingDataModule
+from barp.data.parts import Batches, Split
 from barp.data.table import OutcomeTable
 from barp.models.barp import BaRPModule
 
@@ -35,7 +36,8 @@ def routing_problem(seed: int = 0) -> OutcomeTable:
 def test_greedy_policy_learns_to_route(tmp_path, baseline):
     L.seed_everything(0)
     k = 1 if baseline in ("batch_mean", "batch_linear") else 4  # same pulls per prompt and per step in every case
-    dm = RoutingDataModule(ood_tasks=[], batch_size=32 // k, train_repeats=8 // k, val_fraction=0.1, test_fraction=0.3)
+    dm = RoutingDataModule(split=Split(ood_tasks=[], val_fraction=0.1, test_fraction=0.3),
+                           batches=Batches(batch_size=32 // k, train_repeats=8 // k))
     dm.use_table(routing_problem())
     learner = {"critic": "neighbours", "critic_neighbours": 10} if baseline == "neighbour_critic" else {
         "baseline": baseline}

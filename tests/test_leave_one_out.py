@@ -15,6 +15,7 @@ import pytest
 import torch
 from test_cli import RECIPE, ROOT
 
+from barp.data.parts import Split, Synthetic
 from barp.sweep.harness import COLUMNS, DEFAULT_GRID
 from barp.sweep.summary import summarize
 
@@ -177,7 +178,7 @@ def test_quick_run_holds_each_family_out_of_training_and_reruns_without_training
         run = tmp_path / family / "seed42"
         ckpt = json.loads((run / "fit.json").read_text())["checkpoint"]
         record = torch.load(ckpt, map_location="cpu", weights_only=False)[RECORD_KEY]
-        dm = RoutingDataModule(num_prompts=240, ood_tasks=[family])
+        dm = RoutingDataModule(synthetic=Synthetic(num_prompts=240), split=Split(ood_tasks=[family]))
         rows = np.asarray([i for i, t in enumerate(dm.table.tasks) if t == family])
         assert sorted(np.asarray(dm.splits.ood).tolist()) == rows.tolist()  # the fit's OOD split is the family
         held_out = set(split_fingerprints(dm, rows).tolist())

@@ -9,6 +9,7 @@ import torch
 
 from barp.data.datamodule import RoutingDataModule
 from barp.data.environment import LoggedEnvironment
+from barp.data.parts import Batches, Split
 from barp.errors import ConfigError
 from barp.learning.rl import clipped_self_normalised_weights, reinforce_loss
 from barp.models.barp import BaRPModule
@@ -45,13 +46,14 @@ def test_importance_weighted_gradient_equals_the_on_policy_gradient_in_expectati
 
 def _log_data(tmp_path, passes: int = 4, seed: int = 0):
     """The two-specialists problem, with a simulated uniform log of its training split as the training data."""
-    dm = RoutingDataModule(ood_tasks=[], batch_size=32, train_repeats=1, val_fraction=0.1, test_fraction=0.3)
+    dm = RoutingDataModule(split=Split(ood_tasks=[], val_fraction=0.1, test_fraction=0.3),
+                           batches=Batches(batch_size=32, train_repeats=1))
     dm.use_table(routing_problem())
     log = simulate(dm.table.subset(dm.splits.train), "uniform", passes=passes, seed=seed)
     path = tmp_path / "log.parquet"
     log.write(path)
-    logged = RoutingDataModule(ood_tasks=[], batch_size=32, train_repeats=1, val_fraction=0.1, test_fraction=0.3,
-                               train_log=str(path))
+    logged = RoutingDataModule(train_log=str(path), split=Split(ood_tasks=[], val_fraction=0.1, test_fraction=0.3),
+                               batches=Batches(batch_size=32, train_repeats=1))
     logged.use_table(dm.table)
     return logged, log
 
@@ -101,7 +103,7 @@ def test_a_log_with_an_unknown_model_or_a_bad_clip_is_refused(tmp_path):
     frame = log.to_frame()
     frame.loc[3, "model"] = "gpt-17"
     frame.to_csv(tmp_path / "bad.csv", index=False)
-    bad = RoutingDataModule(ood_tasks=[], train_log=str(tmp_path / "bad.csv"))
+    bad = RoutingDataModule(train_log=str(tmp_path / "bad.csv"), split=Split(ood_tasks=[]))
     bad.use_table(dm.table)
     with pytest.raises(Exception, match=r"bad\.csv: column 'model', row 3: unknown model 'gpt-17'"):
         bad.train_environment()

@@ -233,7 +233,8 @@ def trained(tmp_path_factory):
     from barp.cli import main
 
     out = tmp_path_factory.mktemp("ope")
-    cli = main(["fit", "--config", RECIPE, "--data.init_args.num_prompts", "600", "--data.init_args.max_length", "64",
+    cli = main(["fit", "--config", RECIPE, "--data.init_args.synthetic.num_prompts", "600",
+                "--data.init_args.encoder.max_length", "64",
                 "--trainer.max_epochs", "10", "--trainer.check_val_every_n_epoch", "10",
                 "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(out),
                 "--trainer.logger.init_args.save_dir", str(out), "--test_after_fit", "false"])

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from barp.data.datamodule import RoutingDataModule
+from barp.data.parts import Source, Split
 from barp.data.sources import load_table
 from barp.data.sources.duplicates import unique_rows
 from barp.errors import ConfigError, DataValidationError
@@ -151,8 +152,8 @@ def _split_files(fx, tmp_path):
 
 def test_fixed_test_file_is_the_test_split_and_ood_stays_out(fx, tmp_path):
     frame, test_rows = _split_files(fx, tmp_path)
-    dm = RoutingDataModule(path=str(tmp_path / "train.csv"), test_path=str(tmp_path / "test.csv"),
-                           ood_tasks=["mbpp", "arc-challenge"], val_fraction=0.2)
+    dm = RoutingDataModule(source=Source(path=str(tmp_path / "train.csv"), test_path=str(tmp_path / "test.csv")),
+                           split=Split(ood_tasks=["mbpp", "arc-challenge"], val_fraction=0.2))
     table, splits = dm.table, dm.splits
     ood_family = frame["task"].isin(["mbpp", "arc-challenge"])
     published = [pid for r, pid in enumerate(frame["prompt_id"]) if r in test_rows and not ood_family[r]]
@@ -164,12 +165,14 @@ def test_fixed_test_file_is_the_test_split_and_ood_stays_out(fx, tmp_path):
     assert not set(splits.train) & set(splits.test) and not set(splits.val) & set(splits.test)
     assert len(splits.train) + len(splits.val) + len(splits.test) + len(splits.ood) == 40
     # a val file likewise; a fraction given together with its file is refused by name
-    dm = RoutingDataModule(path=str(tmp_path / "train.csv"), val_path=str(tmp_path / "test.csv"))
+    dm = RoutingDataModule(source=Source(path=str(tmp_path / "train.csv"), val_path=str(tmp_path / "test.csv")))
     assert [dm.table.prompt_ids[i] for i in dm.splits.val] == frame["prompt_id"].iloc[test_rows].tolist()
-    with pytest.raises(ConfigError, match=r"data.test_fraction \(0.3\) cannot be used with data.test_path"):
-        RoutingDataModule(path=str(tmp_path / "train.csv"), test_path=str(tmp_path / "test.csv"), test_fraction=0.3)
-    with pytest.raises(ConfigError, match="need data.path"):
-        RoutingDataModule(test_path=str(tmp_path / "test.csv"))
+    with pytest.raises(ConfigError,
+                       match=r"data.split.test_fraction \(0.3\) cannot be used with data.source.test_path"):
+        RoutingDataModule(source=Source(path=str(tmp_path / "train.csv"), test_path=str(tmp_path / "test.csv")),
+                          split=Split(test_fraction=0.3))
+    with pytest.raises(ConfigError, match="data.source.path must be given"):
+        RoutingDataModule(source={"test_path": str(tmp_path / "test.csv")})
 
 
 # ---------------------------------------------------------------------- datasets
@@ -221,10 +224,11 @@ def test_real_development_set_loads_as_published():
     """LLMRouter's DC router files as they are: records + LLMRouter price table + its own train/test split."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dm = RoutingDataModule(path=str(DEV / "train.json"), test_path=str(DEV / "test.json"),
-                               prices=str(DEV / "llm_candidates.json"), task_column="cluster_id",
-                               task_map={"0": "cluster-0", "1": "cluster-1", "2": "cluster-2"},
-                               default_task="unclustered", ood_tasks=["cluster-2"])
+        dm = RoutingDataModule(source=Source(path=str(DEV / "train.json"), test_path=str(DEV / "test.json"),
+                                             prices=str(DEV / "llm_candidates.json"), task_column="cluster_id",
+                                             task_map={"0": "cluster-0", "1": "cluster-1", "2": "cluster-2"},
+                                             default_task="unclustered"),
+                               split=Split(ood_tasks=["cluster-2"]))
         table, splits = dm.table, dm.splits
     messages = [str(w.message) for w in caught]
     assert table.num_prompts == 6108 and table.num_models == 9

@@ -22,9 +22,10 @@ def _tool():
 @pytest.mark.slow
 def test_rounds_log_only_served_outcomes_and_write_their_outputs(tmp_path):
     from barp.data.datamodule import RoutingDataModule
+    from barp.data.parts import Synthetic
     from barp.data.sources.logs import read_log
 
-    rows = _tool().rounds(output=str(tmp_path), num_rounds=3, steps=40, data={"num_prompts": 300})
+    rows = _tool().rounds(output=str(tmp_path), num_rounds=3, steps=40, data={"synthetic": {"num_prompts": 300}})
     assert {(r["round"], r["method"]) for r in rows} == {(i, m) for i in range(3) for m in ("barp", "linucb",
                                                                                             "linear_ts")}
     for method in ("barp", "linucb", "linear_ts"):
@@ -32,7 +33,7 @@ def test_rounds_log_only_served_outcomes_and_write_their_outputs(tmp_path):
         assert all(b >= a for a, b in zip(regret, regret[1:]))  # the oracle is never beaten per request
     assert json.loads((tmp_path / "rounds.json").read_text())["rows"] == rows
     assert (tmp_path / "rounds.png").stat().st_size > 0 and (tmp_path / "rounds.csv").is_file()
-    dm = RoutingDataModule(num_prompts=300)
+    dm = RoutingDataModule(synthetic=Synthetic(num_prompts=300))
     log = read_log(tmp_path / "logs" / "round2.parquet", models=dm.table.models)
     assert log.simulated and len(log) == 3 * len(dm.splits.train)
     first = len(dm.splits.train)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from barp.data.datamodule import RoutingDataModule
+from barp.data.parts import Batches, Split
 from barp.data.table import OutcomeTable
 from barp.errors import ConfigError
 from barp.learning.rl import preference_tensor, reward
@@ -30,7 +31,7 @@ FAST = {"head_lr": 1e-2, "lr": 1e-2, "batch_size": 16, "select_every": 10}
 
 
 def _datamodule(table: OutcomeTable) -> RoutingDataModule:
-    dm = RoutingDataModule(ood_tasks=[], batch_size=16)
+    dm = RoutingDataModule(split=Split(ood_tasks=[]), batches=Batches(batch_size=16))
     dm.use_table(table)
     dm.prepare_data()
     dm.setup("fit")

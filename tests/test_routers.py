@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from barp.data.datamodule import RoutingDataModule
+from barp.data.parts import Batches, Split
 from barp.data.table import OutcomeTable
 from barp.learning.rl import preference_tensor
 from barp.models.baselines import (
@@ -51,7 +52,7 @@ def structured_table(n: int = 60, seed: int = 0) -> OutcomeTable:
 
 @pytest.fixture(scope="module")
 def dm(_barp_cache) -> RoutingDataModule:
-    datamodule = RoutingDataModule(ood_tasks=[], batch_size=16)
+    datamodule = RoutingDataModule(split=Split(ood_tasks=[]), batches=Batches(batch_size=16))
     datamodule.use_table(structured_table())
     datamodule.prepare_data()
     datamodule.setup("fit")

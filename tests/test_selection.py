@@ -83,8 +83,9 @@ def test_development_set_with_one_price_selects_the_best_mean_reward(tmp_path, c
               "llama-3.3-nemotron-super-49b-v1"]  # the development set's 9 scored models, all at one price
     prices.write_text(json.dumps({m: {"input_price": 0.2, "output_price": 0.2} for m in models}))
     cli = main(["fit", "--config", str(ROOT / "configs" / "experiments" / "llmrouter.yaml"),
-                "--data.init_args.path", str(DEV / "train.json"), "--data.init_args.test_path", str(DEV / "test.json"),
-                "--data.init_args.prices", str(prices), "--trainer.max_epochs", "8",
+                "--data.init_args.source.path", str(DEV / "train.json"),
+                "--data.init_args.source.test_path", str(DEV / "test.json"),
+                "--data.init_args.source.prices", str(prices), "--trainer.max_epochs", "8",
                 "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
                 "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)])
     assert "AIQ over these preferences" not in capsys.readouterr().out

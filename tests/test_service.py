@@ -38,7 +38,8 @@ def tiny_checkpoint() -> str:
     found = sorted(root.glob("**/checkpoints/best*.ckpt"))
     if found:
         return str(found[0])
-    cli = main(["fit", "--config", RECIPE, "--data.init_args.num_prompts", "200", "--data.init_args.max_length", "64",
+    cli = main(["fit", "--config", RECIPE, "--data.init_args.synthetic.num_prompts", "200",
+                "--data.init_args.encoder.max_length", "64",
                 "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
                 "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root),
                 "--trainer.logger.init_args.save_dir", str(root), "--test_after_fit", "false"])

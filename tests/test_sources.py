@@ -239,7 +239,8 @@ def test_file_level_errors(fx, tmp_path):
     expect_error([str(tmp_path / "broken.json"), "not valid JSON", "line 2"], str(tmp_path / "broken.json"))
     (tmp_path / "cols.csv").write_text("foo,bar\n1,2\n")
     expect_error(
-        [str(tmp_path / "cols.csv"), "cannot detect the format", "'foo'", "--data.format"], str(tmp_path / "cols.csv")
+        [str(tmp_path / "cols.csv"), "cannot detect the format", "'foo'",
+         "--data.source.format"], str(tmp_path / "cols.csv")
     )
     expect_error([str(fx["wide_csv"]), "format 'parquet'"], str(fx["wide_csv"]), "parquet")
     expect_error([str(fx["wide_csv"]), "format 'records'"], str(fx["wide_csv"]), "records")

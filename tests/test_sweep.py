@@ -19,7 +19,7 @@ from barp.models.baselines import KNNRouter, LinUCBRouter
 from barp.sweep.contenders import ModuleContender
 from barp.sweep.harness import DEFAULT_GRID, log_to_wandb
 
-SMALL = ["--config", RECIPE, "--data.init_args.num_prompts", "240"]
+SMALL = ["--config", RECIPE, "--data.init_args.synthetic.num_prompts", "240"]
 TRAINED = {"knn", "mlp", "mf", "linucb", "linear_ts", "epsilon_greedy", "graphrouter", "routerdc"}
 COLUMNS = ["method", "w_c", "split", "task", "n", "score", "cost", "reward"]
 
@@ -87,7 +87,7 @@ def test_comparison_methods_get_the_checkpoints_pull_budget(swept):
     k = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]["samples_per_prompt"]
     assert k == 4  # the recipe pulls each prompt 4 times per step ...
     assert summary["meta"]["comparison_training"] == {  # ... so the bandits get 4 passes, in as many steps
-        "train_repeats": dm.hparams.train_repeats * k, "batch_size": dm.hparams.batch_size * k}
+        "train_repeats": dm.batches.train_repeats * k, "batch_size": dm.batches.batch_size * k}
 
 
 def test_validation_and_test_aiq_match_the_sweeps(swept, tmp_path):
@@ -159,7 +159,7 @@ def test_non_gradient_methods_fit_checkpoint_and_test_through_barp_fit(tmp_path,
     metrics = cli.trainer.callback_metrics
     assert "test/ood/reward" in metrics and "test/id/wc=0.9/reward" in metrics
     assert float(metrics["test/id/oracle_reward"]) >= float(metrics["test/id/reward"])
-    hp = cli.datamodule.hparams
+    hp = cli.datamodule.batches
     batches = -(-len(cli.datamodule.splits.train) * hp.train_repeats // hp.batch_size)
     assert cli.trainer.global_step == batches  # counted like BaRP's steps, so ModelCheckpoint saves
     ckpt = cli.trainer.checkpoint_callback.best_model_path

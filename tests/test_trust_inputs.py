@@ -284,7 +284,7 @@ def _recipe(tmp_path: Path) -> tuple[Path, Path]:
     data = write_table(tmp_path / "data.csv", n=12)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"data:\n  class_path: barp.data.datamodule.RoutingDataModule\n  init_args:\n"
-                      f"    path: {data}\n    ood_tasks: []\n")
+                      f"    source:\n      path: {data}\n    split:\n      ood_tasks: []\n")
     return recipe, data
 
 
@@ -292,7 +292,7 @@ def test_simulate_log_refuses_an_output_that_is_one_of_its_inputs(tmp_path, caps
     tool = _tool("simulate_log")
     recipe, data = _recipe(tmp_path)
     before = {p: p.read_bytes() for p in (recipe, data)}
-    for output, option in ((recipe, "(--recipe)"), (data, "(data.path)")):
+    for output, option in ((recipe, "(--recipe)"), (data, "(data.source.path)")):
         assert tool.main(["--recipe", str(recipe), "--output", str(output)]) == 2
         line = last_error(capsys)
         assert line.startswith("error:") and "is the input file" in line and option in line
@@ -323,7 +323,7 @@ def test_a_price_table_for_a_table_with_costs_is_refused(tmp_path):
     with pytest.raises(DataValidationError) as info:
         load_table(str(data), prices=str(prices))
     message = str(info.value)
-    for part in (str(data), str(prices), "already has a cost", "would not be used", "--data.prices"):
+    for part in (str(data), str(prices), "already has a cost", "would not be used", "--data.source.prices"):
         assert part in message, (part, message)
     assert len(load_table(str(data))) == 6
 

@@ -17,7 +17,7 @@ def test_fit_with_wandb_config_writes_offline_run(tmp_path, monkeypatch):
         "--config", str(ROOT / "configs" / "logger" / "wandb.yaml"),
         "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--trainer.default_root_dir", str(tmp_path),
-        "--data.init_args.num_prompts", "240", "--trainer.max_epochs", "1",
+        "--data.init_args.synthetic.num_prompts", "240", "--trainer.max_epochs", "1",
         "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
     ])
     logger = cli.trainer.logger

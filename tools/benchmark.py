@@ -248,7 +248,7 @@ def barp_module(dm, model_args: dict):
     from barp.models.barp import BaRPModule
 
     return BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim,
-                      encoder=dm.hparams.encoder, **model_args)
+                      encoder=dm.encoder_spec.name, **model_args)
 
 
 def _trainer(device: str, deterministic: bool, root: str, **options):
@@ -358,7 +358,7 @@ def training_section(steps: int, warmup: int, repeats: int, device: str = "cpu")
         dm = standin_datamodule(cache_dir=tmp, **data_args)
         dm.prepare_data()
         dm.setup("fit")
-        section.update(train_prompts=len(dm.splits.train), batch_size=dm.hparams.batch_size,
+        section.update(train_prompts=len(dm.splits.train), batch_size=dm.batches.batch_size,
                        samples_per_prompt=model_args.get("samples_per_prompt", 1))
         for key, critic in (("reinforce", "none"), ("critic", "neighbours")):
             args = {**model_args, "critic": critic}
@@ -568,6 +568,7 @@ def standin_encoder():
 def growth_section(sizes: list[int], device: str = "cpu") -> dict:
     """Embedding pipeline, one training epoch and the critic's neighbour search at each synthetic table size."""
     from barp.data.embedding_cache import EmbeddingCache
+    from barp.data.parts import merge_options
     from barp.data.synthetic import generate_synthetic
     from barp.learning.critic import nearest_neighbours
 
@@ -590,7 +591,8 @@ def growth_section(sizes: list[int], device: str = "cpu") -> dict:
             start = time.perf_counter()
             cache.get_or_compute(table.prompts, lambda texts: (_ for _ in ()).throw(RuntimeError("not cached")))
             row["cache_reload_s"] = time.perf_counter() - start
-            dm = standin_datamodule(cache_dir=str(Path(tmp) / f"dm-{n}"), **{**data_args, "num_prompts": n})
+            options = merge_options(data_args, {"synthetic": {"num_prompts": n}})
+            dm = standin_datamodule(cache_dir=str(Path(tmp) / f"dm-{n}"), **options)
             dm._table = table
             dm.prepare_data()
             dm.setup("fit")

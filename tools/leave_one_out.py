@@ -8,8 +8,9 @@ Example::
     python tools/leave_one_out.py --num_prompts 600 --max_epochs 2 --num_seeds 1 --families '[mbpp, gsm8k]' \\
         --output /tmp/lofo   # quick
 
-For each family F and seed S it runs ``barp fit --config RECIPE --data.init_args.ood_tasks [F] --seed_everything S``
-under ``<output>/<F>/seed<S>/`` (checkpoints kept there), then ``barp sweep`` of the best checkpoint with
+For each family F and seed S it runs ``barp fit --config RECIPE --data.init_args.split.ood_tasks [F]
+--seed_everything S`` under ``<output>/<F>/seed<S>/`` (checkpoints kept there), then ``barp sweep`` of the best
+checkpoint with
 ``barp, best_fixed, knn, linear_ts, oracle`` (kNN and linear TS trained by the sweep on the same training split),
 no bootstrap, w_c = 0, 0.1, ..., 1, into ``<output>/<F>/seed<S>/sweep``. A rerun reuses finished sweeps and finished
 fits (``--reuse``), so it resumes an interrupted run, or only re-renders. Results: ``<output>/lofo.md`` (also printed),
@@ -60,18 +61,19 @@ def read_recipe(recipe: str) -> dict:
 
 
 def holdable_families(cfg: dict, num_prompts: int | None = None) -> list[str]:
-    """The task families that can be held out: those of the training rows (``data.path``, or the built-in
+    """The task families that can be held out: those of the training rows (``data.source.path``, or the built-in
     benchmark), less any family a fixed split file (``test_path``, ``val_path``) holds, e.g. the llmrouter data's
     ``unclustered`` published test file."""
     from barp.data.datamodule import RoutingDataModule
+    from barp.data.parts import merge_options
 
-    init = dict(cfg["data"].get("init_args") or {})
-    init.pop("ood_tasks", None)
+    overrides: dict = {"split": {"ood_tasks": []}}
     if num_prompts is not None:
-        init["num_prompts"] = num_prompts
+        overrides["synthetic"] = {"num_prompts": num_prompts}
+    init = merge_options(cfg["data"].get("init_args") or {}, overrides)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. the published test file's overlap with the training file
-        dm = RoutingDataModule(ood_tasks=[], **init)
+        dm = RoutingDataModule(**init)
         table = dm.table
     roles = dm._roles or ["pool"] * len(table)
     pool = {t for t, r in zip(table.tasks, roles) if r == "pool"}
@@ -97,9 +99,9 @@ def fit_and_sweep(recipe: str, cfg: dict, run_dir: Path, family: str, seed: int,
     sweep_dir = run_dir / "sweep"
     if reuse and is_complete_sweep(sweep_dir):  # an interrupted sweep is redone, never read
         return sweep_dir, False
-    common = ["--config", recipe, "--data.init_args.ood_tasks", json.dumps([family])]
+    common = ["--config", recipe, "--data.init_args.split.ood_tasks", json.dumps([family])]
     if num_prompts is not None:
-        common += ["--data.init_args.num_prompts", str(num_prompts)]
+        common += ["--data.init_args.synthetic.num_prompts", str(num_prompts)]
     record = run_dir / FIT_RECORD
     ckpt = json.loads(record.read_text())["checkpoint"] if reuse and record.is_file() else ""
     if not (ckpt and Path(ckpt).is_file()):
@@ -328,8 +330,8 @@ def leave_one_out(
     cfg = read_recipe(recipe)
     if num_seeds < 1:
         raise ConfigError(f"--num_seeds must be >= 1, got {num_seeds}")
-    if num_prompts is not None and (cfg["data"].get("init_args") or {}).get("path") is not None:
-        raise ConfigError("--num_prompts sets the size of the built-in benchmark; the recipe reads data.path")
+    if num_prompts is not None and (cfg["data"].get("init_args") or {}).get("source") is not None:
+        raise ConfigError("--num_prompts sets the size of the built-in benchmark; the recipe reads data.source.path")
     holdable = holdable_families(cfg, num_prompts)
     chosen = list(families) if families else holdable
     bad = [f for f in chosen if f not in holdable]

@@ -115,19 +115,21 @@ def rounds(
         bandits: Online linear bandits served on the same stream (default LinUCB and linear TS).
         batch_size: Requests per batch of the bandits' updates.
         seed: Seed of the traffic, of exploration and of training.
-        data: Overrides of the recipe's ``data.init_args`` (e.g. ``{"num_prompts": 600}``).
+        data: Overrides of the recipe's ``data.init_args``, a part's options one by one (e.g.
+            ``{"synthetic": {"num_prompts": 600}}``).
 
     Returns:
         One dict per (round, method): served reward, test reward, cumulative regret.
     """
     from barp.data.datamodule import RoutingDataModule
+    from barp.data.parts import merge_options
     from barp.data.sources.logs import LoggedFeedback
     from barp.learning.rl import exploration_probabilities
 
     if num_rounds < 2:
         raise ConfigError(f"--num_rounds must be >= 2 (round 0 only logs), got {num_rounds}")
     config = _recipe(recipe)
-    data_args = {**((config.get("data") or {}).get("init_args") or {}), **(data or {})}
+    data_args = merge_options((config.get("data") or {}).get("init_args") or {}, data)
     out = Path(output)
     dm = RoutingDataModule(**data_args)
     dm.prepare_data()

@@ -23,11 +23,12 @@ from typing import Literal
 
 import yaml
 
+from barp.data.parts import merge_options
 from barp.data.sources.files import check_not_input
 from barp.errors import ConfigError, run_tool
 
 #: Data options that name files the tool reads (an --output equal to one of them is refused before any work).
-INPUT_OPTIONS = ("path", "val_path", "test_path", "prices", "train_log")
+INPUT_OPTIONS = ("path", "val_path", "test_path", "prices")  # of data.source; and data.train_log
 
 
 def simulate_log(
@@ -52,7 +53,8 @@ def simulate_log(
         seed: Seed of the simulation.
         model: The default model of ``epsilon_greedy``.
         epsilon: Exploration share of ``epsilon_greedy``.
-        data: Overrides of the recipe's ``data.init_args`` (e.g. ``{"num_prompts": 600}``).
+        data: Overrides of the recipe's ``data.init_args``, a part's options one by one (e.g.
+            ``{"synthetic": {"num_prompts": 600}}``).
 
     Returns:
         A summary: rows, prompts and requests per model.
@@ -65,9 +67,12 @@ def simulate_log(
         section = yaml.safe_load(Path(recipe).read_text())["data"]
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
         raise ConfigError(f"--recipe {recipe}: cannot read its data section ({type(exc).__name__}: {exc})") from None
-    args = {**(section.get("init_args") or {}), **(data or {})}
-    check_not_input(output, {f"data.{key}": args.get(key) for key in INPUT_OPTIONS if isinstance(args.get(key), str)},
-                    option=f"--output {output!r}")
+    args = merge_options(section.get("init_args") or {}, data)
+    source = args.get("source") or {}
+    inputs = {f"data.source.{key}": source.get(key) for key in INPUT_OPTIONS if isinstance(source.get(key), str)}
+    if isinstance(args.get("train_log"), str):
+        inputs["data.train_log"] = args["train_log"]
+    check_not_input(output, inputs, option=f"--output {output!r}")
     dm = RoutingDataModule(**args)
     rows = getattr(dm.splits, split)
     if len(rows) == 0:

@@ -138,7 +138,7 @@ class BarpCLI(LightningCLI):
         for source, target in (("model_names", "model_names"), ("task_names", "task_names"),
                                ("embed_dim", "embed_dim")):
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
-        parser.link_arguments("data.init_args.encoder", "model.init_args.encoder", apply_on="parse")
+        parser.link_arguments("data.init_args.encoder.name", "model.init_args.encoder", apply_on="parse")
         if "verbose" in {a.dest for a in parser._actions}:
             # barp prints its own compact table (ResultsTable); Lightning's would list hundreds of metrics
             parser.set_defaults(verbose=False)

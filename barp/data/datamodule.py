@@ -7,6 +7,7 @@ evaluation (and the reference policies) may look at every model's outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -21,13 +22,13 @@ from barp.data.embedding_cache import (
     EmbeddingCache,
     default_cache_dir,
 )
-from barp.data.environment import BanditEnvironment, LoggedEnvironment
+from barp.data.environment import BanditEnvironment, Environment, LoggedEnvironment
+from barp.data.parts import Batches, Source, Split, Synthetic, as_record, check_at_least_one, coerce
 from barp.data.splits import Splits, make_splits
 from barp.data.table import OutcomeTable
 from barp.encoders import (
-    DEFAULT_ENCODER,
     DTYPE_FILE,
-    EncoderDtype,
+    EncoderSpec,
     SentenceEncoder,
     check_max_length,
     encoder_identity,
@@ -38,6 +39,8 @@ from barp.errors import ConfigError
 
 #: Split names in the order predict batches number them (``batch["split"]``).
 SPLIT_ORDER = ("train", "val", "test", "ood")
+#: The parts' defaults (module-level: a default argument is built once).
+DEFAULT_SYNTHETIC, DEFAULT_SPLIT, DEFAULT_ENCODER_SPEC, DEFAULT_BATCHES = Synthetic(), Split(), EncoderSpec(), Batches()
 
 
 class EvaluationShards(DistributedSampler):
@@ -82,106 +85,75 @@ def _identity_collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 class RoutingDataModule(L.LightningDataModule):
     """Serves a routing table's ID train/val/test and OOD test splits as frozen-encoder embeddings.
 
-    With no ``path`` the table is barp's built-in benchmark, a SYNTHETIC RouterBench-shaped table generated
-    from a seed (see :mod:`barp.data.synthetic`); with ``path`` it is read from a file.
+    With no ``source`` the table is barp's built-in benchmark, a SYNTHETIC RouterBench-shaped table generated
+    from a seed (see :mod:`barp.data.synthetic`); with ``source`` it is read from its files.
+
+    Each argument but ``train_log``, ``cache_dir`` and ``predict_splits`` is a part (a dataclass of
+    :mod:`barp.data.parts`, or :class:`~barp.encoders.EncoderSpec`), given as the part or as a dict of its options
+    (YAML ``data.init_args.split.ood_tasks``, CLI ``--data.init_args.batches.batch_size``). The hyperparameters
+    hold each part as a plain dict.
 
     Args:
-        path: Data file (or glob, comma-separated files, ``hf://...`` file, ``datasets`` folder or
-            ``hf-dataset://OWNER/NAME@REVISION#SPLIT``); None uses the built-in synthetic benchmark. With
-            ``test_path`` (or ``val_path``) these are the training rows.
-        test_path: A published test split to keep as it is: its rows are exactly the ID test split (those of an
-            ``ood_tasks`` family go to the OOD test instead); ``test_fraction`` is then not used. Same forms as
-            ``path``, read with the same options.
-        val_path: A published validation split, likewise; without it validation is cut from ``path``'s rows by
-            ``val_fraction``.
+        source: The outcome files and how to read them; None uses the built-in synthetic benchmark.
         train_log: Train from this log of served requests (CSV, JSON lines or parquet with prompt, model,
             propensity, score, cost; see docs/off_policy.md) instead of pulling arms on the table's training split:
             off-policy, each request revealing only the model that answered. The table still gives the
             validation and test splits (and the model list, which the log's models must belong to).
-        format: File format; ``auto`` detects it from the content.
-        num_prompts: Size of the built-in synthetic benchmark.
-        synthetic_seed: Seed of the built-in synthetic benchmark.
-        on_missing: Rows with missing score cells in a file: ``drop`` them (with one warning) or ``error``.
-        trust_pickle: Load a pickle whose SHA-256 is not a pinned official file (pickles can run code).
-        task_map: Extra mapping from a file's task/eval names (exact or prefix) to task families.
-        default_task: Family for RouterBench eval names no rule maps, and for rows without a task.
-        task_column: Column (records: key) holding each row's task family in generic tables and score records,
-            e.g. ``cluster_id`` for LLMRouter's files.
-        prices: Price table (model -> USD per 1M input/output tokens) for record files without costs.
-        ood_tasks: Task families held out of training and evaluated as the out-of-distribution test split.
-        val_fraction: Share of each in-distribution task used for validation (default 0.1; refused with
-            ``val_path``).
-        test_fraction: Share of each in-distribution task used for the ID test (default 0.2; not used, and
-            refused if set, with ``test_path``).
-        split_seed: Seed of the split.
-        encoder: Frozen sentence encoder (HF name or local directory); the default resolves to the packaged
-            all-MiniLM-L6-v2.
-        max_length: Encoder max tokens per prompt.
-        truncation_side: Which end of a long prompt to cut; ``left`` keeps the end (the question).
-        encoder_batch_size: Prompts per encoder forward pass.
-        encoder_dtype: Encoder compute dtype. ``auto`` (default) uses the fastest dtype whose embeddings agree with
-            float32's (cosine >= 0.999 on every prompt of a short probe, run once per machine and remembered in
-            ``<cache_dir>/embeddings/encoder_dtype.json``); ``float32`` is the reference. Once resolved,
-            ``hparams.encoder_dtype`` (and so every checkpoint and the embedding cache's key) holds the dtype used.
-        encoder_device: Device for embedding (``cpu``, ``cuda``); embeddings are cached either way.
+        synthetic: The built-in synthetic benchmark's size and seed (used without ``source``).
+        split: Held-out (OOD) task families, validation and test fractions, and the split's seed.
+        encoder: How prompts are embedded (frozen encoder, max length, truncation side, dtype, batch size, device).
+            With dtype ``auto`` the resolved dtype replaces it in :attr:`encoder_spec` and the hyperparameters.
+        batches: Training and evaluation batch sizes, training repeats per epoch, DataLoader workers.
         cache_dir: Embedding cache folder; default ``$BARP_CACHE`` or ``~/.cache/barp``.
-        batch_size: Training batch size (per device).
-        eval_batch_size: Batch size for validation, test and predict.
-        train_repeats: Passes over the training prompts per epoch (each with fresh preferences and actions).
-        num_workers: DataLoader workers (the data are in memory; 0 is usually fastest).
         predict_splits: Which splits ``predict`` routes.
     """
 
     def __init__(
         self,
-        path: str | None = None,
-        test_path: str | None = None,
-        val_path: str | None = None,
+        source: Source | None = None,
         train_log: str | None = None,
-        format: str = "auto",
-        num_prompts: int = 3000,
-        synthetic_seed: int = 0,
-        on_missing: Literal["drop", "error"] = "drop",
-        trust_pickle: bool = False,
-        task_map: dict[str, str] | None = None,
-        default_task: str = "other",
-        task_column: str = "task",
-        prices: str | dict | None = None,
-        ood_tasks: list[str] | None = None,
-        val_fraction: float | None = None,
-        test_fraction: float | None = None,
-        split_seed: int = 42,
-        encoder: str = DEFAULT_ENCODER,
-        max_length: int = 256,
-        truncation_side: Literal["left", "right"] = "left",
-        encoder_batch_size: int = 64,
-        encoder_dtype: EncoderDtype = "auto",
-        encoder_device: str = "cpu",
+        synthetic: Synthetic = DEFAULT_SYNTHETIC,
+        split: Split = DEFAULT_SPLIT,
+        encoder: EncoderSpec = DEFAULT_ENCODER_SPEC,
+        batches: Batches = DEFAULT_BATCHES,
         cache_dir: str | None = None,
-        batch_size: int = 256,
-        eval_batch_size: int = 1024,
-        train_repeats: int = 1,
-        num_workers: int = 0,
         predict_splits: list[Literal["train", "val", "test", "ood"]] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
-                            ("train_repeats", train_repeats), ("max_length", max_length)):
-            if value < 1:
-                raise ConfigError(f"data.{name} must be >= 1, got {value!r}")
+        self.source = None if source is None else coerce(Source, source, "data.source")
+        self.synthetic = coerce(Synthetic, synthetic, "data.synthetic")
+        self.split = coerce(Split, split, "data.split")
+        self._encoder_spec = coerce(EncoderSpec, encoder, "data.encoder")
+        self.batches = coerce(Batches, batches, "data.batches")
+        self.train_log_path = train_log
+        self.cache_dir = cache_dir
+        # Plain dicts only: checkpoints load with torch.load(weights_only=True). Not sent to the loggers while the
+        # model's own hyperparameters hold an ``encoder`` name (Lightning refuses a key both hold with other values).
+        self.save_hyperparameters({
+            "source": as_record(self.source), "train_log": train_log, "synthetic": as_record(self.synthetic),
+            "split": as_record(self.split), "encoder": as_record(self._encoder_spec),
+            "batches": as_record(self.batches), "cache_dir": cache_dir,
+            "predict_splits": None if predict_splits is None else list(predict_splits),
+        }, logger=False)
+        check_at_least_one(self.batches, "data.batches", ("batch_size", "eval_batch_size", "train_repeats"))
+        check_at_least_one(self._encoder_spec, "data.encoder", ("max_length",))
+        check_at_least_one(self.synthetic, "data.synthetic", ("num_prompts",))
+        ood_tasks = self.split.ood_tasks
         if ood_tasks is None:
             from barp.data.synthetic import DEFAULT_OOD_TASKS
 
-            ood_tasks = list(DEFAULT_OOD_TASKS) if path is None else []
-        if (test_path or val_path) and path is None:
-            raise ConfigError("data.test_path / data.val_path need data.path (the training rows) as well")
-        for fixed, fraction, name in ((test_path, test_fraction, "test"), (val_path, val_fraction, "val")):
+            ood_tasks = list(DEFAULT_OOD_TASKS) if self.source is None else []
+        test_path = self.source.test_path if self.source else None
+        val_path = self.source.val_path if self.source else None
+        for fixed, fraction, name in ((test_path, self.split.test_fraction, "test"),
+                                      (val_path, self.split.val_fraction, "val")):
             if fixed and fraction is not None:
                 raise ConfigError(
-                    f"data.{name}_fraction ({fraction}) cannot be used with data.{name}_path ({fixed}): the {name} "
-                    f"split is that file's rows; remove data.{name}_fraction (or pass --data.{name}_fraction null)"
+                    f"data.split.{name}_fraction ({fraction}) cannot be used with data.source.{name}_path ({fixed}): "
+                    f"the {name} split is that file's rows; remove data.split.{name}_fraction (or pass "
+                    f"--data.split.{name}_fraction null)"
                 )
+        val_fraction, test_fraction = self.split.val_fraction, self.split.test_fraction
         self.val_fraction = 0.0 if val_path else (0.1 if val_fraction is None else val_fraction)
         self.test_fraction = 0.0 if test_path else (0.2 if test_fraction is None else test_fraction)
         self.ood_tasks = list(ood_tasks)
@@ -195,35 +167,39 @@ class RoutingDataModule(L.LightningDataModule):
         self._splits: Splits | None = None
         self._embeddings: np.ndarray | None = None
 
+    @property
+    def encoder_spec(self) -> EncoderSpec:
+        """How the prompts are embedded; its dtype is the resolved one once the prompts are embedded."""
+        return self._encoder_spec
+
     # ------------------------------------------------------------------ table and splits
     @property
     def table(self) -> OutcomeTable:
         """The full outcome table (built on first use)."""
         if self._table is None:
-            hp = self.hparams
-            if hp.path is None:
+            if self.source is None:
                 from barp.data.synthetic import generate_synthetic
 
-                self._table = generate_synthetic(num_prompts=hp.num_prompts, seed=hp.synthetic_seed)
+                self._table = generate_synthetic(num_prompts=self.synthetic.num_prompts, seed=self.synthetic.seed)
             else:
                 self._table, self._roles = self._load_files()
         return self._table
 
     def _load_files(self) -> tuple[OutcomeTable, list[str] | None]:
-        """The table of ``path`` (and of ``val_path`` / ``test_path``, with each row's split role)."""
+        """The table of the source's ``path`` (and of ``val_path`` / ``test_path``, with each row's split role)."""
         from barp.data.sources import load_table
         from barp.data.sources.assemble import concat
 
-        hp = self.hparams
-        options = dict(format=hp.format, on_missing=hp.on_missing, trust_pickle=hp.trust_pickle,
-                       task_map=hp.task_map, default_task=hp.default_task, prices=hp.prices,
-                       cache_dir=hp.cache_dir, task_column=hp.task_column)
-        parts = [(role, p) for role, p in (("pool", hp.path), ("val", hp.val_path), ("test", hp.test_path)) if p]
+        source = self.source
+        assert source is not None, "the built-in benchmark has no files"
+        options = dict(format=source.format, trust_pickle=source.trust_pickle, cache_dir=self.cache_dir,
+                       **dataclasses.asdict(source.load_options()))
+        parts = source.files()
         tables = [load_table(p, **options) for _, p in parts]
         if len(tables) == 1:
             return tables[0], None
-        source = ", ".join(f"{role if role != 'pool' else 'train'}={p}" for role, p in parts)
-        table = concat(tables, source=source, pools=[role for role, _ in parts])
+        named = ", ".join(f"{role if role != 'pool' else 'train'}={p}" for role, p in parts)
+        table = concat(tables, source=named, pools=[role for role, _ in parts])
         roles = [role for (role, _), t in zip(parts, tables) for _ in range(len(t))]
         assert len(roles) == len(table), "rows of different roles are never dropped as copies"
         training = set(tables[0].prompts)
@@ -231,8 +207,8 @@ class RoutingDataModule(L.LightningDataModule):
             shared = [text for text in t.prompts if text in training]
             if shared:
                 warnings.warn(
-                    f"{p}: {len(set(shared))} of its {len(set(t.prompts))} prompts also occur in data.path "
-                    f"({hp.path}); they are kept as published (the {role} split is the file's rows), so they "
+                    f"{p}: {len(set(shared))} of its {len(set(t.prompts))} prompts also occur in data.source.path "
+                    f"({source.path}); they are kept as published (the {role} split is the file's rows), so they "
                     "are both trained and evaluated on",
                     UserWarning,
                     stacklevel=3,
@@ -243,9 +219,8 @@ class RoutingDataModule(L.LightningDataModule):
     def splits(self) -> Splits:
         """Row indices of each split."""
         if self._splits is None:
-            hp = self.hparams
-            self._splits = make_splits(self.table, self.ood_tasks, self.val_fraction, self.test_fraction, hp.split_seed,
-                                       roles=self._roles)
+            self._splits = make_splits(self.table, self.ood_tasks, self.val_fraction, self.test_fraction,
+                                       self.split.seed, roles=self._roles)
         return self._splits
 
     @property
@@ -263,7 +238,7 @@ class RoutingDataModule(L.LightningDataModule):
         """Embedding size of the configured encoder (read from its config; no weights are loaded)."""
         from transformers import AutoConfig
 
-        return int(AutoConfig.from_pretrained(resolve_encoder_path(self.hparams.encoder)).hidden_size)
+        return int(AutoConfig.from_pretrained(resolve_encoder_path(self.encoder_spec.name)).hidden_size)
 
     @property
     def eval_splits(self) -> dict[str, list[str]]:
@@ -274,10 +249,10 @@ class RoutingDataModule(L.LightningDataModule):
     @property
     def train_log(self):
         """The training log (``train_log``) as a validated ``LoggedFeedback``, or None."""
-        if self._log is None and self.hparams.train_log:
+        if self._log is None and self.train_log_path:
             from barp.data.sources.logs import read_log
 
-            self._log = read_log(self.hparams.train_log, models=self.table.models)
+            self._log = read_log(self.train_log_path, models=self.table.models)
             index: dict[str, int] = {}  # distinct prompt text -> its row among the log's prompts
             for text in self._log.prompts:
                 index.setdefault(text, len(index))
@@ -287,12 +262,12 @@ class RoutingDataModule(L.LightningDataModule):
                          for i in part}
             shared = sum(1 for t in self._log_prompts if t in evaluated)
             if shared:
-                warnings.warn(f"{self.hparams.train_log}: {shared} of its {len(self._log_prompts)} prompts are also "
+                warnings.warn(f"{self.train_log_path}: {shared} of its {len(self._log_prompts)} prompts are also "
                               "in the validation or test splits, so they are trained and evaluated on",
                               UserWarning, stacklevel=2)
         return self._log
 
-    def train_environment(self):
+    def train_environment(self) -> Environment:
         """The bandit environment over the training split (row numbers match training batches' ``row``); with
         ``train_log``, the :class:`~barp.data.environment.LoggedEnvironment` of the log (row = log row)."""
         log = self.train_log
@@ -310,7 +285,7 @@ class RoutingDataModule(L.LightningDataModule):
     def use_table(self, table: OutcomeTable) -> RoutingDataModule:
         """Serve ``table`` (an in-memory outcome table) instead of the configured source; before setup only.
 
-        For Python use and tests: ``RoutingDataModule(ood_tasks=[...]).use_table(table)``.
+        For Python use and tests: ``RoutingDataModule(split=Split(ood_tasks=[...])).use_table(table)``.
         """
         if self._splits is not None or self._embeddings is not None:
             raise RuntimeError("use_table must come before setup(): the splits and embeddings follow the table")
@@ -326,32 +301,31 @@ class RoutingDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ embeddings
     def _cache_root(self) -> Path:
-        hp = self.hparams
-        return (Path(hp.cache_dir).expanduser() if hp.cache_dir else default_cache_dir()) / "embeddings"
+        return (Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()) / "embeddings"
 
     def _resolve_dtype(self, group: DistributedGroup | None = None) -> str:
         """Resolve ``encoder_dtype`` (``auto``: probe once per machine) and keep the result in the hyperparameters,
         so the cache key, checkpoints and a served router all see the dtype the prompts were embedded in. Under DDP
         every process takes rank 0's choice."""
-        hp = self.hparams
-        check_max_length(hp.encoder, hp.max_length, "data.max_length")
-        dtype = resolve_dtype(hp.encoder_dtype, hp.encoder, hp.max_length, hp.truncation_side, hp.encoder_batch_size,
-                              hp.encoder_device, self._cache_root() / DTYPE_FILE)
+        spec = self._encoder_spec
+        check_max_length(spec.name, spec.max_length, "data.encoder.max_length")
+        dtype = resolve_dtype(spec.dtype, spec.name, spec.max_length, spec.truncation_side, spec.batch_size,
+                              spec.device, self._cache_root() / DTYPE_FILE)
         if group is not None:
             dtype = group.broadcast(dtype)
-        hp.encoder_dtype = dtype
+        self._encoder_spec = dataclasses.replace(spec, dtype=dtype)
+        self.hparams["encoder"] = as_record(self._encoder_spec)
         return dtype
 
     def _cache(self) -> EmbeddingCache:
-        hp = self.hparams
         dtype = self._resolve_dtype()
-        return EmbeddingCache(self._cache_root(), encoder_identity(hp.encoder), hp.max_length, hp.truncation_side,
+        spec = self._encoder_spec
+        return EmbeddingCache(self._cache_root(), encoder_identity(spec.name), spec.max_length, spec.truncation_side,
                               dtype)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        hp = self.hparams
-        encoder = SentenceEncoder(hp.encoder, hp.max_length, hp.truncation_side, hp.encoder_batch_size,
-                                  self._resolve_dtype(), hp.encoder_device)
+        self._resolve_dtype()
+        encoder = SentenceEncoder(**dataclasses.asdict(self._encoder_spec))
         return encoder.encode(texts, progress=True)
 
     def _distributed(self) -> DistributedGroup | None:
@@ -412,39 +386,39 @@ class RoutingDataModule(L.LightningDataModule):
                                   "(trainer.devices x num_nodes): evaluate on fewer devices or a larger split")
             sampler = EvaluationShards(rows, world, torch.distributed.get_rank())
         return DataLoader(rows, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                          collate_fn=_identity_collate, num_workers=self.hparams.num_workers)
+                          collate_fn=_identity_collate, num_workers=self.batches.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         """Training batches: ``emb`` and ``row`` (position in the training split, or the log row with
         ``train_log``) only; no outcomes."""
-        repeats = self.hparams.train_repeats
+        repeats = self.batches.train_repeats
         if self.train_log is not None:
             log_rows = torch.arange(len(self.train_log)).repeat(repeats)
             emb = torch.as_tensor(self._log_embeddings)[torch.as_tensor(self._log_prompt_index)[log_rows]]
-            return self._loader(self._on_train_device({"emb": emb, "row": log_rows}), self.hparams.batch_size,
+            return self._loader(self._on_train_device({"emb": emb, "row": log_rows}), self.batches.batch_size,
                                 shuffle=True)
-        rows = np.tile(self.splits.train, self.hparams.train_repeats)
+        rows = np.tile(self.splits.train, self.batches.train_repeats)
         tensors = self._tensors(rows, outcomes=False)
-        tensors["row"] = torch.arange(len(self.splits.train)).repeat(self.hparams.train_repeats)  # env positions
-        return self._loader(self._on_train_device(tensors), self.hparams.batch_size, shuffle=True)
+        tensors["row"] = torch.arange(len(self.splits.train)).repeat(self.batches.train_repeats)  # env positions
+        return self._loader(self._on_train_device(tensors), self.batches.batch_size, shuffle=True)
 
     def _on_train_device(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The training tensors on the trainer's accelerator, once, when batches are gathered in this process
         (``num_workers = 0``): each batch is then one indexing on the device, with no host-to-device copy."""
         trainer = getattr(self, "trainer", None)
         device = trainer.strategy.root_device if trainer is not None else None
-        if device is None or device.type == "cpu" or self.hparams.num_workers > 0:
+        if device is None or device.type == "cpu" or self.batches.num_workers > 0:
             return tensors
         return {k: v.to(device) for k, v in tensors.items()}
 
     def val_dataloader(self) -> DataLoader:
         """ID validation batches with full outcomes (for evaluation only)."""
-        return self._loader(self._tensors(self.splits.val, outcomes=True), self.hparams.eval_batch_size, False,
+        return self._loader(self._tensors(self.splits.val, outcomes=True), self.batches.eval_batch_size, False,
                             split="validation")
 
     def test_dataloader(self) -> list[DataLoader]:
         """ID test and (if any task is held out) OOD test batches, in that order."""
-        size = self.hparams.eval_batch_size
+        size = self.batches.eval_batch_size
         loaders = [self._loader(self._tensors(self.splits.test, True), size, False, split="ID test")]
         if len(self.splits.ood):
             loaders.append(self._loader(self._tensors(self.splits.ood, True), size, False, split="OOD test"))
@@ -457,4 +431,4 @@ class RoutingDataModule(L.LightningDataModule):
         split_ids = np.concatenate([np.full(len(r), i) for i, r in parts])
         tensors = self._tensors(rows, outcomes=False)
         tensors["split"] = torch.as_tensor(split_ids, dtype=torch.long)
-        return self._loader(tensors, self.hparams.eval_batch_size, False, split="predict")
+        return self._loader(tensors, self.batches.eval_batch_size, False, split="predict")

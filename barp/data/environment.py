@@ -4,11 +4,13 @@ Training code never receives the table. It gets a :class:`BanditEnvironment`, wh
 outcomes is :meth:`BanditEnvironment.pull` (one model per prompt), and training batches that carry
 embeddings and row numbers but no outcomes. The outcome arrays live in a closure, not in attributes.
 :class:`LoggedEnvironment` serves off-policy training from a log of served requests instead: it holds only what
-the log holds (one model's outcome per request, with its propensity) and answers no pulls.
+the log holds (one model's outcome per request, with its propensity) and answers no pulls. Both are an
+:class:`Environment`, the one type training code receives.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,7 +47,27 @@ def _make_puller(scores: np.ndarray, costs: np.ndarray) -> Callable[[torch.Tenso
     return pull
 
 
-class BanditEnvironment:
+class Environment(ABC):
+    """What training learns from: ``num_rows`` training rows (batches' ``row``) over ``num_arms`` models, answering
+    pulls (or refusing them) and disclosing costs as list prices would (for tau and the reference models)."""
+
+    num_rows: int
+    num_arms: int
+
+    @abstractmethod
+    def pull(self, rows: torch.Tensor, arms: torch.Tensor) -> Feedback:
+        """Reveal the score and cost of model ``arms[i]`` on row ``rows[i]``, for each i (or refuse)."""
+
+    @abstractmethod
+    def mean_cost_per_model(self) -> np.ndarray:
+        """Mean cost of each model, shape (K,)."""
+
+    @abstractmethod
+    def cost_percentile(self, percentile: float) -> float:
+        """A percentile of the per-query costs (used for tau)."""
+
+
+class BanditEnvironment(Environment):
     """Simulates online routing on a logged table: pulling arm ``a`` on prompt ``i`` reveals (q_ia, c_ia) only.
 
     Args:
@@ -91,7 +113,7 @@ class LoggedBatch:
     cost: torch.Tensor
 
 
-class LoggedEnvironment:
+class LoggedEnvironment(Environment):
     """Off-policy training data: a log of served requests, each revealing only the model that answered.
 
     It answers no pulls (:meth:`pull` raises): a learner trained on it never sees another model's outcome than

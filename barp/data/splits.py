@@ -55,10 +55,10 @@ def make_splits(
     """
     for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= frac < 1.0:
-            raise ConfigError(f"data.{name} must be in [0, 1), got {frac!r}")
+            raise ConfigError(f"data.split.{name} must be in [0, 1), got {frac!r}")
     if val_fraction + test_fraction >= 1.0:
         raise ConfigError(
-            f"data.val_fraction + data.test_fraction must be < 1 (something must remain to train on), "
+            f"data.split.val_fraction + data.split.test_fraction must be < 1 (something must remain to train on), "
             f"got {val_fraction} + {test_fraction}"
         )
     tasks = np.asarray(table.tasks)
@@ -69,10 +69,10 @@ def make_splits(
     unknown = [t for t in ood_tasks if t not in known]
     if unknown:
         raise ConfigError(
-            f"data.ood_tasks: {unknown} not found in {table.source}; available tasks: {sorted(known)}"
+            f"data.split.ood_tasks: {unknown} not found in {table.source}; available tasks: {sorted(known)}"
         )
     if set(ood_tasks) == known:
-        raise ConfigError(f"data.ood_tasks holds out every task ({sorted(known)}): nothing is left to train on")
+        raise ConfigError(f"data.split.ood_tasks holds out every task ({sorted(known)}): nothing is left to train on")
     rng = np.random.default_rng(seed)
     is_ood = np.isin(tasks, list(ood_tasks))
     parts: dict[str, list[np.ndarray]] = {

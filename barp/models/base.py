@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from barp.data.environment import BanditEnvironment
-from barp.encoders import DEFAULT_ENCODER, SentenceEncoder, count_parameters
+from barp.encoders import DEFAULT_ENCODER, EncoderSpec, SentenceEncoder, count_parameters
 from barp.errors import ConfigError
 from barp.learning.rl import (
     check_w_c,
@@ -35,6 +35,7 @@ from barp.metrics.evaluation import (
 )
 from barp.metrics.routing import ModelCostMetric, RoutingMetrics
 from barp.models.checkpoints import (
+    ENCODER_KEY,
     RECORD_KEY,
     RNG_KEY,
     capture_rng,
@@ -44,15 +45,12 @@ from barp.models.checkpoints import (
     data_record,
     model_order,
     restore_rng,
+    saved_encoder,
 )
 from barp.models.shift import ShiftGuard, check_knobs
 
 #: Checkpoint key of the shift guard (:mod:`barp.models.shift`), when the module has one.
 GUARD_KEY = "barp_shift_guard"
-#: Checkpoint key of the frozen encoder's settings (name, max length, truncation side, dtype).
-ENCODER_KEY = "barp_encoder"
-#: The data options that decide how a prompt is embedded, and their defaults for checkpoints that lack one.
-ENCODER_OPTIONS = {"encoder": DEFAULT_ENCODER, "max_length": 256, "truncation_side": "left", "encoder_dtype": "float32"}
 
 
 @dataclass(frozen=True)
@@ -66,11 +64,6 @@ class Decision:
     model: str
     probability: float
     propensity: float = 1.0
-
-
-def encoder_settings(data_hparams: dict) -> dict:
-    """The frozen encoder's settings in a datamodule's hyperparameters (defaults for the options it lacks)."""
-    return {key: data_hparams.get(key, default) for key, default in ENCODER_OPTIONS.items()}
 
 
 def check_prompts(prompts: Sequence[str]) -> list[str]:
@@ -183,7 +176,7 @@ class RouterModule(L.LightningModule):
         self._data_record: dict | None = None  # what checkpoints record about the training data
         self._rng_state: dict | None = None  # a resumed fit's random generators, restored at train start
         self._trained = False  # set by a training step or a trained checkpoint; evaluation refuses otherwise
-        self.encoder_settings = {**ENCODER_OPTIONS, "encoder": encoder}
+        self.encoder_settings = EncoderSpec(name=encoder, dtype="float32").identity()  # the data's, once set up
         self.__dict__["_frozen_encoder"] = None  # not an nn.Module attribute: never in state_dict or the optimiser
 
     def _build_metrics(self) -> nn.ModuleDict:
@@ -231,8 +224,8 @@ class RouterModule(L.LightningModule):
         order = model_order(self.model_names, list(dm.model_names), "the data")
         self._column_order = None if order is None else torch.as_tensor(order)
         env = dm.train_environment()
-        if hasattr(dm, "hparams"):
-            self.encoder_settings = encoder_settings(dict(dm.hparams))
+        if hasattr(dm, "encoder_spec"):
+            self.encoder_settings = dm.encoder_spec.identity()
         if stage == "fit":
             self.env = env
             if hasattr(dm, "splits") and hasattr(dm, "hparams"):
@@ -275,8 +268,7 @@ class RouterModule(L.LightningModule):
         """
         self._trained = int(checkpoint.get("global_step", 0)) > 0
         self._data_record = checkpoint.get(RECORD_KEY) or self._data_record
-        saved = checkpoint.get(ENCODER_KEY) or encoder_settings(checkpoint.get("datamodule_hyper_parameters") or {})
-        self.encoder_settings = {**ENCODER_OPTIONS, **saved}
+        self.encoder_settings = saved_encoder(checkpoint).identity()
         guard = checkpoint.get(GUARD_KEY)
         if guard is not None and self.fallback_quantile == guard["quantile"] \
                 and self.fallback_neighbours == guard["neighbours"]:
@@ -373,9 +365,7 @@ class RouterModule(L.LightningModule):
         built = self.__dict__.get("_frozen_encoder")  # (settings, device, encoder)
         settings, device = dict(self.encoder_settings), str(self.device)
         if built is None or built[:2] != (settings, device):
-            encoder = SentenceEncoder(settings["encoder"], max_length=settings["max_length"],
-                                      truncation_side=settings["truncation_side"], dtype=settings["encoder_dtype"],
-                                      device=device)
+            encoder = SentenceEncoder(**settings, device=device)
             built = (settings, device, encoder)
             self.__dict__["_frozen_encoder"] = built
         return built[2]

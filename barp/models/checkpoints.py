@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from barp.encoders import encoder_identity
+from barp.data.compat import upgrade_data_hparams
+from barp.encoders import EncoderSpec, encoder_identity
 from barp.errors import BarpError, ConfigError
 
 RECORD_KEY = "barp"
 RNG_KEY = "barp_rng"
-#: Data-module options that decide how prompts are embedded (the frozen encoder's input).
-ENCODER_OPTIONS = ("encoder", "max_length", "truncation_side", "encoder_dtype")
+#: Checkpoint key of the frozen encoder's record (:meth:`~barp.encoders.EncoderSpec.identity`).
+ENCODER_KEY = "barp_encoder"
 
 
 def load_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict[str, Any]:
@@ -95,12 +96,22 @@ def split_fingerprints(datamodule, rows: np.ndarray) -> torch.Tensor:
     return row_fingerprints([table.prompt_ids[i] for i in rows], [table.prompts[i] for i in rows])
 
 
-def encoder_settings(data_hparams: dict[str, Any]) -> dict[str, Any]:
-    """The embedding settings among a data module's hyperparameters, plus the encoder's identity (name + weights)."""
-    settings = {k: data_hparams[k] for k in ENCODER_OPTIONS if k in data_hparams}
-    if "encoder" in settings:
-        settings["identity"] = encoder_identity(str(settings["encoder"]))
-    return settings
+def encoder_record(spec: EncoderSpec) -> dict[str, Any]:
+    """What a checkpoint records of how its prompts were embedded: the spec's identity plus the encoder's weights'
+    identity (``identity``: resolved location and fingerprint)."""
+    return {**spec.identity(), "identity": encoder_identity(spec.name)}
+
+
+def data_encoder(data_hparams: dict[str, Any]) -> EncoderSpec:
+    """The encoder spec in a data module's hyperparameters (grouped, or an old checkpoint's flat ones)."""
+    return EncoderSpec.from_record(upgrade_data_hparams(data_hparams).get("encoder") or {})
+
+
+def saved_encoder(ckpt: dict[str, Any]) -> EncoderSpec:
+    """The encoder a checkpoint's module embeds raw prompts with: its record (:data:`ENCODER_KEY`), else its data's
+    hyperparameters (float32 where neither names a dtype)."""
+    record = ckpt.get(ENCODER_KEY)
+    return EncoderSpec.from_record(record) if record else data_encoder(ckpt.get("datamodule_hyper_parameters") or {})
 
 
 def data_record(datamodule, model_names: list[str], task_names: list[str]) -> dict[str, Any]:
@@ -112,7 +123,7 @@ def data_record(datamodule, model_names: list[str], task_names: list[str]) -> di
         "version": 1,
         "model_names": list(model_names),
         "task_names": list(task_names),
-        "encoder": encoder_settings(dict(datamodule.hparams)),
+        "encoder": encoder_record(datamodule.encoder_spec),
         "train_rows": split_fingerprints(datamodule, splits.train),
         "eval_rows": split_fingerprints(datamodule, evaluated.astype(np.int64)),
     }
@@ -165,26 +176,43 @@ def model_order(ckpt_models: list[str], data_models: list[str], where: str) -> l
 def check_encoder(ckpt: dict[str, Any], data_hparams: dict[str, Any], where: str) -> None:
     """Refuse data embedded differently from the checkpoint's training data (encoder, max length, truncation side,
     dtype)."""
-    record = ckpt.get(RECORD_KEY) or {}
-    saved = record.get("encoder") or encoder_settings(ckpt.get("datamodule_hyper_parameters") or {})
-    now = encoder_settings(data_hparams)
+    record = (ckpt.get(RECORD_KEY) or {}).get("encoder")
+    saved_spec = EncoderSpec.from_record(record) if record else data_encoder(ckpt.get("datamodule_hyper_parameters")
+                                                                             or {})
+    saved = (record or {}).get("identity") or encoder_identity(saved_spec.name)
+    now_spec = data_encoder(data_hparams)
+    now = encoder_identity(now_spec.name)
     diffs = []
-    for key in ENCODER_OPTIONS:
-        if key in saved and key in now and saved[key] != now[key]:
-            if key == "encoder" and saved.get("identity") == now.get("identity"):
+    for key, value in saved_spec.identity().items():
+        current = now_spec.identity()[key]
+        if value != current:
+            if key == "name" and saved == now:
                 continue  # another name for the same weights
-            diffs.append(f"data.{key}: checkpoint {saved[key]!r}, now {now[key]!r}")
-    if not diffs and saved.get("identity") and now.get("identity") and saved["identity"] != now["identity"]:
-        diffs.append(f"data.encoder weights: checkpoint {saved['identity']!r}, now {now['identity']!r}")
+            diffs.append(f"data.encoder.{key}: checkpoint {value!r}, now {current!r}")
+    if not diffs and saved != now:
+        diffs.append(f"data.encoder weights: checkpoint {saved!r}, now {now!r}")
     if diffs:
         raise ConfigError(f"{where}: the data would be embedded differently from the checkpoint's training data ("
                           + "; ".join(diffs) + "). Use the checkpoint's settings.")
 
 
+def _options(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Data hyperparameters (either form) as ``{dotted option: value}``, e.g. ``{"split.seed": 42, ...}``."""
+    flat: dict[str, Any] = {}
+    for key, value in upgrade_data_hparams(hparams).items():
+        if key.startswith("_"):
+            continue
+        if isinstance(value, dict) and key in ("source", "synthetic", "split", "encoder", "batches"):
+            flat.update({f"{key}.{field}": v for field, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def _setting_diffs(ckpt: dict[str, Any], data_hparams: dict[str, Any]) -> str:
-    saved = ckpt.get("datamodule_hyper_parameters") or {}
-    diffs = [f"data.{k}: checkpoint {saved[k]!r}, now {data_hparams[k]!r}" for k in sorted(saved)
-             if not k.startswith("_") and k in data_hparams and saved[k] != data_hparams[k]]
+    saved, now = _options(ckpt.get("datamodule_hyper_parameters") or {}), _options(data_hparams)
+    diffs = [f"data.{k}: checkpoint {saved[k]!r}, now {now[k]!r}" for k in sorted(saved)
+             if k in now and saved[k] != now[k]]
     return "; ".join(diffs) if diffs else "no data option differs; the data file itself does"
 
 
@@ -235,15 +263,17 @@ def check_same_training(ckpt: dict[str, Any], datamodule, where: str) -> None:
 
 
 def embed_like_checkpoint(data_config, checkpoint: dict) -> None:
-    """``data.encoder_dtype: auto`` with a checkpoint means the checkpoint's dtype (its policy was trained on those
+    """``data.encoder.dtype: auto`` with a checkpoint means the checkpoint's dtype (its policy was trained on those
     embeddings); an explicit dtype is left as given, and the checkpoint checks refuse it if it differs."""
     init = data_config.get("init_args") if data_config is not None else None
-    saved = (checkpoint.get("datamodule_hyper_parameters") or {}).get("encoder_dtype")
-    if init is not None and init.get("encoder_dtype") == "auto" and saved not in (None, "auto"):
-        init["encoder_dtype"] = saved
+    encoder = init.get("encoder") if init is not None else None
+    data = checkpoint.get("datamodule_hyper_parameters")
+    saved = data_encoder(data).dtype if data else None
+    if encoder is not None and encoder.get("dtype") == "auto" and saved not in (None, "auto"):
+        encoder["dtype"] = saved
 
 
-#: Data settings that grant trust: a checkpoint never sets them (a crafted one could otherwise run code while its
+#: Source settings that grant trust: a checkpoint never sets them (a crafted one could otherwise run code while its
 #: data is rebuilt); only the user's own command line does.
 TRUST_OPTIONS = ("trust_pickle",)
 
@@ -262,10 +292,13 @@ def datamodule_from_checkpoint(ckpt: dict[str, Any], stage: str, trust_pickle: b
 
     from barp.data.datamodule import RoutingDataModule
 
-    saved = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    saved = upgrade_data_hparams(ckpt.get("datamodule_hyper_parameters") or {})
     accepted = inspect.signature(RoutingDataModule).parameters
-    settings = {k: v for k, v in saved.items() if k in accepted and k not in TRUST_OPTIONS}
-    dm = RoutingDataModule(**settings, trust_pickle=bool(trust_pickle))
+    settings = {k: v for k, v in saved.items() if k in accepted}
+    if settings.get("source") is not None:
+        source = {k: v for k, v in settings["source"].items() if k not in TRUST_OPTIONS}
+        settings["source"] = {**source, "trust_pickle": bool(trust_pickle)}
+    dm = RoutingDataModule(**settings)
     try:
         dm.prepare_data()
         dm.setup(stage)

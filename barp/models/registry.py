@@ -135,7 +135,7 @@ def train_method(method: str, datamodule, tau: float, seed: int, max_epochs: int
         L.seed_everything(seed, workers=True, verbose=False)
         module = METHOD_CLASSES[method](
             model_names=datamodule.model_names, task_names=datamodule.task_names,
-            embed_dim=int(datamodule.embeddings().shape[1]), encoder=datamodule.hparams.encoder, tau=tau,
+            embed_dim=int(datamodule.embeddings().shape[1]), encoder=datamodule.encoder_spec.name, tau=tau,
             **(init_args or {}),
         )
         trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False,

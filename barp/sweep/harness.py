@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -361,15 +361,15 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
     # Same budget for everyone: a checkpoint that pulled each prompt k times per step (samples_per_prompt) saw k
     # times the data's train_repeats; the comparison methods get those repeats, in as many steps.
     pulls = int(getattr(checkpoint.module.hparams, "samples_per_prompt", 1)) if checkpoint is not None else 1
-    hp = datamodule.hparams
-    saved = hp.train_repeats, hp.batch_size
-    hp.train_repeats, hp.batch_size = saved[0] * pulls, saved[1] * pulls
+    saved = datamodule.batches
+    datamodule.batches = replace(saved, train_repeats=saved.train_repeats * pulls,
+                                 batch_size=saved.batch_size * pulls)
     try:
         routers = build_routers(methods, checkpoint, datamodule, tau, seed, max_epochs, method_configs, progress,
                                 grid)
-        budget = {"train_repeats": hp.train_repeats, "batch_size": hp.batch_size}
+        budget = {"train_repeats": datamodule.batches.train_repeats, "batch_size": datamodule.batches.batch_size}
     finally:
-        hp.train_repeats, hp.batch_size = saved
+        datamodule.batches = saved
     splits = [split_data(datamodule, "id")] + ([split_data(datamodule, "ood")] if len(datamodule.splits.ood) else [])
     per_prompt: dict[tuple[str, str], PerPrompt] = {}
     rows = evaluate(routers, splits, grid, tau, progress, per_prompt)

@@ -104,7 +104,8 @@ def load_table(
         DataValidationError: Any problem with the path, options or content, naming the file, column and row.
     """
     if format not in FORMATS:
-        raise DataValidationError(f"{path}: unknown format {format!r} (--data.format); choose one of {list(FORMATS)}")
+        raise DataValidationError(f"{path}: unknown format {format!r} (--data.source.format); choose one of "
+                                  f"{list(FORMATS)}")
     if on_missing not in get_args(OnMissing):
         raise DataValidationError(f"{path}: on_missing must be 'drop' or 'error', got {on_missing!r}")
     if not str(default_task).strip():
@@ -127,6 +128,6 @@ def _check_prices(raw: RawFile, format: Format, prices: str | dict | None) -> Ra
     if layout != "records":
         raise DataValidationError(
             f"{raw.source}: this {layout} table already has a cost per (prompt, model), so the price table "
-            f"{prices_name(prices)} would not be used; drop prices (--data.prices), which is only for score records "
-            "without costs")
+            f"{prices_name(prices)} would not be used; drop prices (--data.source.prices), which is only for score "
+            "records without costs")
     return raw

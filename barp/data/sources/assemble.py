@@ -176,7 +176,8 @@ def _missing_rows(cells: Cells, scores: np.ndarray, on_missing: OnMissing) -> np
     if on_missing == "error":
         raise DataValidationError(
             f"{cells.where(cells.score_column[model], i, model)}: the score is missing "
-            f"({count} rows have missing score cells); pass on_missing='drop' (--data.on_missing drop) to drop them"
+            f"({count} rows have missing score cells); pass on_missing='drop' (--data.source.on_missing drop) to "
+            "drop them"
         )
     warnings.warn(
         f"{cells.source}: dropped {count} of {len(cells.ids)} rows with missing score cells ({n_cells} cells, "

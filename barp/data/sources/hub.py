@@ -73,7 +73,7 @@ def resolve_hub_path(url: str, cache_dir: str | None = None) -> Path:
         return target
     manual = (
         f"Download {filename} (revision {revision}) from https://huggingface.co/datasets/{repo} on a machine "
-        f"with network access and put it at {target} (or pass its local path as --data.path)."
+        f"with network access and put it at {target} (or pass its local path as --data.source.path)."
     )
     if hub_offline():
         raise DataValidationError(

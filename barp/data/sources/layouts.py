@@ -61,7 +61,7 @@ def detect(raw: RawFile) -> str:
     shown = ", ".join(map(repr, found[:12])) + (", ..." if len(found) > 12 else "")
     raise DataValidationError(
         f"{raw.source}: cannot detect the format (header row, columns {shown}): expected {_EXPECTED}. "
-        f"Fix the column names, or name the format with format=... (--data.format), one of {list(FORMATS[1:])}"
+        f"Fix the column names, or name the format with format=... (--data.source.format), one of {list(FORMATS[1:])}"
     )
 
 

@@ -191,7 +191,7 @@ def read_records(raw: RawFile, options: LoadOptions) -> OutcomeTable:
     if options.prices is None:
         raise DataValidationError(
             f"{source}: records have no costs, so a price table is needed to estimate them: pass prices "
-            "(--data.prices prices.json) mapping model -> [usd_per_1M_input, usd_per_1M_output]"
+            "(--data.source.prices prices.json) mapping model -> [usd_per_1M_input, usd_per_1M_output]"
         )
     text_key = "question" if "question" in objects[0] else "prompt"
     id_key = "id" if "id" in objects[0] else "prompt_id"

@@ -2,7 +2,7 @@
 
 Loading a pickle runs whatever code the file tells Python to run, so a pickle from an unknown source is as
 dangerous as a script from one. barp checks the file's SHA-256 against the official RouterBench pickles before
-loading it; any other pickle needs an explicit ``trust_pickle=True`` (``--data.trust_pickle true``).
+loading it; any other pickle needs an explicit ``trust_pickle=True`` (``--data.source.trust_pickle true``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ PINNED_PICKLES: dict[str, str] = {
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pk")
 
 CONVERT_HINT = (
-    "If you trust this file, pass trust_pickle=True (--data.trust_pickle true), or convert it once to a safe "
+    "If you trust this file, pass trust_pickle=True (--data.source.trust_pickle true), or convert it once to a safe "
     "parquet file and use that from then on: "
     "python tools/prepare_data.py --path {path} --trust_pickle true --output {path}.parquet"
 )

@@ -96,8 +96,8 @@ def task_values(values: Sequence[object], source: str, options: LoadOptions) -> 
     if all(is_missing(v) for v in values):
         if options.task_column != "task":
             warnings.warn(
-                f"{source}: no row has the task column {options.task_column!r} (--data.task_column): every row "
-                f"gets the task {options.default_task!r} (--data.default_task)",
+                f"{source}: no row has the task column {options.task_column!r} (--data.source.task_column): every row "
+                f"gets the task {options.default_task!r} (--data.source.default_task)",
                 UserWarning,
                 stacklevel=4,
             )
