@@ -328,7 +328,7 @@ def test_checkpoint_loads_need_no_unsafe_types(trained):
 # ------------------------------------------------------------------ the module owns its frozen encoder
 def test_module_owns_its_frozen_encoder_rebuilt_from_its_checkpoint(trained):
     from barp.models.barp import BaRPModule
-    from barp.models.base import ENCODER_KEY
+    from barp.models.checkpoints import ENCODER_KEY
     from barp.models.trained import TrainedRouter
 
     data, ckpt, _ = trained
@@ -345,8 +345,8 @@ def test_module_owns_its_frozen_encoder_rebuilt_from_its_checkpoint(trained):
     params = {id(p) for p in module.parameters()}
     assert not any(id(p) in params for p in module.encoder.parameters())  # not trained, not in the optimiser
     assert all(not p.requires_grad for p in module.encoder.parameters())
-    assert module.decide(prompts, w_c=0.2) == TrainedRouter.from_checkpoint(ckpt).route(prompts, w_c=0.2)
-    probs = module.probabilities(prompts, 0.2)
+    assert TrainedRouter(module).route(prompts, w_c=0.2) == TrainedRouter.from_checkpoint(ckpt).route(prompts, w_c=0.2)
+    probs = TrainedRouter(module).probabilities(prompts, 0.2)
     assert probs.shape == (2, len(MODELS)) and torch.allclose(probs.sum(-1), torch.ones(2))
 
 

@@ -178,5 +178,5 @@ def test_checkpoint_loads_and_routes_raw_prompts(fitted, served_models):
     chosen = [router.models.index(d.model) for d in decisions]
     score = float(np.mean(dm.table.scores[rows, chosen]))
     assert score > float(dm.table.scores[rows].mean(0).max()) + 0.3, score
-    assert decisions == cli.model.eval().decide(prompts, w_c=0.0)
+    assert decisions == TrainedRouter(cli.model).route(prompts, w_c=0.0)
     assert served_models(ckpt, Path(ckpt).parent / "serve", prompts[:8], 0.0) == [d.model for d in decisions[:8]]

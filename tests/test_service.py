@@ -20,9 +20,10 @@ import torch
 
 from barp.data.sources.logs import read_log
 from barp.errors import ConfigError, DataValidationError
+from barp.learning.rl import exploration_probabilities
+from barp.models.serving import sample_exploring
 from barp.service.budget import BudgetController
 from barp.service.feedback_log import DECISIONS_FILE, LOG_FILE, FeedbackLog
-from barp.service.routing import Explore, explore_probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "configs" / "experiments" / "synthetic.yaml")
@@ -99,18 +100,22 @@ def test_exploring_routing_is_seeded_and_logs_the_sampled_models_probability(cli
     a, b = c.post("/route", json=request).json(), c.post("/route", json=request).json()
     assert a["mode"] == "explore" and a["seed"] == 7
     assert [d["model"] for d in a["decisions"]] == [d["model"] for d in b["decisions"]]
-    mix = explore_probabilities(service.router.probabilities(PROMPTS[:8], 0.4).double().numpy(), Explore(2.0, 0.2))
+    probs = service.router.probabilities(PROMPTS[:8], 0.4)
+    mix = exploration_probabilities(torch.log(probs), 2.0, 0.2).double().numpy()  # log p: the logits up to a constant
     picked = [service.models.index(d["model"]) for d in a["decisions"]]
-    np.testing.assert_allclose([d["probability"] for d in a["decisions"]], mix[np.arange(8), picked], rtol=1e-9)
+    np.testing.assert_allclose([d["probability"] for d in a["decisions"]], mix[np.arange(8), picked], rtol=1e-5)
+    np.testing.assert_allclose([d["policy_probability"] for d in a["decisions"]],
+                               probs.double().numpy()[np.arange(8), picked], rtol=1e-6)
     uniform = c.post("/route", json={**request, "explore": {"epsilon": 1.0}}).json()
     np.testing.assert_allclose([d["probability"] for d in uniform["decisions"]], 1 / len(service.models))
 
 
-def test_explore_probabilities_are_the_tempered_softmax_mixed_with_uniform():
-    logits = np.array([[2.0, 0.0, -1.0]])
-    probs = np.exp(logits) / np.exp(logits).sum()
-    tempered = np.exp(logits / 3) / np.exp(logits / 3).sum()
-    np.testing.assert_allclose(explore_probabilities(probs, Explore(3.0, 0.3)), 0.7 * tempered + 0.1)
+def test_the_one_exploring_sampler_is_seeded_and_draws_from_the_tempered_softmax_mixed_with_uniform():
+    logits = torch.tensor([[2.0, 0.0, -1.0]]).repeat(64, 1)
+    drawn, serving = sample_exploring(logits, 3.0, 0.3, seed=5)
+    tempered = torch.softmax(logits / 3, dim=-1)
+    torch.testing.assert_close(serving, 0.7 * tempered + 0.1)
+    assert torch.equal(drawn, sample_exploring(logits, 3.0, 0.3, seed=5)[0]) and len(set(drawn.tolist())) == 3
 
 
 @pytest.mark.parametrize(("body", "status", "message"), [

@@ -67,7 +67,7 @@ def test_state_round_trip_and_bad_knobs(guard):
 def test_guard_in_fit_test_and_the_checkpoint(tmp_path, capsys):
     """Fit with the guard (set from the data's validation split), test it, and route raw prompts with the
     checkpoint's guard; an unseen family falls back far more often than the held-in test prompts."""
-    from barp.models.base import GUARD_KEY
+    from barp.models.checkpoints import GUARD_KEY
     from barp.models.trained import TrainedRouter
 
     cli = main(["fit", *tiny_args(tmp_path, "--model.init_args.fallback_quantile", "0.1",

@@ -151,8 +151,8 @@ class BaRPModule(RouterModule):
     def setup(self, stage: str) -> None:
         """Also build the neighbour critic (when configured) from the training embeddings at fit start."""
         super().setup(stage)
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if stage != "fit" or self.hparams.critic == "none" or dm is None or not hasattr(dm, "train_embeddings"):
+        dm = self.router_data()
+        if stage != "fit" or self.hparams.critic == "none" or dm is None:
             return
         emb = torch.as_tensor(dm.train_embeddings(), dtype=torch.float32)
         self.critic = NeighbourCritic(emb, len(self.model_names), self.hparams.critic_neighbours,

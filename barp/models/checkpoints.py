@@ -19,17 +19,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from barp.data.compat import upgrade_data_hparams
 from barp.encoders import EncoderSpec, encoder_identity
 from barp.errors import BarpError, ConfigError
+from barp.models.protocols import RouterData
+from barp.models.shift import ShiftGuard
 
 RECORD_KEY = "barp"
 RNG_KEY = "barp_rng"
 #: Checkpoint key of the frozen encoder's record (:meth:`~barp.encoders.EncoderSpec.identity`).
 ENCODER_KEY = "barp_encoder"
+#: Checkpoint key of the shift guard (:mod:`barp.models.shift`), when the module has one.
+GUARD_KEY = "barp_shift_guard"
 
 
 def load_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict[str, Any]:
@@ -151,6 +157,100 @@ def restore_rng(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_records(checkpoint: dict[str, Any], data: dict[str, Any] | None, encoder: dict[str, Any],
+                  guard: dict[str, Any] | None) -> None:
+    """Add a router module's records to a checkpoint being saved: its training data's record (:func:`data_record`;
+    None: none known), its frozen encoder's settings, its shift guard's state (None: no guard) and every random
+    generator's state (:func:`capture_rng`)."""
+    if data is not None:
+        checkpoint[RECORD_KEY] = data
+    checkpoint[ENCODER_KEY] = dict(encoder)
+    if guard is not None:
+        checkpoint[GUARD_KEY] = guard
+    checkpoint[RNG_KEY] = capture_rng()
+
+
+def read_encoder(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The frozen encoder's settings (:meth:`~barp.encoders.EncoderSpec.identity`) a checkpoint recorded, or its
+    data's for checkpoints without the record (:func:`saved_encoder`)."""
+    return saved_encoder(checkpoint).identity()
+
+
+def read_guard(checkpoint: dict[str, Any], quantile: float | None, neighbours: int) -> ShiftGuard | None:
+    """The shift guard a checkpoint saved, if it was built with these settings (else None: the data rebuild it)."""
+    guard = checkpoint.get(GUARD_KEY)
+    if guard is not None and quantile == guard["quantile"] and neighbours == guard["neighbours"]:
+        return ShiftGuard.from_state(guard)  # what the guard was at training
+    return None
+
+
+def restore_saved_rng(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """Restore the random generators a checkpoint saved (:func:`capture_rng`) and return their state (None: it saved
+    none). A resumed fit continues with the generators of the moment its checkpoint was written; the module restores
+    them again in ``on_fit_start``, the last hook before the training loop draws (its data loader's shuffling seed,
+    then preferences and actions), since the checkpoint may also load after it (strategies that restore after
+    setup)."""
+    state = checkpoint.get(RNG_KEY)
+    if state is not None:
+        restore_rng(state)
+    return state
+
+
+def load_records(module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    """A router module's ``on_load_checkpoint``: read the checkpoint's records (trained or not, the data record, the
+    encoder settings, the shift guard) and, inside a Trainer, check it against the data it is applied to
+    (:func:`check_against_data`) before its weights load. Models in another order are mapped by name (with a
+    warning) for evaluation; a resumed fit restores its random generators (:func:`restore_saved_rng`)."""
+    module._trained = int(checkpoint.get("global_step", 0)) > 0
+    module._data_record = checkpoint.get(RECORD_KEY) or module._data_record
+    module.encoder_settings = read_encoder(checkpoint)
+    guard = read_guard(checkpoint, module.fallback_quantile, module.fallback_neighbours)
+    module.guard = module.guard if guard is None else guard  # a guard of other settings: the data at hand rebuild it
+    if (dm := module.router_data()) is None:
+        return
+    trainer = module.trainer
+    where, fn = f"--ckpt_path {str(trainer.ckpt_path)!r}", str(getattr(trainer.state.fn, "value", trainer.state.fn))
+    order = check_against_data(checkpoint, dm, fn, where)
+    if fn == "fit":
+        module._rng_state = restore_saved_rng(checkpoint)
+    if order is not None:
+        names = list(checkpoint["hyper_parameters"]["model_names"])
+        rank_zero_warn(f"barp: {where} orders the models {names}, the data {list(dm.model_names)}: mapped by name")
+        module.model_names, module._column_order = names, torch.as_tensor(order)
+        module.eval_metrics = module._build_metrics().to(module.device)
+
+
+def check_against_data(checkpoint: dict[str, Any], datamodule: RouterData, fn: str, where: str) -> list[int] | None:
+    """Check a checkpoint against the data a Trainer applies it to (before its weights load).
+
+    Args:
+        checkpoint: The checkpoint.
+        datamodule: The trainer's set-up data.
+        fn: The Trainer's function (``fit``, ``validate``, ``test``, ``predict``).
+        where: Prefix of error messages (the checkpoint option and path).
+
+    Returns:
+        The data column of each of the checkpoint's arms; None when both orders agree.
+
+    Raises:
+        ConfigError: Other models (or, resuming a fit, another order), another encoder setting, other training
+            prompts for a resumed fit, or a training prompt in an evaluated split.
+    """
+    names = list(checkpoint["hyper_parameters"]["model_names"])
+    order = model_order(names, list(datamodule.model_names), where)
+    if order is not None and fn == "fit":
+        raise ConfigError(f"{where}: the checkpoint orders the models {names}, the data {datamodule.model_names}: "
+                          "resume on data with the models in the checkpoint's order")
+    check_encoder(checkpoint, dict(datamodule.hparams), where)
+    if fn == "fit":
+        check_same_training(checkpoint, datamodule, where)
+    elif fn in ("validate", "test"):
+        splits = ({"val": datamodule.splits.val} if fn == "validate"
+                  else {"test": datamodule.splits.test, "ood": datamodule.splits.ood})
+        check_unseen(checkpoint, datamodule, splits, where)
+    return order
 
 
 # ---------------------------------------------------------------------------------------------- the checks

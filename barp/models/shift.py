@@ -21,11 +21,15 @@ Everything is set from training and validation data, never from a test split:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from barp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from barp.models.protocols import RouterData
 
 #: At most this many training prompts are kept as the reference set (a seeded sample of larger training splits).
 MAX_REFERENCE = 8192
@@ -90,6 +94,18 @@ class ShiftGuard:
                     len(val_emb))
         guard.threshold = float(torch.quantile(guard.familiarity(val_emb).double(), quantile))
         return guard
+
+    @classmethod
+    def from_data(cls, data: RouterData, order: torch.Tensor | None, tau: float, quantile: float,
+                  neighbours: int = 10) -> ShiftGuard:
+        """:meth:`build` from set-up data's training prompts and validation split (never a test split); ``order``:
+        the data column of each of the router's arms (None: the same order)."""
+        val = data.splits.val
+        scores, costs = torch.as_tensor(data.table.scores[val]), torch.as_tensor(data.table.costs[val])
+        if order is not None:
+            scores, costs = scores[:, order], costs[:, order]
+        return cls.build(torch.as_tensor(data.train_embeddings()), torch.as_tensor(data.embeddings(val)), scores, costs,
+                         tau, quantile, neighbours)
 
     def familiarity(self, emb: torch.Tensor) -> torch.Tensor:
         """Mean cosine similarity of each prompt to its ``neighbours`` nearest reference prompts, shape (B,)."""

@@ -21,8 +21,10 @@ import torch
 
 from barp.encoders import SentenceEncoder
 from barp.errors import ConfigError
-from barp.models.base import Decision, RouterModule
+from barp.models import serving
+from barp.models.base import RouterModule
 from barp.models.checkpoints import check_encoder, load_checkpoint
+from barp.models.serving import Decision
 
 #: Where router classes lived before barp's modules moved into layers; older checkpoints name these.
 FORMER_MODULES = {
@@ -72,8 +74,9 @@ def module_class(ckpt: dict[str, Any], option: str = "--ckpt_path") -> type:
 class TrainedRouter:
     """A trained router read from a checkpoint and checked, for routing raw prompt text.
 
-    A thin handle on the module: the :class:`~barp.models.base.RouterModule` owns its frozen encoder and does the
-    routing (:meth:`~barp.models.base.RouterModule.decide`); this class adds the safe, checked loading.
+    The :class:`~barp.models.base.RouterModule` owns its frozen encoder and its policy; this class routes raw prompt
+    text with them (:mod:`barp.models.serving`: greedy, or exploring through the one exploring sampler) and adds
+    the safe, checked loading.
 
     Args:
         module: A trained :class:`~barp.models.base.RouterModule` (e.g. BaRP).
@@ -83,7 +86,7 @@ class TrainedRouter:
     def __init__(self, module: RouterModule, encoder: SentenceEncoder | None = None) -> None:
         self.module = module.eval()
         if encoder is not None:
-            self.module.attach_encoder(encoder)
+            serving.attach_encoder(self.module, encoder)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> TrainedRouter:
@@ -114,14 +117,16 @@ class TrainedRouter:
         return list(self.module.model_names)
 
     def route_prompts(self, prompts: Sequence[str], w_c: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """The distribution over models and the greedy choice per prompt; see :meth:`RouterModule.route_prompts`."""
-        return self.module.route_prompts(prompts, w_c)
+        """Per prompt at preference ``(1 - w_c, w_c)``: the policy's distribution over models (N, K) and the greedy
+        choice (N,) (the argmax, or the shift guard's fallback), from one embedding pass."""
+        return serving.route_prompts(self.module, prompts, w_c)
 
     def probabilities(self, prompts: Sequence[str], w_c: float) -> torch.Tensor:
         """The policy's distribution over models per prompt at preference ``(1 - w_c, w_c)``, shape (N, K)."""
-        return self.module.probabilities(prompts, w_c)
+        return serving.route_prompts(self.module, prompts, w_c)[0]
 
     def route(self, prompts: Sequence[str], w_c: float = 0.5, temperature: float | None = None,
               epsilon: float = 0.0, seed: int | None = None) -> list[Decision]:
-        """Route each prompt at cost weight ``w_c``; see :meth:`~barp.models.base.RouterModule.decide`."""
-        return self.module.decide(prompts, w_c, temperature, epsilon, seed)
+        """Route each prompt at cost weight ``w_c``: greedily, or exploring (``temperature`` given, or ``epsilon > 0``:
+        the decision's ``propensity`` is the served model's probability); see :func:`barp.models.serving.decide`."""
+        return serving.decide(self.module, prompts, w_c, temperature, epsilon, seed)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from barp.metrics.bootstrap import bootstrap_statistic, percentile_interval, ratio_of_sums
+from barp.models.evaluation import Greedy, evaluate
 from barp.ope.estimators import snips, snips_terms, target_logging_ratios
 
 
@@ -80,19 +81,19 @@ class Curve:
 
 
 def greedy_choices(module: torch.nn.Module, embeddings: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """The router's greedy choice per grid cost weight and prompt, shape (G, n).
+    """The router's greedy choice per grid cost weight and prompt, shape (G, n), from the evaluation loop
+    validation, test and ``barp sweep`` use (:func:`barp.models.evaluation.evaluate`).
 
     Args:
-        module: A router with ``route(emb, w) -> scores``.
+        module: A router module (:class:`~barp.models.base.RouterModule`).
         embeddings: Prompt embeddings, shape (n, D).
         grid: Cost weights, shape (G,).
     """
     emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32), device=module.device)
     out = np.empty((len(grid), len(emb)), dtype=np.int64)
     with torch.inference_mode():
-        for g, w_c in enumerate(grid):
-            w = torch.tensor([1.0 - float(w_c), float(w_c)], dtype=torch.float32, device=emb.device)
-            out[g] = module.greedy(emb, w.expand(len(emb), 2)).cpu().numpy()
+        for g, point in enumerate(evaluate([Greedy(module)], emb, [float(w_c) for w_c in grid])):
+            out[g] = point.action.cpu().numpy()
     return out
 
 

@@ -7,9 +7,10 @@ its own target, resolved on the calibration curve; else the service default: the
 the calibrated w_c, or the configured ``w_c``.
 
 Exploring routing samples the served model from the policy at a temperature, mixed with epsilon-uniform,
-``p = (1 - epsilon) softmax(logits / T) + epsilon / K``, with a generator seeded per request (the seed is returned
-and logged, so a decision can be replayed); the logged propensity is ``p`` of the served model. Greedy routing
-serves the argmax, with propensity 1 (a deterministic policy).
+``p = (1 - epsilon) softmax(logits / T) + epsilon / K``, through the router's one exploring sampler
+(:func:`barp.models.serving.sample_exploring`) with a generator seeded per request (the seed is returned and logged,
+so a decision can be replayed); the logged propensity is ``p`` of the served model. Greedy routing serves the
+argmax, with propensity 1 (a deterministic policy).
 """
 
 from __future__ import annotations
@@ -25,11 +26,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-import torch
 
 from barp.data.table import MAX_COST_USD
 from barp.errors import ConfigError, DataValidationError
-from barp.learning.rl import exploration_probabilities
 from barp.service.budget import BudgetController
 from barp.service.calibrate import Target, choose
 from barp.service.curve import Curve
@@ -67,15 +66,6 @@ class Explore:
 def now() -> str:
     """The current UTC time, ISO 8601 with milliseconds."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def explore_probabilities(probs: np.ndarray, explore: Explore) -> np.ndarray:
-    """The exploring policy from the router's softmax ``probs`` (N, K): temperature, then the uniform mix.
-
-    ``softmax(log p / T)`` equals ``softmax(logits / T)`` because ``log p`` is the logits minus a constant per row.
-    """
-    logits = torch.log(torch.as_tensor(np.asarray(probs, dtype=np.float64)).clamp_min(1e-300))
-    return exploration_probabilities(logits, explore.temperature, explore.epsilon).numpy()
 
 
 class RoutingService:
@@ -145,21 +135,21 @@ class RoutingService:
             "policy_probability"}]}``; ``probability`` is the propensity logged for the served model.
         """
         pref, source = self.resolve(w_c, target)
-        probs, greedy = self.router.route_prompts(list(prompts), pref)
-        probs = probs.double().numpy()
-        rows = np.arange(len(probs))
+        rows = np.arange(len(prompts))
         if explore is None:
+            probs, greedy = self.router.route_prompts(list(prompts), pref)
             chosen = greedy.cpu().numpy()
-            propensity, mode, note = np.ones(len(probs)), "greedy", "barp serve: greedy"
+            policy = probs.double().numpy()[rows, chosen]
+            propensity, mode, note = np.ones(len(rows)), "greedy", "barp serve: greedy"
         else:
             seed = secrets.randbits(63) if seed is None else int(seed)
-            mix = explore_probabilities(probs, explore)
-            if not np.isfinite(mix).all() or (mix.sum(axis=1) <= 0).any():
-                raise ConfigError(f"field 'explore': temperature {explore.temperature!r} and epsilon "
-                                  f"{explore.epsilon!r} give no valid probabilities; use a temperature >= 0.01")
-            rng = np.random.default_rng(seed)
-            chosen = np.array([rng.choice(mix.shape[1], p=row / row.sum()) for row in mix], dtype=np.int64)
-            propensity, mode = mix[rows, chosen], "explore"
+            try:
+                served = self.router.route(list(prompts), pref, explore.temperature, explore.epsilon, seed)
+            except ConfigError as err:
+                raise ConfigError(f"field 'explore': {err}; use a temperature >= 0.01") from None
+            chosen = np.array([self.models.index(d.model) for d in served], dtype=np.int64)
+            policy = np.array([d.probability for d in served])
+            propensity, mode = np.array([d.propensity for d in served]), "explore"
             note = f"barp serve: explore temperature={explore.temperature:g} epsilon={explore.epsilon:g}"
         if deadline is not None and time.monotonic() > deadline:
             raise RequestTimeout("routing")
@@ -175,7 +165,7 @@ class RoutingService:
         self.log.record_decisions(decisions)
         return {"w_c": pref, "preference": source, "mode": mode, "seed": seed if explore is not None else None,
                 "decisions": [{"decision_id": d["decision_id"], "model": d["model"], "probability": d["propensity"],
-                               "policy_probability": float(probs[i, chosen[i]])} for i, d in enumerate(decisions)]}
+                               "policy_probability": float(policy[i])} for i, d in enumerate(decisions)]}
 
     def feedback(self, decision_id: str, score: float, cost: float, key_id: str | None = None) -> dict[str, Any]:
         """Append a decision's outcome to the log (fsync'd) and update the budget controller if it served it.

@@ -10,7 +10,6 @@ outcomes to no other router.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -20,21 +19,15 @@ from barp.learning.rl import preference_tensor, reward
 from barp.metrics.evaluation import Outcome, chosen, reference_outcome
 from barp.metrics.policies import oracle_actions
 from barp.models.base import RouterModule
+from barp.models.evaluation import Outcomes
 
-
-@dataclass(frozen=True)
-class Outcomes:
-    """The full outcome rows of a batch: every model's score and cost (shape (B, K) each).
-
-    Only reference policies with ``needs_outcomes = True`` ever receive these.
-    """
-
-    scores: torch.Tensor
-    costs: torch.Tensor
+__all__ = ["BestFixed", "Contender", "ModuleContender", "Oracle", "Outcomes", "RandomChoice", "SingleModel",
+           "cheapest_and_most_expensive"]
 
 
 class Contender(ABC):
-    """A routing method: chooses one of K models per prompt at a given preference.
+    """A routing method: chooses one of K models per prompt at a given preference (a
+    :class:`~barp.models.evaluation.Policy` of the one evaluation loop, :func:`barp.models.evaluation.evaluate`).
 
     Attributes:
         name: The method's name in result files (``sweep.csv``'s ``method`` column).

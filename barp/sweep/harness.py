@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from barp.atomic import atomic_write_text, check_output_folder, replace_file_set
 from barp.errors import ConfigError
-from barp.learning.rl import check_w_c, preference_tensor, reward
+from barp.learning.rl import check_w_c
 from barp.metrics.bootstrap import PerPrompt
 from barp.metrics.routing import RoutingMetrics
 from barp.models.base import RouterModule
@@ -34,6 +34,7 @@ from barp.models.checkpoints import (
     load_checkpoint,
     model_order,
 )
+from barp.models.evaluation import evaluate as evaluate_policies
 from barp.models.registry import METHOD_CLASSES, method_name, read_method_configs, train_method
 from barp.models.trained import module_class as checkpoint_class
 from barp.sweep.contenders import (
@@ -220,8 +221,8 @@ def evaluate(routers: list[Contender], splits: list[SplitData], grid: list[float
     """Route every split at every preference with every method; rows of ``method, w_c, split, task, n, score, cost,
     reward`` (the split mean under ``task = all``, then one row per task).
 
-    Each method's outcome comes from :mod:`barp.metrics.evaluation` and its means from
-    :class:`~barp.metrics.routing.RoutingMetrics`, exactly as in validation and test.
+    Each method's outcomes come from the evaluation loop validation and test use
+    (:func:`barp.models.evaluation.evaluate`) and its means from :class:`~barp.metrics.routing.RoutingMetrics`.
 
     Args:
         routers: The methods; only those with ``needs_outcomes`` get the outcome rows.
@@ -240,9 +241,8 @@ def evaluate(routers: list[Contender], splits: list[SplitData], grid: list[float
             task = torch.as_tensor([task_names.index(t) for t in sp.tasks], dtype=torch.long)
             for router in routers:
                 chosen_q, chosen_c = [], []
-                for w_c in grid:
-                    w = preference_tensor(w_c, n)
-                    o = router.outcome(sp.emb, w, sp.scores, sp.costs, reward(sp.scores, sp.costs, w, tau))
+                for point in evaluate_policies([router], sp.emb, grid, tau, sp.scores, sp.costs):
+                    w_c, o = point.w_c, point.outcome
                     metrics = RoutingMetrics([str(j) for j in range(sp.scores.shape[1])], task_names)
                     metrics.update(task, o.action, o.score, o.cost, o.reward)
                     means = metrics.means()

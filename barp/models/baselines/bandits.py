@@ -96,7 +96,7 @@ class LinearBanditModule(RouterModule):
     def setup(self, stage: str) -> None:
         """Base-class setup, then fit the PCA on the training split's embeddings (unlabelled)."""
         super().setup(stage)
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = self.router_data()
         if stage == "fit" and dm is not None and not bool(self.pca_fitted):
             self.fit_pca(torch.as_tensor(dm.embeddings(dm.splits.train)).to(self.device))
 

@@ -276,9 +276,9 @@ class GraphRouter(OfflineRouterModule):
 
     # ------------------------------------------------------------------ the training graph
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = self.router_data()
         self._train_tasks = None
-        if stage == "fit" and dm is not None and hasattr(dm, "splits"):
+        if stage == "fit" and dm is not None:
             index = {t: i for i, t in enumerate(self.task_names)}
             self._train_tasks = torch.as_tensor([index[dm.table.tasks[i]] for i in dm.splits.train])
         super().setup(stage)  # reads the full-information training data and calls fit_full_information

@@ -67,8 +67,8 @@ class OfflineRouterModule(RouterModule):
     def setup(self, stage: str) -> None:
         """Resolve tau and references (base class), then read the training split with full information."""
         super().setup(stage)
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if stage == "fit" and dm is not None and hasattr(dm, "splits"):
+        dm = self.router_data()
+        if stage == "fit" and dm is not None:
             self.train_data = full_information_training_data(dm)
             self.fit_full_information(self.train_data)
 

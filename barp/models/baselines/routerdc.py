@@ -330,8 +330,8 @@ class RouterDC(RouterModule):
     def setup(self, stage: str) -> None:
         """Resolve tau (base class); at fit start read the training split with full information and cluster it."""
         super().setup(stage)
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is None or not hasattr(dm, "splits"):
+        dm = self.router_data()
+        if dm is None:
             return
         if self.hparams.encoder_mode == "finetune":
             self.remember_texts(dm.embeddings(), dm.table.prompts)
@@ -392,7 +392,7 @@ class RouterDC(RouterModule):
             return [self._texts[row.tobytes()] for row in keys]
         except KeyError:
             raise RuntimeError("RouterDC (encoder_mode=finetune) routes prompt texts: route raw prompts "
-                               "(decide, route_prompts, TrainedRouter) or embeddings of the data it was set up "
+                               "(TrainedRouter.route, route_prompts) or embeddings of the data it was set up "
                                "with") from None
 
     def _tuned_embeddings(self, texts: Sequence[str], tower: int) -> torch.Tensor:
