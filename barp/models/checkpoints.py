@@ -24,6 +24,7 @@ import torch
 
 from barp.encoders import encoder_identity
 from barp.errors import BarpError, ConfigError
+from barp.models.compat import upgrade_checkpoint
 
 RECORD_KEY = "barp"
 RNG_KEY = "barp_rng"
@@ -39,7 +40,7 @@ def load_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict[str, 
         option: The option that named it, for error messages.
 
     Returns:
-        The checkpoint dictionary.
+        The checkpoint dictionary, its hyperparameters in today's form (:func:`~barp.models.compat.upgrade_checkpoint`).
 
     Raises:
         ConfigError: The path is missing or a folder, the file is truncated or not a checkpoint, it holds objects a
@@ -71,8 +72,10 @@ def load_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict[str, 
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError,
             zipfile.BadZipFile, UnicodeDecodeError):  # a text file, say: the unpickler fails in its own ways
         raise ConfigError(f"{where} is not a readable checkpoint (truncated, or not written by barp fit)") from None
+    upgrade_checkpoint(ckpt)  # written before the module's options became parts: read in today's form
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    names = hp.get("model_names") if isinstance(hp, dict) else None
+    arms = hp.get("arms") if isinstance(hp, dict) else None
+    names = arms.get("model_names") if isinstance(arms, dict) else None
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and isinstance(names, list) and names
             and all(isinstance(n, str) for n in names) and "pytorch-lightning_version" in ckpt):
         raise ConfigError(f"{where} is not a barp checkpoint (no router weights, model names and Lightning's "

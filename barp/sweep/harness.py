@@ -34,6 +34,7 @@ from barp.models.checkpoints import (
     load_checkpoint,
     model_order,
 )
+from barp.models.compat import load_module
 from barp.models.registry import METHOD_CLASSES, read_method_configs, train_method
 from barp.models.trained import module_class as checkpoint_class
 from barp.sweep.contenders import (
@@ -180,10 +181,10 @@ def load_checkpoint_router(ckpt_path: str, module_class: type[RouterModule], dat
     if not issubclass(saved, module_class):
         raise ConfigError(f"{where} holds a {saved.__name__}, but model.class_path names {module_class.__name__}: "
                           "pass the config the checkpoint was trained with")
-    order = model_order(list(ckpt["hyper_parameters"]["model_names"]), list(datamodule.model_names), where)
+    order = model_order(list(ckpt["hyper_parameters"]["arms"]["model_names"]), list(datamodule.model_names), where)
     check_encoder(ckpt, dict(datamodule.hparams), where)
     check_unseen(ckpt, datamodule, {"test": datamodule.splits.test, "ood": datamodule.splits.ood}, where)
-    module = saved.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    module = load_module(saved, ckpt, map_location="cpu")  # load_checkpoint upgraded its hyperparameters
     if not module._trained:
         raise ConfigError(f"{where} holds an untrained router (no training step)")
     name = checkpoint_name(saved)
@@ -367,7 +368,8 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
         tau = datamodule.train_environment().cost_percentile(95.0)
     # Same budget for everyone: a checkpoint that pulled each prompt k times per step (samples_per_prompt) saw k
     # times the data's train_repeats; the comparison methods get those repeats, in as many steps.
-    pulls = int(getattr(checkpoint.module.hparams, "samples_per_prompt", 1)) if checkpoint is not None else 1
+    module = checkpoint.module if checkpoint is not None else None
+    pulls = module.training_options.samples_per_prompt if isinstance(module, BaRPModule) else 1
     hp = datamodule.hparams
     saved = hp.train_repeats, hp.batch_size
     hp.train_repeats, hp.batch_size = saved[0] * pulls, saved[1] * pulls
