@@ -243,6 +243,22 @@ def _callback_class():
     return StepTimer
 
 
+#: The neighbour critic at its defaults, as a recipe's ``model.init_args.critic``.
+NEIGHBOURS = {"class_path": "Neighbours"}
+
+
+def _learner(model_args: dict):
+    """A recipe's BaRP settings (``model.init_args``) as parts: policy, training, reward and the critic's (or None)."""
+    from barp.learning.strategies import Neighbours, from_config
+    from barp.models.parts import Policy, Reward, Training, part
+
+    critic = model_args.get("critic")
+    return (part(Policy, model_args.get("policy") or {}, "model.policy"),
+            part(Training, model_args.get("training") or {}, "model.training"),
+            part(Reward, model_args.get("reward") or {}, "model.reward"),
+            None if critic is None else from_config(critic, Neighbours, "model.critic"))
+
+
 def lightning_fit(dm, model_args: dict, deterministic: bool, device: str, max_steps: int = -1,
                   max_epochs: int | None = None, warmup: int = 0) -> dict:
     """barp's fit: BaRPModule on ``dm`` with validation, logger, checkpoints and progress bar off."""
@@ -252,9 +268,10 @@ def lightning_fit(dm, model_args: dict, deterministic: bool, device: str, max_st
 
     _quiet_lightning()
     L.seed_everything(42, verbose=False)
-    model = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim,
-                       encoder=dm.hparams.encoder, **model_args)
-    timer = _callback_class()(warmup, model_args.get("samples_per_prompt", 1), device == "cuda")
+    from barp.models.parts import arms_from_data
+
+    model = BaRPModule(arms=arms_from_data(dm), **model_args)
+    timer = _callback_class()(warmup, _learner(model_args)[1].samples_per_prompt, device == "cuda")
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_steps=max_steps,
                             max_epochs=max_epochs, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
@@ -291,21 +308,20 @@ def bare_loop(dm, model_args: dict, steps: int, warmup: int, deterministic: bool
 
     torch.use_deterministic_algorithms(deterministic)
     torch.manual_seed(42)
-    a = dict(model_args)
+    policy_options, training, reward_options, neighbours = _learner(model_args)
     emb = torch.as_tensor(dm.train_embeddings()).to(device)
     train = dm.table.subset(dm.splits.train)
     scores = torch.tensor(np.asarray(train.scores), dtype=torch.float32, device=device)
     costs = torch.tensor(np.asarray(train.costs), dtype=torch.float32, device=device)
-    tau = float(a.get("tau") or dm.train_environment().cost_percentile(a.get("tau_percentile", 95.0)))
-    policy = BaRPPolicy(emb.shape[1], scores.shape[1], a.get("head", "mlp"), a.get("hidden_dim", 256),
-                        a.get("pref_dim", 64), a.get("preference_features", "raw")).to(device)
-    opt = torch.optim.Adam(policy.parameters(), lr=a.get("lr", 1e-3), weight_decay=a.get("weight_decay", 0.0))
-    use_critic = a.get("critic", "none") != "none"
-    critic = NeighbourCritic(emb.cpu(), scores.shape[1], a.get("critic_neighbours", 40), a.get("critic_prior", 1.0)) \
-        if use_critic else None
-    k, batch, n = a.get("samples_per_prompt", 1), dm.hparams.batch_size, len(emb)
-    beta0 = a.get("beta", 0.02)
-    beta1 = beta0 if a.get("beta_final") is None else a["beta_final"]
+    tau = float(reward_options.tau or dm.train_environment().cost_percentile(reward_options.tau_percentile))
+    policy = BaRPPolicy(emb.shape[1], scores.shape[1], policy_options.head, policy_options.hidden_dim,
+                        policy_options.pref_dim, policy_options.features).to(device)
+    opt = torch.optim.Adam(policy.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+    critic = None if neighbours is None else NeighbourCritic(emb.cpu(), scores.shape[1], neighbours.neighbours,
+                                                             neighbours.prior)
+    k, batch, n = training.samples_per_prompt, dm.hparams.batch_size, len(emb)
+    beta0 = training.beta
+    beta1 = beta0 if training.beta_final is None else training.beta_final
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     step, pulls, start, critic_s = 0, 0, None, 0.0
     while step < steps:
@@ -315,7 +331,7 @@ def bare_loop(dm, model_args: dict, steps: int, warmup: int, deterministic: bool
                 break
             prompts = perm[first:first + batch].to(device)
             x, rows = emb[prompts].repeat_interleave(k, dim=0), prompts.repeat_interleave(k)
-            w = sample_preferences(len(x), device=device, cost_power=a.get("cost_power", 1.0))
+            w = sample_preferences(len(x), device=device, cost_power=training.cost_power)
             logits = policy(x, w)
             actions = torch.distributions.Categorical(logits=logits).sample()
             q, c = scores[rows, actions], costs[rows, actions]
@@ -326,7 +342,7 @@ def bare_loop(dm, model_args: dict, steps: int, warmup: int, deterministic: bool
                 critic.observe(rows, actions, q, normalized_cost(c, tau))
                 values = critic.values(prompts, w, repeats=k)
                 critic_s += time.perf_counter() - t if step >= warmup else 0.0
-                loss = critic_policy_loss(logits, values, actions, r, a.get("critic_residual", 0.0), beta).loss
+                loss = critic_policy_loss(logits, values, actions, r, neighbours.residual, beta).loss
             else:
                 loss = reinforce_loss(logits, actions, r, r.mean(), beta).loss
             opt.zero_grad(set_to_none=True)
@@ -360,8 +376,8 @@ def training_section(steps: int, warmup: int, repeats: int, device: str = "cpu")
         dm.prepare_data()
         dm.setup("fit")
         section.update(train_prompts=len(dm.splits.train), batch_size=dm.hparams.batch_size,
-                       samples_per_prompt=model_args.get("samples_per_prompt", 1))
-        for key, critic in (("reinforce", "none"), ("critic", "neighbours")):
+                       samples_per_prompt=_learner(model_args)[1].samples_per_prompt)
+        for key, critic in (("reinforce", None), ("critic", model_args.get("critic") or NEIGHBOURS)):
             args = {**model_args, "critic": critic}
             runs: dict[str, list[dict]] = {"lightning": [], "bare": []}
             for r in range(repeats):
@@ -376,7 +392,7 @@ def training_section(steps: int, warmup: int, repeats: int, device: str = "cpu")
         cores = os.cpu_count() or 1
         if device == "cpu" and cores != torch.get_num_threads():  # REINFORCE again at torch's default threads
             chosen, short = torch.get_num_threads(), max(warmup + 5, steps // 5)
-            args = {**model_args, "critic": "none"}
+            args = {**model_args, "critic": None}
             torch.set_num_threads(cores)
             try:
                 section["reinforce_default_threads"] = {
@@ -401,9 +417,11 @@ def routing_section(prompts: list[str], singles: int, batches: int, batch_size: 
     from barp.models.trained import TrainedRouter
 
     model_args = _recipe()["model"]["init_args"]
-    router = TrainedRouter(BaRPModule(model_names=list(MODELS), task_names=list(TASKS), **model_args),
-                           SentenceEncoder())
-    if model_args.get("fallback_quantile") is not None:  # the recipe routes with the shift guard: time it too
+    from barp.models.parts import Arms
+
+    router = TrainedRouter(BaRPModule(arms=Arms(list(MODELS), list(TASKS)), **model_args), SentenceEncoder())
+    guard = model_args.get("guard")
+    if guard is not None:  # the recipe routes with the shift guard: time it too
         from barp.models.shift import ShiftGuard
 
         gen, k = torch.Generator().manual_seed(0), len(MODELS)  # a reference set the size of the recipe's
@@ -411,7 +429,7 @@ def routing_section(prompts: list[str], singles: int, batches: int, batch_size: 
             torch.randn(2048, router.module.embed_dim, generator=gen), torch.randn(256, router.module.embed_dim,
                                                                                     generator=gen),
             torch.rand(256, k, generator=gen), torch.rand(256, k, generator=gen), 1.0,
-            model_args["fallback_quantile"], model_args.get("fallback_neighbours", 10))
+            guard["quantile"], guard.get("neighbours", 10))
     encoder = router.encoder
     paths = {"router": lambda ps: router.route(ps, w_c=0.5), "encoder": encoder.encode}
     for f in paths.values():
@@ -571,13 +589,15 @@ def growth_section(sizes: list[int], device: str = "cpu") -> dict:
     from barp.data.embedding_cache import EmbeddingCache
     from barp.data.synthetic import generate_synthetic
     from barp.learning.critic import nearest_neighbours
+    from barp.learning.strategies import Neighbours
 
     recipe = _recipe()
     model_args, data_args = recipe["model"]["init_args"], recipe["data"]["init_args"]
     deterministic = bool(recipe.get("trainer", {}).get("deterministic", False))
     encoder = standin_encoder()
     section: dict = {"sizes": {}, "embedding": "barp's cache + SentenceEncoder.encode with a stand-in network",
-                     "critic_neighbours": model_args.get("critic_neighbours", 40)}
+                     "critic_neighbours": (_learner(model_args)[3] or Neighbours()).neighbours}
+    critic_args = (_learner(model_args)[3] or Neighbours()).init_args()
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             start = time.perf_counter()
@@ -601,7 +621,8 @@ def growth_section(sizes: list[int], device: str = "cpu") -> dict:
             row["neighbour_search_s"], row["neighbour_search_peak_mib"] = peak_memory(
                 lambda emb=emb, k=k: nearest_neighbours(emb, k))
             row["full_similarity_matrix_mib"] = len(emb) ** 2 * 4 / 2**20
-            fit = lightning_fit(dm, {**model_args, "critic_neighbours": k}, deterministic, device, max_epochs=1)
+            critic = {"class_path": "Neighbours", "init_args": {**critic_args, "neighbours": k}}
+            fit = lightning_fit(dm, {**model_args, "critic": critic}, deterministic, device, max_epochs=1)
             row.update(epoch_s=fit["epoch_s"][0], fit_s=fit["fit_s"], epoch_steps=fit["steps"])
             section["sizes"][str(n)] = row
     first = str(sizes[0])

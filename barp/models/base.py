@@ -101,8 +101,8 @@ class RouterModule(L.LightningModule):
     :meth:`probabilities` and :meth:`decide` embed raw prompt text with it, so the Python API, ``barp ope`` and
     ``barp serve`` all route through the module.
 
-    Metric names: ``{stage}/{split}/{metric}`` at the primary preference ``eval_w_c`` and
-    ``{stage}/{split}/wc={w_c}/{metric}`` at each of ``extra_eval_w_c``; ``{stage}/{split}/reward_avg`` is the
+    Metric names: ``{stage}/{split}/{metric}`` at the primary preference ``evaluation.w_c`` and
+    ``{stage}/{split}/wc={w_c}/{metric}`` at each of ``evaluation.extra_w_c``; ``{stage}/{split}/reward_avg`` is the
     router's reward averaged over all evaluation preferences, ``{stage}/{split}/aiq`` the area under its cost-score
     hull over them (see :func:`barp.metrics.aiq.aiq`; only where the split's models differ in price,
     :func:`~barp.metrics.evaluation.aiq_defined`) and ``{stage}/{split}/selection`` the number the recipes select
@@ -525,7 +525,7 @@ class RouterModule(L.LightningModule):
         self._log_eval("test")
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
-        """Per prompt at ``predict_w_c``: the greedy choice and its probability (softmax of :meth:`route`); when
+        """Per prompt at ``predict.w_c``: the greedy choice and its probability (softmax of :meth:`route`); when
         exploring, a sampled choice, its policy probability and its ``propensity`` (probability of being served)."""
         w = preference_tensor(self.predict_w_c, len(batch["emb"]), batch["emb"].device)
         logits = self.route(batch["emb"], w)

@@ -292,8 +292,9 @@ def build_routers(methods: list[str], checkpoint: ModuleContender | None, datamo
     for m in tqdm(to_train, desc="barp sweep: training baselines", file=sys.stderr, disable=not progress):
         # the sweep's grid is every trained method's evaluation grid (a per-preference router trains one model
         # per point of it: RouterDC's default); a method config's own values win
-        args = {"eval_w_c": grid[0], "extra_eval_w_c": list(grid[1:]), **(overrides.get(m) or {})} if grid else \
-            overrides.get(m)
+        args = dict(overrides.get(m) or {})
+        if grid:
+            args["evaluation"] = {"w_c": grid[0], "extra_w_c": list(grid[1:]), **(args.get("evaluation") or {})}
         module = train_method(m, datamodule, tau, seed, max_epochs, args)
         routers.append(ModuleContender(module, m))
     return routers
