@@ -41,7 +41,7 @@ def write_table(path: Path, models: list[str] = MODELS, n: int = 36, seed: int =
 
 def run_args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["--config", RECIPE, "--data.init_args.path", str(data), "--data.init_args.ood_tasks", "[]",
-            "--data.init_args.batch_size", "8", "--model.init_args.critic_neighbours", "5",
+            "--data.init_args.batch_size", "8", "--model.init_args.critic.init_args.neighbours", "5",
             "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
             "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(out),
             "--trainer.logger.init_args.save_dir", str(out), *extra]

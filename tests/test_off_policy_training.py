@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import lightning as L
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from barp.data.datamodule import RoutingDataModule
 from barp.data.environment import LoggedEnvironment
 from barp.errors import ConfigError
 from barp.learning.rl import importance_weights, reinforce_loss
-from barp.learning.strategies import BatchMean, Neighbours, SelfNormalisedIS
+from barp.learning.strategies import BatchLinear, BatchMean, Neighbours, SelfNormalisedIS
 from barp.models.barp import BaRPModule
 from barp.models.parts import Arms, Evaluation, Reward, Training
 from barp.ope.simulate import simulate
@@ -135,3 +137,20 @@ def test_trained_router_explores_with_propensities():
     assert all(d.propensity == pytest.approx(1 / 3) for d in uniform)
     with pytest.raises(ConfigError, match="temperature must be a finite number > 0, got 0"):
         router.route(prompts, temperature=0)
+
+
+def test_explore_with_a_log_is_said_once_and_changes_nothing(tmp_path):
+    """Off-policy training pulls nothing, so training.explore does not apply: one warning says so, and the steps are
+    those of explore 0 (SelfNormalisedIS; its baseline is the SNIPS mean whichever Baseline is set but NoBaseline)."""
+    dm, _ = _log_data(tmp_path, passes=1)
+    losses = []
+    for explore, baseline in ((0.0, BatchMean()), (0.3, BatchLinear())):
+        L.seed_everything(0)
+        module = BaRPModule(arms=Arms(dm.model_names, dm.task_names, dm.embed_dim), reward=Reward(tau=2e-3),
+                            training=Training(explore=explore), baseline=baseline)
+        trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+        with pytest.warns(UserWarning, match="explore=0.3 does not apply") if explore else nullcontext():
+            trainer.fit(module, datamodule=dm)
+        losses.append(float(trainer.callback_metrics["train/loss"]))
+    assert losses[0] == losses[1]
