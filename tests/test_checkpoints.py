@@ -283,8 +283,10 @@ def test_resume_on_other_training_prompts_is_refused(trained, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ config values that used to crash
-@pytest.mark.parametrize("yaml_text, named", [("model:\n  init_args:\n    lr: .nan\n", "model.lr"),
-                                              ("model:\n  init_args:\n    beta: .nan\n", "model.beta"),
+@pytest.mark.parametrize("yaml_text, named", [("model:\n  init_args:\n    training:\n      lr: .nan\n",
+                                               "model.training.lr"),
+                                              ("model:\n  init_args:\n    training:\n      beta: .nan\n",
+                                               "model.training.beta"),
                                               ("data:\n  init_args:\n    max_length: 1000\n", "data.max_length=1000")])
 def test_nan_rates_and_too_long_max_length_are_named(trained, tmp_path, capsys, yaml_text, named):
     data, _, _ = trained
