@@ -106,7 +106,7 @@ def test_unusable_checkpoints_are_one_clear_error(make, tmp_path, capsys):
         assert "not a readable checkpoint" in err or "not a barp checkpoint" in err or "log" in err
 
 
-@pytest.mark.parametrize("option", ["--model.lr", "--model.init_args.eval_w_c", "--model.beta"])
+@pytest.mark.parametrize("option", ["--model.training.lr", "--model.init_args.evaluation.w_c", "--model.training.beta"])
 @pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf"])
 def test_non_finite_numbers_are_refused_by_name(option, value, capsys):
     err = fails(capsys, ["fit", "--config", str(ROOT / "configs" / "experiments" / "synthetic.yaml"), option, value])

@@ -17,6 +17,7 @@ import torch
 from barp.cli import main
 from barp.data.parts import Batches, Split
 from barp.errors import ConfigError
+from barp.models.parts import Arms, Evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "configs" / "experiments" / "routerbench.yaml")
@@ -41,7 +42,7 @@ def write_table(path: Path, models: list[str] = MODELS, n: int = 36, seed: int =
 
 def run_args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["--config", RECIPE, "--data.init_args.source.path", str(data), "--data.init_args.split.ood_tasks", "[]",
-            "--data.init_args.batches.batch_size", "8", "--model.init_args.critic_neighbours", "5",
+            "--data.init_args.batches.batch_size", "8", "--model.init_args.critic.init_args.neighbours", "5",
             "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
             "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(out),
             "--trainer.logger.init_args.save_dir", str(out), *extra]
@@ -99,8 +100,8 @@ def test_models_in_another_order_are_mapped_by_name(tiny_model_pair):
     results = []
     for data in (dm, shuffled):
         trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
-        fresh = type(module)(model_names=data.model_names, task_names=data.task_names, embed_dim=data.embed_dim,
-                             extra_eval_w_c=[0.0])
+        fresh = type(module)(arms=Arms(data.model_names, data.task_names, data.embed_dim),
+                             evaluation=Evaluation(extra_w_c=[0.0]))
         with pytest.warns(UserWarning, match="mapped by name") if data is shuffled else nullcontext():
             trainer.test(fresh, datamodule=data, ckpt_path=module.ckpt_file, verbose=False)
         results.append({k: float(v) for k, v in trainer.callback_metrics.items()})
@@ -127,8 +128,7 @@ def tiny_model_pair(tmp_path_factory):
     rev.use_table(OutcomeTable(table.prompt_ids, table.prompts, table.tasks, table.models[::-1],
                                table.scores[:, ::-1], table.costs[:, ::-1], source="reversed"))
     L.seed_everything(0)
-    module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim,
-                        extra_eval_w_c=[0.0])
+    module = BaRPModule(arms=Arms(dm.model_names, dm.task_names, dm.embed_dim), evaluation=Evaluation(extra_w_c=[0.0]))
     trainer = L.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False, default_root_dir=out)
     trainer.fit(module, datamodule=dm)
@@ -145,7 +145,8 @@ def test_another_split_seed_that_would_test_on_training_prompts_is_refused(train
     data, ckpt, _ = trained
     args = run_args(data, tmp_path) if sub != "sweep" else [
         "--config", RECIPE, "--data.init_args.source.path", str(data), "--data.init_args.split.ood_tasks", "[]",
-        "--model.init_args.critic_neighbours", "5", "--output", str(tmp_path / "sweep"), "--methods", "[barp]"]
+        "--model.init_args.critic.init_args.neighbours", "5", "--output", str(tmp_path / "sweep"),
+        "--methods", "[barp]"]
     err = fails(capsys, [sub, *args, "--ckpt_path", str(ckpt), "--data.init_args.split.seed", "7"])
     assert "prompts were training prompts of this checkpoint" in err
     assert "data.split.seed: checkpoint 42, now 7" in err
@@ -188,7 +189,7 @@ def test_an_untrained_module_is_never_tested(tiny_datamodule):
     from barp.models.barp import BaRPModule
 
     dm = tiny_datamodule
-    module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim)
+    module = BaRPModule(arms=Arms(dm.model_names, dm.task_names, dm.embed_dim))
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(ConfigError, match="has not been trained"):
         trainer.test(module, datamodule=dm, verbose=False)
@@ -285,8 +286,10 @@ def test_resume_on_other_training_prompts_is_refused(trained, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ config values that used to crash
-@pytest.mark.parametrize("yaml_text, named", [("model:\n  init_args:\n    lr: .nan\n", "model.lr"),
-                                              ("model:\n  init_args:\n    beta: .nan\n", "model.beta"),
+@pytest.mark.parametrize("yaml_text, named", [("model:\n  init_args:\n    training:\n      lr: .nan\n",
+                                               "model.training.lr"),
+                                              ("model:\n  init_args:\n    training:\n      beta: .nan\n",
+                                               "model.training.beta"),
                                               ("data:\n  init_args:\n    encoder:\n      max_length: 1000\n",
                                                "data.encoder.max_length=1000")])
 def test_nan_rates_and_too_long_max_length_are_named(trained, tmp_path, capsys, yaml_text, named):

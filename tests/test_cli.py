@@ -87,7 +87,7 @@ def test_test_reports_router_and_references(fitted, capsys):
 
 def test_predict_writes_choice_and_probability(fitted):
     out, ckpt, cli_fit = fitted
-    cli = main(["predict", *tiny_args(out), "--ckpt_path", ckpt, "--model.init_args.predict_w_c", "0.3"])
+    cli = main(["predict", *tiny_args(out), "--ckpt_path", ckpt, "--model.init_args.predict.w_c", "0.3"])
     path = Path(cli.trainer.log_dir) / "predictions.csv"
     rows = list(csv.DictReader(path.open()))
     dm = cli.datamodule
@@ -101,8 +101,8 @@ def test_predict_writes_choice_and_probability(fitted):
 def test_exploring_predict_writes_propensities(fitted):
     """predict samples from the exploring distribution and records each served model's propensity."""
     out, ckpt, _ = fitted
-    cli = main(["predict", *tiny_args(out), "--ckpt_path", ckpt, "--model.init_args.predict_w_c", "0.3",
-                "--model.init_args.predict_temperature", "2.0", "--model.init_args.predict_epsilon", "0.2"])
+    cli = main(["predict", *tiny_args(out), "--ckpt_path", ckpt, "--model.init_args.predict.w_c", "0.3",
+                "--model.init_args.predict.temperature", "2.0", "--model.init_args.predict.epsilon", "0.2"])
     rows = list(csv.DictReader((Path(cli.trainer.log_dir) / "predictions.csv").open()))
     k = len(cli.datamodule.model_names)
     assert set(rows[0]) == {"prompt_id", "split", "task", "w_c", "model", "probability", "propensity"}
@@ -110,7 +110,7 @@ def test_exploring_predict_writes_propensities(fitted):
     assert all(0.2 / k - 1e-9 <= p <= 1 for p in propensity)  # epsilon / K is the floor of every model's chance
     assert len({r["model"] for r in rows}) > 2  # sampled, not the argmax of a few favourites
     with pytest.raises(SystemExit) as info:
-        main(["predict", *tiny_args(out), "--ckpt_path", ckpt, "--model.init_args.predict_epsilon", "1.5"])
+        main(["predict", *tiny_args(out), "--ckpt_path", ckpt, "--model.init_args.predict.epsilon", "1.5"])
     assert info.value.code == 2
 
 
@@ -136,20 +136,20 @@ def test_every_config_parses(path, capsys):
 @pytest.mark.parametrize(
     "extra, fragments",
     [
-        (["--model.init_args.eval_w_c", "1.5"], ["model.eval_w_c", "1.5"]),
+        (["--model.init_args.evaluation.w_c", "1.5"], ["model.evaluation.w_c", "1.5"]),
         (["--data.init_args.split.ood_tasks", "[no-such-task]"], ["data.split.ood_tasks", "no-such-task"]),
         (["--data.init_args.split.val_fraction", "0.9"], ["val_fraction", "0.9"]),
-        (["--model.init_args.head", "transformer"], ["head", "transformer"]),
-        (["--model.init_args.baseline", "leave_one_out", "--model.init_args.samples_per_prompt", "1"],
-         ["leave_one_out", "samples_per_prompt", "1"]),
-        (["--model.init_args.cost_power", "0"], ["model.cost_power", "0"]),
-        (["--model.init_args.preference_features", "sqrt"], ["preference_features", "sqrt"]),
+        (["--model.init_args.policy.head", "transformer"], ["head", "transformer"]),
+        (["--model.init_args.baseline", "LeaveOneOut", "--model.init_args.training.samples_per_prompt", "1"],
+         ["LeaveOneOut", "samples_per_prompt", "1"]),
+        (["--model.init_args.training.cost_power", "0"], ["model.training.cost_power", "0"]),
+        (["--model.init_args.policy.features", "sqrt"], ["features", "sqrt"]),
         (["--model.init_args.critic", "knn"], ["critic", "knn"]),
         (["--data.init_args.source.path", "a.csv", "--data.init_args.source.test_path", "b.csv",
           "--data.init_args.split.test_fraction",
           "0.25"], ["data.split.test_fraction", "0.25", "data.source.test_path", "b.csv"]),
-        (["--model.init_args.critic", "neighbours", "--model.init_args.critic_neighbours", "1000"],
-         ["model.critic_neighbours", "1000"]),
+        (["--model.init_args.critic", "Neighbours", "--model.init_args.critic.init_args.neighbours", "1000"],
+         ["model.critic.neighbours", "1000"]),
     ],
 )
 def test_bad_config_fails_clearly(tmp_path, capsys, extra, fragments):
@@ -167,7 +167,7 @@ def test_trained_router_routes_raw_text_like_predict(fitted):
     from barp.models.trained import TrainedRouter
 
     out, ckpt, cli_fit = fitted
-    cli = main(["predict", *tiny_args(out), "--ckpt_path", ckpt, "--model.init_args.predict_w_c", "0.2"])
+    cli = main(["predict", *tiny_args(out), "--ckpt_path", ckpt, "--model.init_args.predict.w_c", "0.2"])
     rows = list(csv.DictReader((Path(cli.trainer.log_dir) / "predictions.csv").open()))[:40]
     table = cli.datamodule.table
     text = {pid: p for pid, p in zip(table.prompt_ids, table.prompts)}

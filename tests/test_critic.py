@@ -14,7 +14,9 @@ from barp.data.parts import Batches, Split
 from barp.errors import ConfigError
 from barp.learning.critic import NeighbourCritic, nearest_neighbours
 from barp.learning.rl import critic_policy_loss, reinforce_loss
+from barp.learning.strategies import Neighbours
 from barp.models.barp import BaRPModule
+from barp.models.parts import Arms, Evaluation, Reward, Training
 
 
 def _angles(*degrees: float) -> torch.Tensor:
@@ -30,7 +32,7 @@ def test_nearest_neighbours_match_brute_force_and_never_include_the_prompt():
     sim.fill_diagonal_(-float("inf"))
     assert torch.equal(nb, sim.topk(5, dim=-1).indices)
     assert not (nb == torch.arange(53)[:, None]).any()
-    with pytest.raises(ConfigError, match=r"critic_neighbours must be in \[1, 52\].*got 53"):
+    with pytest.raises(ConfigError, match=r"critic.neighbours must be in \[1, 52\].*got 53"):
         nearest_neighbours(emb, 53)
 
 
@@ -94,14 +96,14 @@ def _module_and_data(**kwargs):
     dm = RoutingDataModule(split=Split(ood_tasks=[], val_fraction=0.1, test_fraction=0.3),
                            batches=Batches(batch_size=8, train_repeats=1))
     dm.use_table(routing_problem())
-    module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim, tau=2e-3,
-                        eval_w_c=0.5, extra_eval_w_c=[0.0], **kwargs)
+    module = BaRPModule(arms=Arms(dm.model_names, dm.task_names, dm.embed_dim), reward=Reward(tau=2e-3),
+                        evaluation=Evaluation(0.5, [0.0]), **kwargs)
     return dm, module
 
 
 def test_critic_memory_holds_exactly_the_pulled_cells_and_survives_a_checkpoint(tmp_path):
     L.seed_everything(0)
-    dm, module = _module_and_data(critic="neighbours", critic_neighbours=10, samples_per_prompt=4, lr=3e-3)
+    dm, module = _module_and_data(critic=Neighbours(neighbours=10), training=Training(samples_per_prompt=4, lr=3e-3))
     pulled: set[tuple[int, int]] = set()
 
     class Spy(L.Callback):
@@ -137,15 +139,14 @@ def test_critic_memory_holds_exactly_the_pulled_cells_and_survives_a_checkpoint(
         def on_train_start(self, trainer, pl_module):
             resumed_counts.append(int(pl_module.critic.seen.sum()))
 
-    _, fresh = _module_and_data(critic="neighbours", critic_neighbours=10, samples_per_prompt=4, lr=3e-3)
+    _, fresh = _module_and_data(critic=Neighbours(neighbours=10), training=Training(samples_per_prompt=4, lr=3e-3))
     resume = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
                        enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[Check()], limit_val_batches=0)
     resume.fit(fresh, datamodule=dm, ckpt_path=ckpt)
     assert resumed_counts == [len(pulled)]
 
 
-@pytest.mark.parametrize("option, value", [("critic_neighbours", 0), ("critic_prior", -1.0),
-                                           ("critic_residual", float("nan"))])
+@pytest.mark.parametrize("option, value", [("neighbours", 0), ("prior", -1.0), ("residual", float("nan"))])
 def test_bad_critic_options_are_named(option, value):
-    with pytest.raises(ConfigError, match=f"model.{option}.*{value}"):
-        _module_and_data(critic="neighbours", **{option: value})
+    with pytest.raises(ConfigError, match=f"model.critic.{option}.*{value}"):
+        _module_and_data(critic={"class_path": "Neighbours", "init_args": {option: value}})

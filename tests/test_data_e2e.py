@@ -29,7 +29,7 @@ def args_for(path: Path, out: Path, *extra: str) -> list[str]:
         "--data.init_args.split.val_fraction", "0.2",
         "--data.init_args.split.test_fraction", "0.3",
         "--data.init_args.batches.batch_size", "8",
-        "--model.init_args.critic_neighbours", "5",  # the fixture tables hold a few dozen prompts
+        "--model.init_args.critic.init_args.neighbours", "5",  # the fixture tables hold a few dozen prompts
         "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
         "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),

@@ -233,7 +233,7 @@ def test_ddp_processes_share_the_embedding_and_leave_one_cache(tmp_path):
         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
         "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--data.init_args.synthetic.num_prompts", "120", "--model.init_args.critic_neighbours", "5",
+        "--data.init_args.synthetic.num_prompts", "120", "--model.init_args.critic.init_args.neighbours", "5",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", BARP_CACHE=str(cache_dir))

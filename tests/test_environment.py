@@ -27,9 +27,10 @@ def test_training_batches_carry_no_outcomes(tiny_datamodule):
 
 def _train_steps(dm, module_seed=7, steps=5):
     from barp.models.barp import BaRPModule
+    from barp.models.parts import Arms, Reward
 
     L.seed_everything(module_seed)
-    module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim, tau=1e-3)
+    module = BaRPModule(arms=Arms(dm.model_names, dm.task_names, dm.embed_dim), reward=Reward(tau=1e-3))
     module.env = dm.train_environment()
     opt = module.configure_optimizers()
     pulled = []

@@ -1,4 +1,5 @@
-"""BaRPModule(explore=epsilon): a share of the training pulls is uniform over the models, importance-weighted."""
+"""BaRPModule(training=Training(explore=epsilon)): a share of the training pulls is uniform over the models,
+importance-weighted."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from barp.data.datamodule import RoutingDataModule
 from barp.data.parts import Batches, Split
 from barp.errors import ConfigError
 from barp.models.barp import BaRPModule
+from barp.models.parts import Arms, Evaluation, Reward, Training
 
 
 def _module(**kwargs) -> BaRPModule:
     dm = RoutingDataModule(split=Split(ood_tasks=[], val_fraction=0.1, test_fraction=0.3),
                            batches=Batches(batch_size=8, train_repeats=1))
     dm.use_table(routing_problem())
-    return BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim, tau=2e-3,
-                      eval_w_c=0.5, **kwargs)
+    return BaRPModule(arms=Arms(dm.model_names, dm.task_names, dm.embed_dim), reward=Reward(tau=2e-3),
+                      evaluation=Evaluation(0.5), **kwargs)
 
 
 def test_exploring_pulls_reach_the_models_a_settled_policy_dropped_and_are_reweighted_to_it():
@@ -30,7 +32,7 @@ def test_exploring_pulls_reach_the_models_a_settled_policy_dropped_and_are_rewei
     assert rho is None and uniform is None
     assert (on_policy == 2).float().mean() < 0.002  # the policy alone almost never pulls model 2
 
-    actions, rho, uniform = _module(explore=epsilon)._sample_actions(logits)
+    actions, rho, uniform = _module(training=Training(explore=epsilon))._sample_actions(logits)
     assert abs(uniform.float().mean() - epsilon) < 0.01
     mu = (1 - epsilon) * pi + epsilon / 3
     share = torch.bincount(actions, minlength=3).float() / n
@@ -43,8 +45,8 @@ def test_exploring_pulls_reach_the_models_a_settled_policy_dropped_and_are_rewei
 
 @pytest.mark.parametrize("value", [1.0, -0.1, True, float("nan"), "0.1"])
 def test_bad_explore_is_named(value):
-    with pytest.raises(ConfigError, match="model.explore"):
-        _module(explore=value)
+    with pytest.raises(ConfigError, match="model.training.explore"):
+        _module(training=Training(explore=value))
 
 
 def test_uniform_pulls_are_counted_saved_and_pooled_by_the_guard(tmp_path):
@@ -52,13 +54,15 @@ def test_uniform_pulls_are_counted_saved_and_pooled_by_the_guard(tmp_path):
     from barp.models.trained import TrainedRouter
     from tests.test_cli import tiny_args
 
-    cli = main(["fit", *tiny_args(tmp_path, "--model.init_args.explore", "0.5", "--model.init_args.fallback_quantile",
-                                  "0.1", "--trainer.max_epochs", "2", "--test_after_fit", "false")])
+    cli = main(["fit", *tiny_args(tmp_path, "--model.init_args.training.explore", "0.5",
+                                  "--model.init_args.guard.quantile", "0.1", "--trainer.max_epochs", "2",
+                                  "--test_after_fit", "false")])
     module, dm = cli.model, cli.datamodule
     pulls = module.explore_pulls
     steps = cli.trainer.global_step
+    k = module.training_options.samples_per_prompt
     total = sum(min(dm.batches.batch_size, len(dm.splits.train) - i)
-                for i in range(0, len(dm.splits.train), dm.batches.batch_size)) * 2 * module.hparams.samples_per_prompt
+                for i in range(0, len(dm.splits.train), dm.batches.batch_size)) * 2 * k
     assert steps > 0 and 0.4 * total < float(pulls[0].sum()) < 0.6 * total  # about half the pulls were uniform
     assert bool((pulls[0] > 0).all())  # uniform: every model was pulled
     table = dm.table.subset(dm.splits.train)

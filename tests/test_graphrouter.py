@@ -16,6 +16,7 @@ from barp.data.table import OutcomeTable
 from barp.errors import ConfigError
 from barp.learning.rl import preference_tensor
 from barp.models.baselines.graphrouter import GraphRouter, RelationConv, read_descriptions
+from barp.models.parts import Arms, Reward
 from barp.models.registry import train_method
 from barp.models.trained import TrainedRouter
 
@@ -62,7 +63,7 @@ def test_edge_targets_by_hand(monkeypatch):
 
     import barp.models.baselines.graphrouter as gr
 
-    module = GraphRouter(model_names=["a", "b"], task_names=["t"], embed_dim=4, encoder="unused", tau=1e-3)
+    module = GraphRouter(arms=Arms(["a", "b"], ["t"], 4, "unused"), reward=Reward(tau=1e-3))
     module.query_emb, module.query_task = torch.zeros(2, 4), torch.zeros(2, dtype=torch.long)
     module.edge_scores = torch.tensor([[1.0, 0.5], [0.0, 0.0]])
     module.edge_costs = torch.tensor([[2e-3, 5e-4], [1e-4, 1e-4]])  # normalised: [[1, 0.5], [0.1, 0.1]]

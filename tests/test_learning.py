@@ -7,7 +7,11 @@ import pytest
 from barp.data.datamodule import RoutingDataModule
 from barp.data.parts import Batches, Split
 from barp.data.table import OutcomeTable
+from barp.learning.strategies import BatchLinear, BatchMean, LeaveOneOut, Neighbours
 from barp.models.barp import BaRPModule
+from barp.models.parts import Arms, Evaluation, Reward, Training
+
+BASELINES = {"batch_mean": BatchMean, "batch_linear": BatchLinear, "leave_one_out": LeaveOneOut}
 
 SUBJECTS = ["apples", "trains", "coins", "marbles", "books", "eggs", "chairs", "pencils", "birds", "boats"]
 THEMES = ["the sea", "autumn", "a lost friend", "the moon", "city lights", "winter", "a garden", "old letters"]
@@ -39,10 +43,10 @@ def test_greedy_policy_learns_to_route(tmp_path, baseline):
     dm = RoutingDataModule(split=Split(ood_tasks=[], val_fraction=0.1, test_fraction=0.3),
                            batches=Batches(batch_size=32 // k, train_repeats=8 // k))
     dm.use_table(routing_problem())
-    learner = {"critic": "neighbours", "critic_neighbours": 10} if baseline == "neighbour_critic" else {
-        "baseline": baseline}
-    module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim,
-                        lr=3e-3, tau=2e-3, samples_per_prompt=k, eval_w_c=0.5, extra_eval_w_c=[0.0], **learner)
+    learner = {"critic": Neighbours(neighbours=10)} if baseline == "neighbour_critic" else {
+        "baseline": BASELINES[baseline]()}
+    module = BaRPModule(arms=Arms(dm.model_names, dm.task_names, dm.embed_dim), reward=Reward(tau=2e-3),
+                        evaluation=Evaluation(0.5, [0.0]), training=Training(lr=3e-3, samples_per_prompt=k), **learner)
     trainer = L.Trainer(max_epochs=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)

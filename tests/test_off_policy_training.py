@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import lightning as L
 import numpy as np
 import pytest
@@ -12,7 +14,9 @@ from barp.data.environment import LoggedEnvironment
 from barp.data.parts import Batches, Split
 from barp.errors import ConfigError
 from barp.learning.rl import clipped_self_normalised_weights, reinforce_loss
+from barp.learning.strategies import BatchLinear, BatchMean, Neighbours, SelfNormalisedIS
 from barp.models.barp import BaRPModule
+from barp.models.parts import Arms, Evaluation, Reward, Training
 from barp.ope.simulate import simulate
 from tests.test_learning import routing_problem
 
@@ -77,10 +81,10 @@ def test_policy_learns_to_route_from_a_uniform_log(tmp_path, learner):
     """Same thresholds as the online learning test (tests/test_learning.py), from logged requests only."""
     L.seed_everything(0)
     dm, log = _log_data(tmp_path)
-    options = {"critic": "neighbours", "critic_neighbours": 10} if learner == "critic" else {
-        "baseline": "batch_mean", "samples_per_prompt": 2}
-    module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim, lr=3e-3,
-                        tau=2e-3, eval_w_c=0.5, extra_eval_w_c=[0.0], **options)
+    options = {"critic": Neighbours(neighbours=10), "training": Training(lr=3e-3)} if learner == "critic" else {
+        "baseline": BatchMean(), "training": Training(lr=3e-3, samples_per_prompt=2)}
+    module = BaRPModule(arms=Arms(dm.model_names, dm.task_names, dm.embed_dim), reward=Reward(tau=2e-3),
+                        evaluation=Evaluation(0.5, [0.0]), **options)
     trainer = L.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)
@@ -107,8 +111,8 @@ def test_a_log_with_an_unknown_model_or_a_bad_clip_is_refused(tmp_path):
     bad.use_table(dm.table)
     with pytest.raises(Exception, match=r"bad\.csv: column 'model', row 3: unknown model 'gpt-17'"):
         bad.train_environment()
-    with pytest.raises(ConfigError, match="model.importance_clip"):
-        BaRPModule(model_names=["a", "b"], task_names=["t"], embed_dim=4, importance_clip=0.5)
+    with pytest.raises(ConfigError, match="model.off_policy.clip"):
+        BaRPModule(arms=Arms(["a", "b"], ["t"], 4), off_policy=SelfNormalisedIS(clip=0.5))
 
 
 def test_trained_router_explores_with_propensities():
@@ -117,7 +121,7 @@ def test_trained_router_explores_with_propensities():
     from barp.models.trained import TrainedRouter
 
     L.seed_everything(0)
-    module = BaRPModule(model_names=["a", "b", "c"], task_names=["t"], embed_dim=384, tau=1e-3)
+    module = BaRPModule(arms=Arms(["a", "b", "c"], ["t"], 384), reward=Reward(tau=1e-3))
     router = TrainedRouter(module, SentenceEncoder())
     prompts = [f"question number {i} about rivers" for i in range(40)]
     greedy = router.route(prompts, w_c=0.3)
@@ -136,3 +140,20 @@ def test_trained_router_explores_with_propensities():
     assert all(d.propensity == pytest.approx(1 / 3) for d in uniform)
     with pytest.raises(ConfigError, match="temperature must be a finite number > 0, got 0"):
         router.route(prompts, temperature=0)
+
+
+def test_explore_with_a_log_is_said_once_and_changes_nothing(tmp_path):
+    """Off-policy training pulls nothing, so training.explore does not apply: one warning says so, and the steps are
+    those of explore 0 (SelfNormalisedIS; its baseline is the SNIPS mean whichever Baseline is set but NoBaseline)."""
+    dm, _ = _log_data(tmp_path, passes=1)
+    losses = []
+    for explore, baseline in ((0.0, BatchMean()), (0.3, BatchLinear())):
+        L.seed_everything(0)
+        module = BaRPModule(arms=Arms(dm.model_names, dm.task_names, dm.embed_dim), reward=Reward(tau=2e-3),
+                            training=Training(explore=explore), baseline=baseline)
+        trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+        with pytest.warns(UserWarning, match="explore=0.3 does not apply") if explore else nullcontext():
+            trainer.fit(module, datamodule=dm)
+        losses.append(float(trainer.callback_metrics["train/loss"]))
+    assert losses[0] == losses[1]

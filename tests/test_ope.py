@@ -12,6 +12,7 @@ import torch
 from barp.data.environment import BanditEnvironment
 from barp.data.table import OutcomeTable
 from barp.models.barp import BaRPModule
+from barp.models.parts import Arms
 from barp.ope.cli import run_ope_cli, target_probabilities
 from barp.ope.estimators import (
     cross_fit_predictions,
@@ -207,7 +208,7 @@ def test_simulator_propensities_match_the_policy():
 def test_router_logging_policy_at_a_temperature():
     torch.manual_seed(0)
     tab = table(n=20, seed=17)
-    module = BaRPModule(model_names=tab.models, task_names=["t"], embed_dim=8).eval()
+    module = BaRPModule(arms=Arms(tab.models, ["t"], 8)).eval()
     emb = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
     log = simulate(tab, "router", module=module, embeddings=emb, temperature=0.5, epsilon=0.1, seed=1, passes=3)
     rows = np.tile(np.arange(20), 3)

@@ -43,13 +43,14 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def _fit(tiny_datamodule, root: Path, epochs: int, ckpt_path: str | None = None, seed: int = 0):
+    from barp.learning.strategies import Neighbours
     from barp.models.barp import BaRPModule
+    from barp.models.parts import Arms, Evaluation, Training
 
     dm = tiny_datamodule
     L.seed_everything(seed)
-    module = BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim,
-                        critic="neighbours", critic_neighbours=5, samples_per_prompt=2, beta_final=0.0,
-                        extra_eval_w_c=[0.0])
+    module = BaRPModule(arms=Arms(dm.model_names, dm.task_names, dm.embed_dim), critic=Neighbours(neighbours=5),
+                        training=Training(samples_per_prompt=2, beta_final=0.0), evaluation=Evaluation(extra_w_c=[0.0]))
     every = ModelCheckpoint(dirpath=root, save_top_k=-1, filename="{epoch}")
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[every], default_root_dir=root, deterministic=True)

@@ -23,6 +23,7 @@ from barp.models.baselines.routerdc import (
     sample_sample_loss,
     training_prompts,
 )
+from barp.models.parts import Arms, Evaluation, Guard, Reward
 from barp.models.registry import METHOD_CLASSES, train_method
 from barp.models.trained import TrainedRouter
 
@@ -125,15 +126,15 @@ def test_kmeans_is_seeded_and_finds_separated_groups():
 def test_registered_and_options_checked():
     assert METHOD_CLASSES["routerdc"] is RouterDC
     names = ["a", "b"]
-    m = RouterDC(model_names=names, task_names=["t"], embed_dim=8)
+    m = RouterDC(arms=Arms(names, ["t"], 8))
     assert (m.top_k, m.last_k) == (1, 1)  # K+ = K- = 3 capped: positives and negatives never overlap
-    assert (RouterDC(model_names=list("abc"), task_names=["t"], embed_dim=8).top_k,
-            RouterDC(model_names=list("abc"), task_names=["t"], embed_dim=8).last_k) == (1, 2)
+    assert (RouterDC(arms=Arms(list("abc"), ["t"], 8)).top_k,
+            RouterDC(arms=Arms(list("abc"), ["t"], 8)).last_k) == (1, 2)
     assert m.hparams.lr == 5e-5 and m.hparams.batch_size == 64 and m.hparams.max_steps == 1000
     for bad in ({"encoder_mode": "other"}, {"top_k": 0}, {"temperature": 0.0}, {"cluster_loss_weight": -1.0},
-                {"encoder_mode": "finetune", "fallback_quantile": 0.02}):
+                {"encoder_mode": "finetune", "guard": Guard(0.02)}):
         with pytest.raises(ConfigError):
-            RouterDC(model_names=names, task_names=["t"], embed_dim=8, **bad)
+            RouterDC(arms=Arms(names, ["t"], 8), **bad)
 
 
 def _one_best_table(n: int = 60) -> OutcomeTable:
@@ -208,7 +209,7 @@ def _save(trainer, path) -> None:
 def test_a_checkpoint_routes_through_trained_router(tiny_datamodule, tmp_path, served_models):
     dm = tiny_datamodule
     L.seed_everything(0, verbose=False)
-    module = RouterDC(model_names=dm.model_names, task_names=dm.task_names, embed_dim=384, tau=TAU, **FAST)
+    module = RouterDC(arms=Arms(dm.model_names, dm.task_names, 384), reward=Reward(tau=TAU), **FAST)
     trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
@@ -230,7 +231,7 @@ def test_a_checkpoint_routes_through_trained_router(tiny_datamodule, tmp_path, s
 def test_finetune_mode_trains_the_encoder_and_checkpoints_it(tiny_datamodule, tmp_path):
     dm = tiny_datamodule
     L.seed_everything(0, verbose=False)
-    module = RouterDC(model_names=dm.model_names, task_names=dm.task_names, embed_dim=384, tau=TAU,
+    module = RouterDC(arms=Arms(dm.model_names, dm.task_names, 384), reward=Reward(tau=TAU),
                             encoder_mode="finetune", preference_grid=[0.0], lr=1e-4, batch_size=16, max_steps=3,
                             select_every=0)
     before = module.towers[0].text_encoder.embeddings.word_embeddings.weight.detach().clone()
@@ -278,7 +279,7 @@ def test_per_preference_reaches_the_oracle_at_both_ends(_barp_cache):
 
 def test_per_preference_routes_with_the_nearest_grid_point(_barp_cache):
     names = ["a", "b", "c"]
-    m = RouterDC(model_names=names, task_names=["t"], embed_dim=8, preference_grid=[1.0, 0.0, 0.5, 0.5])
+    m = RouterDC(arms=Arms(names, ["t"], 8), preference_grid=[1.0, 0.0, 0.5, 0.5])
     assert m.hparams.preference_mode == "per_preference" and m.grid == [0.0, 0.5, 1.0] and len(m.towers) == 3
     w = torch.tensor([[1.0, 0.0], [0.8, 0.2], [0.75, 0.25], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8], [0.0, 1.0]])
     assert m.tower_of(w).tolist() == [0, 0, 0, 1, 1, 2, 2]  # 0.25: a tie, the lower grid point
@@ -289,21 +290,20 @@ def test_per_preference_routes_with_the_nearest_grid_point(_barp_cache):
             alone = m.scores(m.towers[j].projection(emb[i:i + 1]), w[i:i + 1], j)
             assert torch.allclose(got[i:i + 1], alone, atol=1e-6)
     # default grid: the module's evaluation preferences
-    assert RouterDC(model_names=names, task_names=["t"], embed_dim=8, eval_w_c=0.3,
-                          extra_eval_w_c=[0.0, 1.0]).grid == [0.0, 0.3, 1.0]
-    cond = RouterDC(model_names=names, task_names=["t"], embed_dim=8, preference_mode="conditioned")
+    assert RouterDC(arms=Arms(names, ["t"], 8), evaluation=Evaluation(0.3, [0.0, 1.0])).grid == [0.0, 0.3, 1.0]
+    cond = RouterDC(arms=Arms(names, ["t"], 8), preference_mode="conditioned")
     assert len(cond.towers) == 1 and cond.condition is not None and cond.tower_of(w).tolist() == [0] * len(w)
     for bad in ({"preference_mode": "other"}, {"preference_grid": []}, {"preference_grid": [1.5]},
                 {"select_prompts": 0}):
         with pytest.raises(ConfigError):
-            RouterDC(model_names=names, task_names=["t"], embed_dim=8, **bad)
+            RouterDC(arms=Arms(names, ["t"], 8), **bad)
 
 
 def test_per_preference_checkpoint_routes_through_trained_router(tiny_datamodule, tmp_path):
     dm = tiny_datamodule
     L.seed_everything(0, verbose=False)
-    module = RouterDC(model_names=dm.model_names, task_names=dm.task_names, embed_dim=384, tau=TAU,
-                            eval_w_c=0.3, extra_eval_w_c=[0.0, 0.8], select_prompts=20, **FAST)
+    module = RouterDC(arms=Arms(dm.model_names, dm.task_names, 384), reward=Reward(tau=TAU),
+                      evaluation=Evaluation(0.3, [0.0, 0.8]), select_prompts=20, **FAST)
     trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)

@@ -19,6 +19,7 @@ from barp.models.baselines import (
     LinUCBRouter,
     full_information_training_data,
 )
+from barp.models.parts import Arms, Reward
 from barp.models.registry import METHOD_CLASSES, train_method
 from barp.sweep.contenders import (
     ModuleContender,
@@ -113,8 +114,7 @@ def test_random_router_is_seeded_and_oracle_takes_cheapest_tie():
 
 def _train_steps(cls, dm, steps: int = 8):
     L.seed_everything(3)
-    module = cls(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embeddings().shape[1],
-                 tau=TAU, pca_dim=8)
+    module = cls(arms=Arms(dm.model_names, dm.task_names, dm.embeddings().shape[1]), reward=Reward(tau=TAU), pca_dim=8)
     module.env = dm.train_environment()
     module.fit_pca(torch.as_tensor(dm.embeddings(dm.splits.train)))
     pulled, original = [], module.env.pull

@@ -47,7 +47,7 @@ def test_aiq_is_defined_only_where_models_differ_in_price():
 def test_one_price_fit_selects_on_mean_reward_and_prints_no_aiq(tmp_path, capsys):
     data = one_price_table(tmp_path / "one_price.csv")
     cli = main(["fit", *run_args(data, tmp_path / "run", "--trainer.max_epochs", "6", "--test_after_fit", "true",
-                                 "--model.init_args.fallback_quantile", "null")])
+                                 "--model.init_args.guard", "null")])
     out = capsys.readouterr().out
     assert "AIQ over these preferences" not in out
     assert "AIQ undefined (every model has the same mean cost); mean reward over these preferences" in out

@@ -276,7 +276,7 @@ def test_sigkill_in_a_burst_of_feedback_leaves_a_valid_log_complete_up_to_the_ki
     finally:
         restarted.kill()
         restarted.join(10)
-    models = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]["model_names"]
+    models = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]["arms"]["model_names"]
     # the router's models: these made-up prompts may all fall back to one model (the shift guard)
     assert read_log(log_dir / LOG_FILE, models=models).num_rows == len(logged) + 1
 

@@ -58,7 +58,7 @@ def test_state_round_trip_and_bad_knobs(guard):
     again = ShiftGuard.from_state(guard.state())
     probe = unit(torch.randn(7, 16, generator=torch.Generator().manual_seed(2)))
     assert torch.equal(again.familiarity(probe), guard.familiarity(probe)) and again.threshold == guard.threshold
-    with pytest.raises(ConfigError, match=r"model.fallback_quantile must be in \(0, 1\)"):
+    with pytest.raises(ConfigError, match=r"model.guard.quantile must be in \(0, 1\)"):
         ShiftGuard.build(guard.reference, guard.reference, torch.zeros(3, 3), torch.zeros(3, 3), 1.0, 1.5)
     with pytest.raises(ConfigError, match="validation split, which is empty"):
         ShiftGuard.build(guard.reference, guard.reference[:0], torch.zeros(0, 3), torch.zeros(0, 3), 1.0, 0.1)
@@ -70,7 +70,7 @@ def test_guard_in_fit_test_and_the_checkpoint(tmp_path, capsys):
     from barp.models.checkpoints import GUARD_KEY
     from barp.models.trained import TrainedRouter
 
-    cli = main(["fit", *tiny_args(tmp_path, "--model.init_args.fallback_quantile", "0.1",
+    cli = main(["fit", *tiny_args(tmp_path, "--model.init_args.guard.quantile", "0.1",
                                   "--trainer.max_epochs", "2", "--test_after_fit", "true")])
     module, dm = cli.model, cli.datamodule
     assert module.guard is not None and module.guard.quantile == 0.1

@@ -84,7 +84,7 @@ def test_sweep_writes_three_files_with_every_method(swept):
 def test_comparison_methods_get_the_checkpoints_pull_budget(swept):
     out, ckpt, dm = swept
     summary = json.loads((out / "sweep" / "summary.json").read_text())
-    k = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]["samples_per_prompt"]
+    k = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]["training"]["samples_per_prompt"]
     assert k == 4  # the recipe pulls each prompt 4 times per step ...
     assert summary["meta"]["comparison_training"] == {  # ... so the bandits get 4 passes, in as many steps
         "train_repeats": dm.batches.train_repeats * k, "batch_size": dm.batches.batch_size * k}

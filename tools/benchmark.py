@@ -243,12 +243,24 @@ def _callback_class():
     return StepTimer
 
 
+#: The neighbour critic at its defaults, as a recipe's ``model.init_args.critic``.
+NEIGHBOURS = {"class_path": "Neighbours"}
+
+
+def _recipe_critic(model_args: dict):
+    """The recipe's neighbour critic (``model.init_args.critic``), or one at its defaults where it has none."""
+    from barp.learning.strategies import Neighbours, from_config
+
+    critic = model_args.get("critic")
+    return Neighbours() if critic is None else from_config(critic, Neighbours, "model.critic")
+
+
 def barp_module(dm, model_args: dict):
     """The BaRPModule both training loops time, built as ``barp fit`` builds it from the recipe's model section."""
     from barp.models.barp import BaRPModule
+    from barp.models.parts import arms_from_data
 
-    return BaRPModule(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim,
-                      encoder=dm.encoder_spec.name, **model_args)
+    return BaRPModule(arms=arms_from_data(dm), **model_args)
 
 
 def _trainer(device: str, deterministic: bool, root: str, **options):
@@ -268,7 +280,7 @@ def lightning_fit(dm, model_args: dict, deterministic: bool, device: str, max_st
     _quiet_lightning()
     L.seed_everything(42, verbose=False)
     model = barp_module(dm, model_args)
-    timer = _callback_class()(warmup, model.hparams.samples_per_prompt, device == "cuda")
+    timer = _callback_class()(warmup, model.training_options.samples_per_prompt, device == "cuda")
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _trainer(device, deterministic, tmp, max_steps=max_steps, max_epochs=max_epochs, callbacks=[timer])
         start = time.perf_counter()
@@ -314,7 +326,7 @@ def bare_loop(dm, model_args: dict, steps: int, warmup: int, deterministic: bool
     torch.use_deterministic_algorithms(deterministic)
     model.to(device).train()
     opt = model.configure_optimizers()
-    k = model.hparams.samples_per_prompt
+    k = model.training_options.samples_per_prompt
     critic_s = [0.0]
     if model.critic is not None:  # time the critic's share of the step (its memory update and its estimates)
         for name in ("observe", "values"):
@@ -359,8 +371,8 @@ def training_section(steps: int, warmup: int, repeats: int, device: str = "cpu")
         dm.prepare_data()
         dm.setup("fit")
         section.update(train_prompts=len(dm.splits.train), batch_size=dm.batches.batch_size,
-                       samples_per_prompt=model_args.get("samples_per_prompt", 1))
-        for key, critic in (("reinforce", "none"), ("critic", "neighbours")):
+                       samples_per_prompt=barp_module(dm, model_args).training_options.samples_per_prompt)
+        for key, critic in (("reinforce", None), ("critic", model_args.get("critic") or NEIGHBOURS)):
             args = {**model_args, "critic": critic}
             runs: dict[str, list[dict]] = {"lightning": [], "bare": []}
             for r in range(repeats):
@@ -375,7 +387,7 @@ def training_section(steps: int, warmup: int, repeats: int, device: str = "cpu")
         cores = os.cpu_count() or 1
         if device == "cpu" and cores != torch.get_num_threads():  # REINFORCE again at torch's default threads
             chosen, short = torch.get_num_threads(), max(warmup + 5, steps // 5)
-            args = {**model_args, "critic": "none"}
+            args = {**model_args, "critic": None}
             torch.set_num_threads(cores)
             try:
                 section["reinforce_default_threads"] = {
@@ -400,9 +412,11 @@ def routing_section(prompts: list[str], singles: int, batches: int, batch_size: 
     from barp.models.trained import TrainedRouter
 
     model_args = _recipe()["model"]["init_args"]
-    router = TrainedRouter(BaRPModule(model_names=list(MODELS), task_names=list(TASKS), **model_args),
-                           SentenceEncoder())
-    if model_args.get("fallback_quantile") is not None:  # the recipe routes with the shift guard: time it too
+    from barp.models.parts import Arms
+
+    router = TrainedRouter(BaRPModule(arms=Arms(list(MODELS), list(TASKS)), **model_args), SentenceEncoder())
+    guard = model_args.get("guard")
+    if guard is not None:  # the recipe routes with the shift guard: time it too
         from barp.models.shift import ShiftGuard
 
         gen, k = torch.Generator().manual_seed(0), len(MODELS)  # a reference set the size of the recipe's
@@ -410,7 +424,7 @@ def routing_section(prompts: list[str], singles: int, batches: int, batch_size: 
             torch.randn(2048, router.module.embed_dim, generator=gen), torch.randn(256, router.module.embed_dim,
                                                                                     generator=gen),
             torch.rand(256, k, generator=gen), torch.rand(256, k, generator=gen), 1.0,
-            model_args["fallback_quantile"], model_args.get("fallback_neighbours", 10))
+            guard["quantile"], guard.get("neighbours", 10))
     encoder = router.encoder
     paths = {"router": lambda ps: router.route(ps, w_c=0.5), "encoder": encoder.encode}
     for f in paths.values():
@@ -571,13 +585,13 @@ def growth_section(sizes: list[int], device: str = "cpu") -> dict:
     from barp.data.parts import merge_options
     from barp.data.synthetic import generate_synthetic
     from barp.learning.critic import nearest_neighbours
-
     recipe = _recipe()
     model_args, data_args = recipe["model"]["init_args"], recipe["data"]["init_args"]
     deterministic = bool(recipe.get("trainer", {}).get("deterministic", False))
     encoder = standin_encoder()
     section: dict = {"sizes": {}, "embedding": "barp's cache + SentenceEncoder.encode with a stand-in network",
-                     "critic_neighbours": model_args.get("critic_neighbours", 40)}
+                     "critic_neighbours": _recipe_critic(model_args).neighbours}
+    critic_args = _recipe_critic(model_args).init_args()
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             start = time.perf_counter()
@@ -602,7 +616,8 @@ def growth_section(sizes: list[int], device: str = "cpu") -> dict:
             row["neighbour_search_s"], row["neighbour_search_peak_mib"] = peak_memory(
                 lambda emb=emb, k=k: nearest_neighbours(emb, k))
             row["full_similarity_matrix_mib"] = len(emb) ** 2 * 4 / 2**20
-            fit = lightning_fit(dm, {**model_args, "critic_neighbours": k}, deterministic, device, max_epochs=1)
+            critic = {"class_path": "Neighbours", "init_args": {**critic_args, "neighbours": k}}
+            fit = lightning_fit(dm, {**model_args, "critic": critic}, deterministic, device, max_epochs=1)
             row.update(epoch_s=fit["epoch_s"][0], fit_s=fit["fit_s"], epoch_steps=fit["steps"])
             section["sizes"][str(n)] = row
     first = str(sizes[0])

@@ -2,7 +2,7 @@
 
     python tools/critic_coverage.py --ckpt_path runs/llmrouter/version_0/checkpoints/best-epoch=13.ckpt
 
-The critic (``model.critic: neighbours``) estimates each model's score on a training prompt from the outcomes PULLED
+The critic (``model.critic: Neighbours``) estimates each model's score on a training prompt from the outcomes PULLED
 on its nearest training prompts. A policy that has settled stops pulling the models it dropped, so their estimates
 rest on a few prompts the policy chose, which biases them. This tool rebuilds the checkpoint's data (from the
 settings saved in it; relative paths are read from the current folder), recomputes the critic's estimates from the
@@ -27,7 +27,7 @@ def coverage(ckpt_path: str) -> dict:
     """The critic's coverage and bias for a checkpoint (printed, and returned as a dict).
 
     Args:
-        ckpt_path: A checkpoint written by ``barp fit`` with ``model.critic: neighbours``.
+        ckpt_path: A checkpoint written by ``barp fit`` with ``model.critic: Neighbours``.
 
     Raises:
         ConfigError: The checkpoint is unreadable or holds no neighbour critic.
@@ -39,16 +39,17 @@ def coverage(ckpt_path: str) -> dict:
     memory = ckpt.get("neighbour_critic")
     if memory is None:
         raise ConfigError(f"--ckpt_path {ckpt_path!r}: the checkpoint holds no neighbour critic (trained with "
-                          "model.critic: none?)")
+                          "model.critic: null?)")
     hp = ckpt.get("hyper_parameters") or {}
     dm = datamodule_from_checkpoint(ckpt, "fit")
-    names = list(hp["model_names"])
+    names = list(hp["arms"]["model_names"])
+    neighbours = (hp.get("critic") or {}).get("init_args") or {}
     order = model_order(names, list(dm.model_names), f"--ckpt_path {ckpt_path!r}")
     cols = np.arange(len(names)) if order is None else np.asarray(order)
     train = np.asarray(dm.splits.train)
     truth_scores = torch.as_tensor(np.asarray(dm.table.scores)[train][:, cols], dtype=torch.float64)
-    critic = NeighbourCritic(torch.as_tensor(dm.train_embeddings()), len(names), int(hp["critic_neighbours"]),
-                             float(hp.get("critic_prior", 1.0)))
+    critic = NeighbourCritic(torch.as_tensor(dm.train_embeddings()), len(names), int(neighbours.get("neighbours", 40)),
+                             float(neighbours.get("prior", 1.0)))
     critic.load_state_dict(memory)  # refuses a memory of another shape than the rebuilt training split
     estimate, _ = critic.estimates(torch.arange(len(train)))
     truth = truth_scores[critic.neighbours].mean(1)  # what every neighbour's outcome says (never seen by the learner)
@@ -57,7 +58,7 @@ def coverage(ckpt_path: str) -> dict:
     best = truth.max(1).values
     result = {
         "checkpoint": str(ckpt_path),
-        "explore": float(hp.get("explore", 0.0)),
+        "explore": float((hp.get("training") or {}).get("explore", 0.0)),
         "models": names,
         "pulled_share": seen.mean(0).tolist(),
         "estimate_bias": (estimate - truth).mean(0).tolist(),
@@ -66,7 +67,7 @@ def coverage(ckpt_path: str) -> dict:
     }
     width = max(len(n) for n in names)
     print(f"{ckpt_path} (explore {result['explore']}): {len(train)} training prompts, "
-          f"{hp['critic_neighbours']} neighbours each")
+          f"{neighbours.get('neighbours', 40)} neighbours each")
     print(f"{'model':{width}}  pulled share  estimate - full-information mean")
     for name, share, bias in zip(names, result["pulled_share"], result["estimate_bias"]):
         print(f"{name:{width}}  {share:12.2f}  {bias:+.3f}")

@@ -60,7 +60,7 @@ def _fit_and_sweep(recipe: str, out: Path, seed: int, head: str, methods: list[s
     common = ["--config", recipe]
     if num_prompts is not None:
         common += ["--data.init_args.synthetic.num_prompts", str(num_prompts)]
-    fit = [*common, "--model.init_args.head", head, "--seed_everything", str(seed),
+    fit = [*common, "--model.init_args.policy.head", head, "--seed_everything", str(seed),
            "--test_after_fit", "false", "--trainer.enable_progress_bar", "false",
            "--trainer.default_root_dir", str(run_dir), "--trainer.logger.init_args.save_dir", str(run_dir)]
     if max_epochs is not None:

@@ -69,12 +69,13 @@ def _fit_barp(recipe: dict, data_args: dict, log_path: Path, tau: float, steps: 
 
     from barp.data.datamodule import RoutingDataModule
     from barp.models.barp import BaRPModule
+    from barp.models.parts import arms_from_data
 
     L.seed_everything(seed, verbose=False)
     dm = RoutingDataModule(**{**data_args, "train_log": str(log_path)})
     model_args = dict((recipe.get("model") or {}).get("init_args") or {})
-    model_args.update(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim, tau=tau)
-    module = BaRPModule(**model_args)
+    model_args["reward"] = {**(model_args.get("reward") or {}), "tau": tau}
+    module = BaRPModule(arms=arms_from_data(dm), **model_args)
     trainer = L.Trainer(max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         num_sanity_val_steps=0, deterministic=True, accelerator="cpu")

@@ -119,11 +119,11 @@ class ResultsTable(L.Callback):
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes, per prompt, the chosen model and its probability at the module's ``predict_w_c`` to a CSV.
+    """Writes, per prompt, the chosen model and its probability at the module's ``predict.w_c`` to a CSV.
 
     Columns: ``prompt_id, split, task, w_c, model, probability``, and ``propensity`` (the probability that the
-    exploring router served that model) when ``predict`` explores (``model.predict_temperature`` /
-    ``model.predict_epsilon``).
+    exploring router served that model) when ``predict`` explores (``model.predict.temperature`` /
+    ``model.predict.epsilon``).
 
     Args:
         output: CSV path; default ``<log dir>/predictions.csv`` (``predictions.rank<R>.csv`` per rank under DDP).

@@ -17,8 +17,9 @@ from barp import __version__
 from barp.cli.config_files import check_config_files
 from barp.errors import ConfigError, exit_on_user_error
 
-EVAL_TIME_OPTIONS = ("eval_w_c", "extra_eval_w_c", "predict_w_c", "predict_temperature", "predict_epsilon",
-                     "fallback_quantile", "fallback_neighbours")
+#: The module's parts that say how a trained router is evaluated and applied: the command line's win over the
+#: checkpoint's.
+EVAL_TIME_OPTIONS = ("evaluation", "predict", "guard")
 #: Subcommands that evaluate or apply a trained router: they need a checkpoint.
 NEEDS_CHECKPOINT = ("validate", "test", "predict")
 
@@ -135,10 +136,12 @@ class BarpCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="After fit, test the best checkpoint and print the results table.")
-        for source, target in (("model_names", "model_names"), ("task_names", "task_names"),
-                               ("embed_dim", "embed_dim")):
-            parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
-        parser.link_arguments("data.init_args.encoder.name", "model.init_args.encoder", apply_on="parse")
+        from barp.models.parts import arms_from_data
+
+        # what the router chooses between (models, tasks, embedding size, encoder name) comes from the data
+        for field in ("model_names", "task_names", "embed_dim", "encoder"):
+            parser.link_arguments("data", f"model.init_args.arms.{field}", apply_on="instantiate",
+                                  compute_fn=lambda data, field=field: getattr(arms_from_data(data), field))
         if "verbose" in {a.dest for a in parser._actions}:
             # barp prints its own compact table (ResultsTable); Lightning's would list hundreds of metrics
             parser.set_defaults(verbose=False)
@@ -159,8 +162,10 @@ class BarpCLI(LightningCLI):
         if sub in NEEDS_CHECKPOINT and not ckpt_path:
             raise ConfigError(f"barp {sub} needs --ckpt_path, a checkpoint written by barp fit: without one the "
                               "router is untrained and its results mean nothing")
+        checkpoint = None
         if ckpt_path:
-            checkpoint = load_checkpoint(ckpt_path)  # missing, folder, truncated, foreign or code-carrying: refused
+            # missing, folder, truncated, foreign or code-carrying: refused; old flat hyperparameters: upgraded
+            checkpoint = load_checkpoint(ckpt_path)
             self._resumed_epoch = checkpoint.get("epoch") if sub == "fit" else None
             alias_former_modules(checkpoint)
             embed_like_checkpoint(self.config[sub].get("data"), checkpoint)
@@ -168,10 +173,26 @@ class BarpCLI(LightningCLI):
             self._check_training_budget(self.config[sub].get("trainer") or {})
         init = self.config[sub]["model"].get("init_args") if sub else None
         kept = {k: init[k] for k in EVAL_TIME_OPTIONS if init is not None and k in init}
-        super()._parse_ckpt_path()
+        if checkpoint is not None:
+            self._apply_checkpoint_hparams(sub, checkpoint)
         if kept:
             for key, value in kept.items():
                 self.config[sub]["model"]["init_args"][key] = value
+
+    def _apply_checkpoint_hparams(self, sub: str, checkpoint: dict) -> None:
+        """Lightning's ``_parse_ckpt_path`` on the checkpoint already read (and upgraded to today's
+        hyperparameters): the module's saved options update the config. ``arms`` is left to the data link."""
+        hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items()
+                   if k not in ("_instantiator", "arms")}
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     @staticmethod
     def _check_training_budget(trainer: dict) -> None:

@@ -1,4 +1,4 @@
-"""A neighbour critic built from bandit feedback only (ours; ``BaRPModule(critic="neighbours")``).
+"""A neighbour critic built from bandit feedback only (ours; ``BaRPModule(critic=Neighbours())``).
 
 Why: a training prompt is pulled many times over training, so plain REINFORCE ends up fitting that prompt's own
 outcomes, noise included (a 0/1 score says little about the next, similar prompt). The critic instead estimates each
@@ -35,7 +35,7 @@ def nearest_neighbours(emb: torch.Tensor, k: int, chunk: int = 2048) -> torch.Te
     """
     n = len(emb)
     if not 1 <= k < n:
-        raise ConfigError(f"model.critic_neighbours must be in [1, {n - 1}] (training prompts - 1), got {k!r}")
+        raise ConfigError(f"model.critic.neighbours must be in [1, {n - 1}] (training prompts - 1), got {k!r}")
     x = F.normalize(emb.float(), dim=-1)
     out = torch.empty(n, k, dtype=torch.long)
     for start in range(0, n, chunk):

@@ -6,18 +6,22 @@ checkpoint records are written and read by :mod:`barp.models.checkpoints`.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from barp.data.environment import BanditEnvironment
-from barp.encoders import DEFAULT_ENCODER, EncoderSpec, SentenceEncoder, count_parameters
+from barp.encoders import EncoderSpec, SentenceEncoder, count_parameters
 from barp.errors import ConfigError
 from barp.learning.rl import check_w_c, exploration_probabilities
 from barp.models import checkpoints, evaluation, serving
+from barp.models.compat import upgrade_checkpoint
+from barp.models.parts import Arms, Evaluation, Guard, Predict, Reward, part, plain
 from barp.models.protocols import RouterData
 from barp.models.shift import ShiftGuard, check_knobs
 
@@ -30,72 +34,61 @@ class RouterModule(L.LightningModule):
     :class:`~barp.models.trained.TrainedRouter`. Metrics: :class:`~barp.models.evaluation.EvalMetrics`.
 
     Args:
-        model_names: Candidate model names (linked from the data).
-        task_names: Task families (linked from the data).
-        embed_dim: Prompt embedding size (linked from the data).
-        encoder: The frozen encoder's name, recorded so a checkpoint knows how to embed new prompts (linked).
-        tau: Cost scale of the reward; None sets it to ``tau_percentile`` of the training costs at fit start.
-        tau_percentile: Percentile of all (prompt, model) training costs used when ``tau`` is None.
-        eval_w_c: Primary evaluation cost weight (w = (1 - w_c, w_c)).
-        extra_eval_w_c: Further evaluation cost weights, logged under ``wc=<w_c>/``.
-        predict_w_c: Cost weight used by ``predict``.
-        predict_temperature: ``predict`` explores: it samples each prompt's model from the policy at this softmax
-            temperature (mixed with ``predict_epsilon``-uniform) and writes the sampled model's probability as
-            its ``propensity``, so the served requests can later be evaluated and trained on off-policy. None
-            (the default) routes greedily.
-        predict_epsilon: Share of uniform exploration when ``predict`` explores (with ``predict_temperature``,
-            or alone at temperature 1).
-        fallback_quantile: Distribution-shift guard (:mod:`barp.models.shift`): greedy routing sends a prompt whose
-            familiarity (mean cosine similarity to its ``fallback_neighbours`` nearest training prompts) is below
-            this quantile of the validation prompts' to the model with the best mean reward at the preference
-            (measured on the validation split, pooled with :meth:`fallback_pulls`). None: no guard. An
-            evaluation-time option: it applies to a trained checkpoint too.
-        fallback_neighbours: Nearest training prompts the familiarity averages over.
+        arms: The models, task families, embedding size and encoder name (:class:`~barp.models.parts.Arms`;
+            linked from the data).
+        reward: The reward's cost scale tau (:class:`~barp.models.parts.Reward`).
+        evaluation: The evaluation preferences (:class:`~barp.models.parts.Evaluation`): the primary ``w_c`` and
+            ``extra_w_c``.
+        predict: How ``predict`` routes (:class:`~barp.models.parts.Predict`): greedily at ``w_c``, or exploring.
+        guard: The distribution-shift guard (:class:`~barp.models.parts.Guard`); None: no guard.
+
+    Each part may also be given as a dict of its fields (as checkpoints save it).
     """
 
     def __init__(
         self,
-        model_names: list[str],
-        task_names: list[str],
-        embed_dim: int = 384,
-        encoder: str = DEFAULT_ENCODER,
-        tau: float | None = None,
-        tau_percentile: float = 95.0,
-        eval_w_c: float = 0.5,
-        extra_eval_w_c: list[float] | None = None,
-        predict_w_c: float = 0.5,
-        predict_temperature: float | None = None,
-        predict_epsilon: float = 0.0,
-        fallback_quantile: float | None = None,
-        fallback_neighbours: int = 10,
+        arms: Arms,
+        reward: Reward = Reward(),
+        evaluation: Evaluation = Evaluation(),
+        predict: Predict = Predict(),
+        guard: Guard | None = None,
     ) -> None:
         super().__init__()
-        if len(model_names) < 2:
-            raise ConfigError(f"model.model_names: need at least 2 models, got {model_names}")
+        arms = part(Arms, arms, "model.arms")
+        reward = part(Reward, reward, "model.reward")
+        evaluation = part(Evaluation, evaluation, "model.evaluation")
+        predict = part(Predict, predict, "model.predict")
+        guard = None if guard is None else part(Guard, guard, "model.guard")
+        if len(arms.model_names) < 2:
+            raise ConfigError(f"model.arms.model_names: need at least 2 models, got {arms.model_names}")
+        tau, tau_percentile = reward.tau, reward.tau_percentile
         if tau is not None and not tau > 0:
-            raise ConfigError(f"model.tau must be > 0 (USD), got {tau!r}")
+            raise ConfigError(f"model.reward.tau must be > 0 (USD), got {tau!r}")
         if not 0 < tau_percentile <= 100:
-            raise ConfigError(f"model.tau_percentile must be in (0, 100], got {tau_percentile!r}")
-        self.eval_w_c = check_w_c(eval_w_c, "model.eval_w_c")
-        extra = [0.0, 0.9] if extra_eval_w_c is None else extra_eval_w_c
-        self.extra_eval_w_c = [check_w_c(w, "model.extra_eval_w_c") for w in extra if w != eval_w_c]
-        self.predict_w_c = check_w_c(predict_w_c, "model.predict_w_c")
+            raise ConfigError(f"model.reward.tau_percentile must be in (0, 100], got {tau_percentile!r}")
+        self.eval_w_c = check_w_c(evaluation.w_c, "model.evaluation.w_c")
+        extra = [0.0, 0.9] if evaluation.extra_w_c is None else evaluation.extra_w_c
+        self.extra_eval_w_c = [check_w_c(w, "model.evaluation.extra_w_c") for w in extra if w != evaluation.w_c]
+        self.predict_w_c = check_w_c(predict.w_c, "model.predict.w_c")
         self.predict_exploration = None  # (temperature, epsilon) when predict samples instead of taking the argmax
-        if predict_temperature is not None or predict_epsilon:
-            temperature = 1.0 if predict_temperature is None else predict_temperature
+        if predict.temperature is not None or predict.epsilon:
+            temperature = 1.0 if predict.temperature is None else predict.temperature
             try:
-                exploration_probabilities(torch.zeros(1, 2), temperature, predict_epsilon)
+                exploration_probabilities(torch.zeros(1, 2), temperature, predict.epsilon)
             except ConfigError as err:
-                raise ConfigError(f"model.predict_temperature / model.predict_epsilon: {err}") from None
-            self.predict_exploration = (temperature, float(predict_epsilon))
+                raise ConfigError(f"model.predict.temperature / model.predict.epsilon: {err}") from None
+            self.predict_exploration = (temperature, float(predict.epsilon))
+        fallback_quantile = None if guard is None else guard.quantile
+        fallback_neighbours = Guard.neighbours if guard is None else guard.neighbours
         check_knobs(fallback_quantile, fallback_neighbours)
         self.fallback_quantile = fallback_quantile
         self.fallback_neighbours = fallback_neighbours
+        self._parts = {"arms": arms, "reward": reward, "evaluation": evaluation, "predict": predict, "guard": guard}
         self.guard: ShiftGuard | None = None  # set at setup from the data, or restored from a checkpoint
-        self.model_names = list(model_names)
-        self.embed_dim = int(embed_dim)
-        self.encoder_name = encoder
-        self.task_names = list(task_names)
+        self.model_names = list(arms.model_names)
+        self.embed_dim = int(arms.embed_dim)
+        self.encoder_name = arms.encoder
+        self.task_names = list(arms.task_names)
         self.tau_percentile = tau_percentile
         # Resolved at fit start and saved in checkpoints, so evaluation uses the tau training used.
         self.register_buffer("tau", torch.tensor(float(tau) if tau is not None else float("nan")))
@@ -106,8 +99,25 @@ class RouterModule(L.LightningModule):
         self._data_record: dict | None = None  # what checkpoints record about the training data
         self._rng_state: dict | None = None  # a resumed fit's random generators, restored at train start
         self._trained = False  # set by a training step or a trained checkpoint; evaluation refuses otherwise
-        self.encoder_settings = EncoderSpec(name=encoder, dtype="float32").identity()  # the data's, once set up
+        self.encoder_settings = EncoderSpec(name=arms.encoder, dtype="float32").identity()  # the data's, once set up
         self.__dict__["_frozen_encoder"] = None  # not an nn.Module attribute: never in state_dict or the optimiser
+
+    def save_hyperparameters(self, *args, ignore=None, frame=None, logger: bool = True) -> None:
+        """Lightning's, then every part and strategy as plain data (:func:`~barp.models.parts.plain`), the parts as
+        resolved (with their defaults), so that ``torch.load(weights_only=True)`` reads every checkpoint."""
+        if frame is None:
+            frame = inspect.currentframe().f_back
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
+        resolved = self.resolved_parts()
+        for hp in (self._hparams, self._hparams_initial):
+            for key in list(hp):
+                hp[key] = plain(resolved[key] if key in resolved else hp[key])
+            for key, value in resolved.items():
+                hp[key] = plain(value)
+
+    def resolved_parts(self) -> dict[str, Any]:
+        """The module's parts as it uses them (subclasses add theirs): what its hyperparameters save."""
+        return dict(self._parts)
 
     def _build_metrics(self) -> evaluation.EvalMetrics:
         return evaluation.EvalMetrics(self.model_names, self.task_names, self.eval_preferences)
@@ -163,6 +173,7 @@ class RouterModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Read the records, check the checkpoint against the data (:func:`barp.models.checkpoints.load_records`)."""
+        upgrade_checkpoint(checkpoint)  # written before the parts: the Trainer reads the file itself
         checkpoints.load_records(self, checkpoint)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -202,7 +213,7 @@ class RouterModule(L.LightningModule):
 
     def _guard(self) -> ShiftGuard:
         if self.guard is None:
-            raise ConfigError("model.fallback_quantile is set, but the shift guard has no data: route inside a "
+            raise ConfigError("model.guard is set, but the shift guard has no data: route inside a "
                               "Trainer with the data, or load a checkpoint trained with the same guard settings")
         if (pulls := self.fallback_pulls()) is not None:
             self.guard.pulls = pulls

@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from barp.data.compat import upgrade_data_hparams
 from barp.encoders import EncoderSpec, encoder_identity
 from barp.errors import BarpError, ConfigError
+from barp.models.compat import upgrade_checkpoint
 from barp.models.protocols import RouterData
 from barp.models.shift import ShiftGuard
 
@@ -46,7 +47,7 @@ def load_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict[str, 
         option: The option that named it, for error messages.
 
     Returns:
-        The checkpoint dictionary.
+        The checkpoint dictionary, its hyperparameters in today's form (:func:`~barp.models.compat.upgrade_checkpoint`).
 
     Raises:
         ConfigError: The path is missing or a folder, the file is truncated or not a checkpoint, it holds objects a
@@ -78,8 +79,10 @@ def load_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict[str, 
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError,
             zipfile.BadZipFile, UnicodeDecodeError):  # a text file, say: the unpickler fails in its own ways
         raise ConfigError(f"{where} is not a readable checkpoint (truncated, or not written by barp fit)") from None
+    upgrade_checkpoint(ckpt)  # written before the module's options became parts: read in today's form
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    names = hp.get("model_names") if isinstance(hp, dict) else None
+    arms = hp.get("arms") if isinstance(hp, dict) else None
+    names = arms.get("model_names") if isinstance(arms, dict) else None
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and isinstance(names, list) and names
             and all(isinstance(n, str) for n in names) and "pytorch-lightning_version" in ckpt):
         raise ConfigError(f"{where} is not a barp checkpoint (no router weights, model names and Lightning's "
@@ -216,7 +219,7 @@ def load_records(module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
     if fn == "fit":
         module._rng_state = restore_saved_rng(checkpoint)
     if order is not None:
-        names = list(checkpoint["hyper_parameters"]["model_names"])
+        names = list(checkpoint["hyper_parameters"]["arms"]["model_names"])
         rank_zero_warn(f"barp: {where} orders the models {names}, the data {list(dm.model_names)}: mapped by name")
         module.model_names, module._column_order = names, torch.as_tensor(order)
         module.eval_metrics = module._build_metrics().to(module.device)
@@ -238,7 +241,7 @@ def check_against_data(checkpoint: dict[str, Any], datamodule: RouterData, fn: s
         ConfigError: Other models (or, resuming a fit, another order), another encoder setting, other training
             prompts for a resumed fit, or a training prompt in an evaluated split.
     """
-    names = list(checkpoint["hyper_parameters"]["model_names"])
+    names = list(checkpoint["hyper_parameters"]["arms"]["model_names"])
     order = model_order(names, list(datamodule.model_names), where)
     if order is not None and fn == "fit":
         raise ConfigError(f"{where}: the checkpoint orders the models {names}, the data {datamodule.model_names}: "

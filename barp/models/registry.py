@@ -26,6 +26,7 @@ from barp.models.baselines.graphrouter import GraphRouter
 from barp.models.baselines.mf import MFRouter
 from barp.models.baselines.offline import KNNRouter, MLPRouter
 from barp.models.baselines.routerdc import RouterDC
+from barp.models.parts import Arms, arms_from_data, plain
 
 #: Method name (as in result files) -> its RouterModule class (as in ``configs/model/<name>.yaml``): BaRP, then the
 #: comparison methods in the order ``barp sweep`` reports them. The one table of names and classes.
@@ -69,8 +70,9 @@ def method_name(router: type[RouterModule]) -> str:
     raise ConfigError(f"{router.__name__} is not a barp router class; expected a subclass of one of "
                       f"{sorted(c.__name__ for c in ROUTER_CLASSES.values())}")
 
-# Options of RouterModule that evaluation sets itself (linked from the data, or shared with the compared router).
-_LINKED = {"model_names", "task_names", "embed_dim", "encoder", "tau"}
+# The part of RouterModule that evaluation sets itself (linked from the data); ``reward.tau`` is shared with the
+# compared router.
+_LINKED = {"arms"}
 
 
 def read_method_configs(paths: list[str] | None) -> dict[str, dict]:
@@ -80,7 +82,7 @@ def read_method_configs(paths: list[str] | None) -> dict[str, dict]:
         paths: YAML files, each with ``model: {class_path: <class>, init_args: {...}}``.
 
     Returns:
-        ``{method: init_args}``; options evaluation sets itself (names, embed_dim, encoder, tau) are dropped.
+        ``{method: init_args}``; options evaluation sets itself (``arms``, ``reward.tau``) are dropped.
     """
     by_class = {cls.__name__: name for name, cls in METHOD_CLASSES.items()}
     out: dict[str, dict] = {}
@@ -94,6 +96,8 @@ def read_method_configs(paths: list[str] | None) -> dict[str, dict]:
             raise ConfigError(f"method config {path}: field 'model.class_path' = {model.get('class_path')!r} is "
                               f"not a comparison method; expected one of {sorted(by_class)}")
         args = {k: v for k, v in (model.get("init_args") or {}).items() if k not in _LINKED}
+        if isinstance(args.get("reward"), dict):
+            args["reward"] = {k: v for k, v in args["reward"].items() if k != "tau"}
         out[by_class[cls_name]] = args
     return out
 
@@ -133,11 +137,11 @@ def train_method(method: str, datamodule, tau: float, seed: int, max_epochs: int
     datamodule.setup("fit")
     with quiet_lightning():
         L.seed_everything(seed, workers=True, verbose=False)
-        module = METHOD_CLASSES[method](
-            model_names=datamodule.model_names, task_names=datamodule.task_names,
-            embed_dim=int(datamodule.embeddings().shape[1]), encoder=datamodule.encoder_spec.name, tau=tau,
-            **(init_args or {}),
-        )
+        args = dict(init_args or {})
+        reward = {**plain(args.pop("reward", None) or {}), "tau": tau}
+        arms = arms_from_data(datamodule)
+        arms = Arms(arms.model_names, arms.task_names, int(datamodule.embeddings().shape[1]), arms.encoder)
+        module = METHOD_CLASSES[method](arms=arms, reward=reward, **args)
         trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                             limit_val_batches=0, num_sanity_val_steps=0, deterministic=True, callbacks=[])

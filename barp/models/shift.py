@@ -80,10 +80,10 @@ class ShiftGuard:
         """
         check_knobs(quantile, neighbours)
         if len(val_emb) == 0:
-            raise ConfigError("model.fallback_quantile: the shift guard is set on the validation split, which is "
+            raise ConfigError("model.guard: the shift guard is set on the validation split, which is "
                               "empty: give the data a val_fraction or a val_path")
         if len(train_emb) < neighbours:
-            raise ConfigError(f"model.fallback_neighbours={neighbours} exceeds the {len(train_emb)} training prompts")
+            raise ConfigError(f"model.guard.neighbours={neighbours} exceeds the {len(train_emb)} training prompts")
         reference = train_emb.float()
         if len(reference) > MAX_REFERENCE:
             keep = np.random.default_rng(seed).choice(len(reference), MAX_REFERENCE, replace=False)
@@ -159,6 +159,6 @@ class ShiftGuard:
 def check_knobs(quantile: float | None, neighbours: int) -> None:
     """Refuse a quantile outside (0, 1) or a neighbour count below 1, naming the option."""
     if quantile is not None and (isinstance(quantile, bool) or not 0 < quantile < 1):
-        raise ConfigError(f"model.fallback_quantile must be in (0, 1) (or null: no guard), got {quantile!r}")
+        raise ConfigError(f"model.guard.quantile must be in (0, 1) (or model.guard null: no guard), got {quantile!r}")
     if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
-        raise ConfigError(f"model.fallback_neighbours must be an integer >= 1, got {neighbours!r}")
+        raise ConfigError(f"model.guard.neighbours must be an integer >= 1, got {neighbours!r}")

@@ -24,6 +24,7 @@ from barp.errors import ConfigError
 from barp.models import serving
 from barp.models.base import RouterModule
 from barp.models.checkpoints import check_encoder, load_checkpoint
+from barp.models.compat import load_module
 from barp.models.serving import Decision
 
 #: Where router classes lived before barp's modules moved into layers; older checkpoints name these.
@@ -99,7 +100,7 @@ class TrainedRouter:
         path = Path(path)
         ckpt = load_checkpoint(path, "checkpoint")
         router_class = module_class(ckpt, "checkpoint")
-        module = router_class.load_from_checkpoint(path, map_location=device, weights_only=True)
+        module = load_module(router_class, ckpt, map_location=device)
         if not module._trained:
             raise ConfigError(f"checkpoint {str(path)!r} holds an untrained router (no training step)")
         # e.g. the encoder's weights changed since training

@@ -36,7 +36,7 @@ def sweep_parser() -> ArgumentParser:
     parser.add_argument("--trainer", type=dict | None, default=None,
                         help="The experiment's trainer section: max_epochs (default of --max_epochs) and logger.")
     # The model section says which class wrote --ckpt_path; its data-linked options are not needed here.
-    parser.add_subclass_arguments(RouterModule, "model", required=False, skip={"model_names", "task_names"})
+    parser.add_subclass_arguments(RouterModule, "model", required=False, skip={"arms"})
     parser.add_subclass_arguments(RoutingDataModule, "data", required=True)
     parser.add_function_arguments(sweep, skip={"datamodule", "module_class", "wandb_logger", "seed", "max_epochs",
                                                "output"})

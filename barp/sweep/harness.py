@@ -34,6 +34,7 @@ from barp.models.checkpoints import (
     load_checkpoint,
     model_order,
 )
+from barp.models.compat import load_module
 from barp.models.evaluation import evaluate as evaluate_policies
 from barp.models.registry import METHOD_CLASSES, method_name, read_method_configs, train_method
 from barp.models.trained import module_class as checkpoint_class
@@ -182,10 +183,10 @@ def load_checkpoint_router(ckpt_path: str, module_class: type[RouterModule], dat
     if not issubclass(saved, module_class):
         raise ConfigError(f"{where} holds a {saved.__name__}, but model.class_path names {module_class.__name__}: "
                           "pass the config the checkpoint was trained with")
-    order = model_order(list(ckpt["hyper_parameters"]["model_names"]), list(datamodule.model_names), where)
+    order = model_order(list(ckpt["hyper_parameters"]["arms"]["model_names"]), list(datamodule.model_names), where)
     check_encoder(ckpt, dict(datamodule.hparams), where)
     check_unseen(ckpt, datamodule, {"test": datamodule.splits.test, "ood": datamodule.splits.ood}, where)
-    module = saved.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    module = load_module(saved, ckpt, map_location="cpu")  # load_checkpoint upgraded its hyperparameters
     if not module._trained:
         raise ConfigError(f"{where} holds an untrained router (no training step)")
     name = method_name(saved)
@@ -292,8 +293,9 @@ def build_routers(methods: list[str], checkpoint: ModuleContender | None, datamo
     for m in tqdm(to_train, desc="barp sweep: training baselines", file=sys.stderr, disable=not progress):
         # the sweep's grid is every trained method's evaluation grid (a per-preference router trains one model
         # per point of it: RouterDC's default); a method config's own values win
-        args = {"eval_w_c": grid[0], "extra_eval_w_c": list(grid[1:]), **(overrides.get(m) or {})} if grid else \
-            overrides.get(m)
+        args = dict(overrides.get(m) or {})
+        if grid:
+            args["evaluation"] = {"w_c": grid[0], "extra_w_c": list(grid[1:]), **(args.get("evaluation") or {})}
         module = train_method(m, datamodule, tau, seed, max_epochs, args)
         routers.append(ModuleContender(module, m))
     return routers
@@ -360,7 +362,8 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
         tau = datamodule.train_environment().cost_percentile(95.0)
     # Same budget for everyone: a checkpoint that pulled each prompt k times per step (samples_per_prompt) saw k
     # times the data's train_repeats; the comparison methods get those repeats, in as many steps.
-    pulls = int(getattr(checkpoint.module.hparams, "samples_per_prompt", 1)) if checkpoint is not None else 1
+    module = checkpoint.module if checkpoint is not None else None
+    pulls = module.training_options.samples_per_prompt if isinstance(module, BaRPModule) else 1
     saved = datamodule.batches
     datamodule.batches = replace(saved, train_repeats=saved.train_repeats * pulls,
                                  batch_size=saved.batch_size * pulls)

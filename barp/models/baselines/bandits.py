@@ -38,12 +38,13 @@ class LinearBanditModule(RouterModule):
         pca_dim: Number of whitened principal components of the embedding in the context; None keeps all.
         context: ``outer`` (``[w_q phi; w_c phi]``) or ``concat`` (``[phi; w]``); see the module docstring.
         ridge: Ridge (prior precision) of each arm's linear model.
-        **kwargs: Evaluation and linking options of :class:`~barp.models.base.RouterModule`.
+        **parts: The parts of :class:`~barp.models.base.RouterModule` (``arms``, ``reward``, ``evaluation``,
+            ``predict``, ``guard``).
     """
 
     def __init__(self, pca_dim: int | None = 32, context: Literal["outer", "concat"] = "outer",
-                 ridge: float = 1.0, **kwargs) -> None:
-        super().__init__(**kwargs)
+                 ridge: float = 1.0, **parts) -> None:
+        super().__init__(**parts)
         if pca_dim is not None and not 1 <= pca_dim <= self.embed_dim:
             raise ConfigError(f"model.pca_dim must be in [1, {self.embed_dim}] or null, got {pca_dim!r}")
         if not ridge > 0:
@@ -140,11 +141,12 @@ class LinUCBRouter(LinearBanditModule):
 
     Args:
         alpha: Width of the upper confidence bound.
-        **kwargs: Context and evaluation options of :class:`LinearBanditModule`.
+        **parts: Context options of :class:`LinearBanditModule` and the parts of
+            :class:`~barp.models.base.RouterModule`.
     """
 
-    def __init__(self, alpha: float = 0.5, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, alpha: float = 0.5, **parts) -> None:
+        super().__init__(**parts)
         self.save_hyperparameters()
         if alpha < 0:
             raise ConfigError(f"model.alpha must be >= 0, got {alpha!r}")
@@ -160,11 +162,12 @@ class LinearTSRouter(LinearBanditModule):
 
     Args:
         v: Scale of the posterior samples (exploration).
-        **kwargs: Context and evaluation options of :class:`LinearBanditModule`.
+        **parts: Context options of :class:`LinearBanditModule` and the parts of
+            :class:`~barp.models.base.RouterModule`.
     """
 
-    def __init__(self, v: float = 0.2, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, v: float = 0.2, **parts) -> None:
+        super().__init__(**parts)
         self.save_hyperparameters()
         if v < 0:
             raise ConfigError(f"model.v must be >= 0, got {v!r}")
@@ -182,11 +185,12 @@ class EpsilonGreedyRouter(LinearBanditModule):
 
     Args:
         epsilon: Exploration probability.
-        **kwargs: Context and evaluation options of :class:`LinearBanditModule`.
+        **parts: Context options of :class:`LinearBanditModule` and the parts of
+            :class:`~barp.models.base.RouterModule`.
     """
 
-    def __init__(self, epsilon: float = 0.1, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, epsilon: float = 0.1, **parts) -> None:
+        super().__init__(**parts)
         self.save_hyperparameters()
         if not 0 <= epsilon <= 1:
             raise ConfigError(f"model.epsilon must be in [0, 1], got {epsilon!r}")

@@ -232,15 +232,16 @@ class GraphRouter(OfflineRouterModule):
         pref_film: Scale the LLM states in the edge score by ``1 + W_s w`` (ours).
         descriptions: YAML/JSON file ``{tasks: {name: text}, models: {name: text}}`` overriding the default
             descriptions (read at fit start).
-        **kwargs: Evaluation and linking options of :class:`~barp.models.base.RouterModule`.
+        **parts: The parts of :class:`~barp.models.base.RouterModule` (``arms``, ``reward``, ``evaluation``,
+            ``predict``, ``guard``).
     """
 
     def __init__(self, hidden_dim: int = 32, num_layers: int = 2, aggr: Literal["mean", "add"] = "mean",
                  mask_rate: float = 0.3, lr: float = 3e-3, weight_decay: float = 1e-4, cost_power: float = 2.0,
                  steps_per_batch: int = 1, task_link: Literal["nearest", "all"] = "nearest",
                  descriptions: str | None = None, target: Literal["effect", "best"] = "effect",
-                 pref_film: bool = True, **kwargs) -> None:
-        super().__init__(**kwargs)
+                 pref_film: bool = True, **parts) -> None:
+        super().__init__(**parts)
         self.save_hyperparameters()
         self.automatic_optimization = False  # steps_per_batch optimizer steps per training batch
         if hidden_dim < 1 or num_layers < 1:

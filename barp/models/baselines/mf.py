@@ -68,12 +68,13 @@ class MFRouter(OfflineRouterModule):
         cost_weight: Weight of the cost loss (squared error in units of tau).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
-        **kwargs: Evaluation and linking options of :class:`~barp.models.base.RouterModule`.
+        **parts: The parts of :class:`~barp.models.base.RouterModule` (``arms``, ``reward``, ``evaluation``,
+            ``predict``, ``guard``).
     """
 
     def __init__(self, dim: int = 128, pairwise_weight: float = 1.0, pointwise_weight: float = 1.0,
-                 cost_weight: float = 1.0, lr: float = 1e-3, weight_decay: float = 1e-5, **kwargs) -> None:
-        super().__init__(**kwargs)
+                 cost_weight: float = 1.0, lr: float = 1e-3, weight_decay: float = 1e-5, **parts) -> None:
+        super().__init__(**parts)
         self.save_hyperparameters()
         if lr <= 0 or dim < 1:
             raise ConfigError(f"model.lr must be > 0 and model.dim >= 1, got {lr!r}, {dim!r}")

@@ -57,11 +57,12 @@ class OfflineRouterModule(RouterModule):
     Subclasses implement :meth:`predict_outcomes` and may override :meth:`fit_full_information`.
 
     Args:
-        **kwargs: Evaluation and linking options of :class:`~barp.models.base.RouterModule`.
+        **parts: The parts of :class:`~barp.models.base.RouterModule` (``arms``, ``reward``, ``evaluation``,
+            ``predict``, ``guard``).
     """
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, **parts) -> None:
+        super().__init__(**parts)
         self.train_data: FullInformationData | None = None
 
     def setup(self, stage: str) -> None:
@@ -114,11 +115,12 @@ class KNNRouter(OfflineRouterModule):
 
     Args:
         k: Number of neighbours (RouterBench's default 40).
-        **kwargs: Evaluation and linking options of :class:`~barp.models.base.RouterModule`.
+        **parts: The parts of :class:`~barp.models.base.RouterModule` (``arms``, ``reward``, ``evaluation``,
+            ``predict``, ``guard``).
     """
 
-    def __init__(self, k: int = 40, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, k: int = 40, **parts) -> None:
+        super().__init__(**parts)
         self.save_hyperparameters()
         if k < 1:
             raise ConfigError(f"model.k must be >= 1, got {k!r}")
@@ -156,12 +158,13 @@ class MLPRouter(OfflineRouterModule):
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         cost_weight: Weight of the cost loss against the score loss.
-        **kwargs: Evaluation and linking options of :class:`~barp.models.base.RouterModule`.
+        **parts: The parts of :class:`~barp.models.base.RouterModule` (``arms``, ``reward``, ``evaluation``,
+            ``predict``, ``guard``).
     """
 
     def __init__(self, hidden_dim: int = 256, dropout: float = 0.1, lr: float = 1e-3, weight_decay: float = 1e-4,
-                 cost_weight: float = 1.0, **kwargs) -> None:
-        super().__init__(**kwargs)
+                 cost_weight: float = 1.0, **parts) -> None:
+        super().__init__(**parts)
         self.save_hyperparameters()
         if lr <= 0 or not 0 <= dropout < 1:
             raise ConfigError(f"model.lr must be > 0 and model.dropout in [0, 1), got {lr!r}, {dropout!r}")

@@ -225,7 +225,7 @@ class RouterDC(RouterModule):
             weights are in the router's state and checkpoints. Slow on CPU (one MiniLM per grid point).
         preference_mode: ``per_preference`` or ``conditioned`` (above).
         preference_grid: The grid of ``per_preference`` (values of w_c in [0, 1]). None: the module's evaluation
-            preferences (``eval_w_c`` and ``extra_eval_w_c``).
+            preferences (``evaluation.w_c`` and ``evaluation.extra_w_c``).
         temperature: Divides the cosine scores (the official code's ``--tempreture 1``).
         top_k: Positives K+ per query (paper: 3; capped at K // 2, so that positives and negatives never overlap).
         last_k: Negatives K- per query (paper: 3; capped at K - K+).
@@ -249,7 +249,8 @@ class RouterDC(RouterModule):
         pref_dim: Width of the preference encoder phi (``conditioned``).
         preference_features: Inputs of phi: ``raw`` (w_q, w_c) or ``log_ratio`` (adds log(w_c / w_q)).
         cost_power: ``conditioned``: training preferences ``w_c = u ** cost_power``, u uniform (as BaRP).
-        **kwargs: Evaluation and linking options of :class:`~barp.models.base.RouterModule`.
+        **parts: The parts of :class:`~barp.models.base.RouterModule` (``arms``, ``reward``, ``evaluation``,
+            ``predict``, ``guard``).
     """
 
     def __init__(self, encoder_mode: EncoderMode = "frozen", preference_mode: PreferenceMode = "per_preference",
@@ -258,8 +259,8 @@ class RouterDC(RouterModule):
                  cluster_seed: int = 0, lr: float = 5e-5, head_lr: float | None = None, weight_decay: float = 0.01,
                  batch_size: int = 64, max_steps: int = 1000, select_every: int = 50,
                  select_prompts: int | None = None, hidden_dim: int = 256, pref_dim: int = 64,
-                 preference_features: PreferenceFeatures = "log_ratio", cost_power: float = 2.0, **kwargs) -> None:
-        super().__init__(**kwargs)
+                 preference_features: PreferenceFeatures = "log_ratio", cost_power: float = 2.0, **parts) -> None:
+        super().__init__(**parts)
         self.save_hyperparameters()
         if encoder_mode not in ("frozen", "finetune"):
             raise ConfigError(f"model.encoder_mode must be frozen or finetune, got {encoder_mode!r}")
@@ -285,8 +286,8 @@ class RouterDC(RouterModule):
             raise ConfigError(f"model.weight_decay must be a finite number >= 0, got {weight_decay!r}")
         check_cost_power(cost_power, "model.cost_power")
         if encoder_mode == "finetune" and self.fallback_quantile is not None:
-            raise ConfigError("model.fallback_quantile: the shift guard compares frozen embeddings; RouterDC with "
-                              "encoder_mode=finetune routes with its own encoder: set fallback_quantile to null")
+            raise ConfigError("model.guard: the shift guard compares frozen embeddings; RouterDC with "
+                              "encoder_mode=finetune routes with its own encoder: set model.guard to null")
         if preference_mode == "per_preference":
             if preference_grid is not None and (isinstance(preference_grid, (str, bytes))
                                                 or not isinstance(preference_grid, Sequence) or not preference_grid):
