@@ -127,14 +127,13 @@ class RoutingDataModule(L.LightningDataModule):
         self.batches = coerce(Batches, batches, "data.batches")
         self.train_log_path = train_log
         self.cache_dir = cache_dir
-        # Plain dicts only: checkpoints load with torch.load(weights_only=True). Not sent to the loggers while the
-        # model's own hyperparameters hold an ``encoder`` name (Lightning refuses a key both hold with other values).
+        # Plain dicts only: checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters({
             "source": as_record(self.source), "train_log": train_log, "synthetic": as_record(self.synthetic),
             "split": as_record(self.split), "encoder": as_record(self._encoder_spec),
             "batches": as_record(self.batches), "cache_dir": cache_dir,
             "predict_splits": None if predict_splits is None else list(predict_splits),
-        }, logger=False)
+        })
         check_at_least_one(self.batches, "data.batches", ("batch_size", "eval_batch_size", "train_repeats"))
         check_at_least_one(self._encoder_spec, "data.encoder", ("max_length",))
         check_at_least_one(self.synthetic, "data.synthetic", ("num_prompts",))

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from barp.data.environment import BanditEnvironment
 from barp.encoders import EncoderSpec, SentenceEncoder, count_parameters
 from barp.errors import ConfigError
-from barp.learning.rl import check_w_c, exploration_probabilities
+from barp.learning.rl import check_w_c
 from barp.models import checkpoints, evaluation, serving
 from barp.models.compat import upgrade_checkpoint
 from barp.models.parts import Arms, Evaluation, Guard, Predict, Reward, part, plain
@@ -61,23 +61,10 @@ class RouterModule(L.LightningModule):
         guard = None if guard is None else part(Guard, guard, "model.guard")
         if len(arms.model_names) < 2:
             raise ConfigError(f"model.arms.model_names: need at least 2 models, got {arms.model_names}")
-        tau, tau_percentile = reward.tau, reward.tau_percentile
-        if tau is not None and not tau > 0:
-            raise ConfigError(f"model.reward.tau must be > 0 (USD), got {tau!r}")
-        if not 0 < tau_percentile <= 100:
-            raise ConfigError(f"model.reward.tau_percentile must be in (0, 100], got {tau_percentile!r}")
-        self.eval_w_c = check_w_c(evaluation.w_c, "model.evaluation.w_c")
-        extra = [0.0, 0.9] if evaluation.extra_w_c is None else evaluation.extra_w_c
-        self.extra_eval_w_c = [check_w_c(w, "model.evaluation.extra_w_c") for w in extra if w != evaluation.w_c]
+        tau, tau_percentile = reward.checked().tau, reward.tau_percentile
+        self.eval_w_c, self.extra_eval_w_c = evaluation.preferences()
         self.predict_w_c = check_w_c(predict.w_c, "model.predict.w_c")
-        self.predict_exploration = None  # (temperature, epsilon) when predict samples instead of taking the argmax
-        if predict.temperature is not None or predict.epsilon:
-            temperature = 1.0 if predict.temperature is None else predict.temperature
-            try:
-                exploration_probabilities(torch.zeros(1, 2), temperature, predict.epsilon)
-            except ConfigError as err:
-                raise ConfigError(f"model.predict.temperature / model.predict.epsilon: {err}") from None
-            self.predict_exploration = (temperature, float(predict.epsilon))
+        self.predict_exploration = predict.exploration()  # (temperature, epsilon) when predict samples
         fallback_quantile = None if guard is None else guard.quantile
         fallback_neighbours = Guard.neighbours if guard is None else guard.neighbours
         check_knobs(fallback_quantile, fallback_neighbours)

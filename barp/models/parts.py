@@ -13,9 +13,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import torch
+
 from barp.encoders import DEFAULT_ENCODER
 from barp.errors import ConfigError
 from barp.learning.policy import Head, PreferenceFeatures
+from barp.learning.rl import check_w_c, exploration_probabilities
 from barp.learning.strategies import Strategy
 
 
@@ -48,6 +51,14 @@ class Reward:
     tau: float | None = None
     tau_percentile: float = 95.0
 
+    def checked(self) -> Reward:
+        """This part, refused (ConfigError naming the option) where tau is not > 0 or the percentile not in (0, 100]."""
+        if self.tau is not None and not self.tau > 0:
+            raise ConfigError(f"model.reward.tau must be > 0 (USD), got {self.tau!r}")
+        if not 0 < self.tau_percentile <= 100:
+            raise ConfigError(f"model.reward.tau_percentile must be in (0, 100], got {self.tau_percentile!r}")
+        return self
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -60,6 +71,12 @@ class Evaluation:
 
     w_c: float = 0.5
     extra_w_c: list[float] | None = None
+
+    def preferences(self) -> tuple[float, list[float]]:
+        """The primary cost weight and the extra ones (without the primary), each checked to lie in [0, 1]."""
+        extra = [0.0, 0.9] if self.extra_w_c is None else self.extra_w_c
+        return (check_w_c(self.w_c, "model.evaluation.w_c"),
+                [check_w_c(w, "model.evaluation.extra_w_c") for w in extra if w != self.w_c])
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,17 @@ class Predict:
     w_c: float = 0.5
     temperature: float | None = None
     epsilon: float = 0.0
+
+    def exploration(self) -> tuple[float, float] | None:
+        """(temperature, epsilon) when ``predict`` samples instead of taking the argmax, checked; None: greedy."""
+        if self.temperature is None and not self.epsilon:
+            return None
+        temperature = 1.0 if self.temperature is None else self.temperature
+        try:
+            exploration_probabilities(torch.zeros(1, 2), temperature, self.epsilon)
+        except ConfigError as err:
+            raise ConfigError(f"model.predict.temperature / model.predict.epsilon: {err}") from None
+        return temperature, float(self.epsilon)
 
 
 @dataclass(frozen=True)
@@ -126,7 +154,7 @@ class Training:
         beta: Entropy bonus coefficient at the start of training.
         beta_final: Entropy coefficient at the end of training (linear decay); None keeps ``beta``.
         samples_per_prompt: Pulls of each prompt per training step, each with its own preference and sampled model
-            (1 = the paper). The ``LeaveOneOut`` baseline needs >= 2; lower ``data.train_repeats`` to keep the pull
+            (1 = the paper). The ``LeaveOneOut`` baseline needs >= 2; lower ``data.batches.train_repeats`` to keep the pull
             budget.
         cost_power: Training preferences ``w_c = u ** cost_power``, u uniform (1 = the paper's uniform draw; > 1
             draws more small cost weights, where most of the cost range lies).
