@@ -154,8 +154,8 @@ class Training:
         beta: Entropy bonus coefficient at the start of training.
         beta_final: Entropy coefficient at the end of training (linear decay); None keeps ``beta``.
         samples_per_prompt: Pulls of each prompt per training step, each with its own preference and sampled model
-            (1 = the paper). The ``LeaveOneOut`` baseline needs >= 2; lower ``data.batches.train_repeats`` to keep the pull
-            budget.
+            (1 = the paper). The ``LeaveOneOut`` baseline needs >= 2; lower ``data.batches.train_repeats`` to keep
+            the pull budget.
         cost_power: Training preferences ``w_c = u ** cost_power``, u uniform (1 = the paper's uniform draw; > 1
             draws more small cost weights, where most of the cost range lies).
         explore: Share epsilon of training pulls drawn uniformly over the models instead of from the policy (ours;
