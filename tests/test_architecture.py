@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "barp"
 #: layers only.
 LAYERS = {
     "errors": 0,
-    "atomic": 1, "paths": 1, "loggers": 1, "metrics": 1,
+    "atomic": 1, "paths": 1, "loggers": 1, "metrics": 1, "commands": 1,
     "encoders": 2, "learning": 2,
     "data": 3,
     "models": 4,

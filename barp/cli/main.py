@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from barp import __version__
@@ -171,27 +171,27 @@ class BarpCLI(LightningCLI):
             embed_like_checkpoint(self.config[sub].get("data"), checkpoint)
         if sub == "fit":
             self._check_training_budget(self.config[sub].get("trainer") or {})
-        init = self.config[sub]["model"].get("init_args") if sub else None
-        kept = {k: init[k] for k in EVAL_TIME_OPTIONS if init is not None and k in init}
         if checkpoint is not None:
-            self._apply_checkpoint_hparams(sub, checkpoint)
-        if kept:
-            for key, value in kept.items():
-                self.config[sub]["model"]["init_args"][key] = value
+            self._model_from_checkpoint(sub, checkpoint)
 
-    def _apply_checkpoint_hparams(self, sub: str, checkpoint: dict) -> None:
-        """Lightning's ``_parse_ckpt_path`` on the checkpoint already read (and upgraded to today's
-        hyperparameters): the module's saved options update the config. ``arms`` is left to the data link."""
-        hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items()
-                   if k not in ("_instantiator", "arms")}
-        if not hparams:
+    def _model_from_checkpoint(self, sub: str, checkpoint: dict) -> None:
+        """Build the model section from the checkpoint's own options (read in today's form), so that the module
+        evaluated is the module trained; the evaluation-time options (:data:`EVAL_TIME_OPTIONS`) stay the command
+        line's and config's, and ``arms`` stays linked from the data."""
+        saved = dict(checkpoint.get("hyper_parameters") or {})
+        class_path = saved.pop("_class_path", None) or self.config[sub]["model"]["class_path"]
+        trained = {key: value for key, value in saved.items()
+                   if not key.startswith("_") and key != "arms" and key not in EVAL_TIME_OPTIONS}
+        if not trained and class_path == self.config[sub]["model"]["class_path"]:
             return
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        given = self.config[sub]["model"].get("init_args") or {}
+        operator = {key: given[key].as_dict() if isinstance(given[key], Namespace) else given[key]
+                    for key in EVAL_TIME_OPTIONS if key in given}
+        section = {"class_path": class_path, "init_args": {**trained, **operator}}
         try:
-            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+            self.config = self.parser.parse_object({sub: {"model": section}}, self.config)
         except SystemExit:
-            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            sys.stderr.write(f"barp {sub}: the checkpoint's model options ({class_path}) do not parse as today's\n")
             raise
 
     @staticmethod

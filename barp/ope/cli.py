@@ -31,6 +31,7 @@ import torch
 from jsonargparse import ArgumentParser
 
 from barp.atomic import check_output_folder
+from barp.commands import function_parser
 from barp.errors import ConfigError, DataValidationError, exit_on_user_error
 from barp.ope.estimators import ESTIMATORS, Estimate, check_options, estimate_policy, is_impossible
 
@@ -271,14 +272,9 @@ def format_table(results: Sequence[Estimate], level: float = 0.95) -> str:
 
 def ope_parser() -> ArgumentParser:
     """The ``barp ope`` argument parser (help text comes from :func:`ope`'s docstring)."""
-    parser = ArgumentParser(
-        prog="barp ope",
-        description="Estimate a trained router's mean score, cost and reward at each preference from a log of served "
-                    "requests (IPS, self-normalised IPS, doubly robust), with bootstrap intervals and effective "
-                    "sample sizes; write ope.csv into --output.",
-    )
-    parser.add_function_arguments(ope)
-    return parser
+    return function_parser(ope, "barp ope", "Estimate a trained router's mean score, cost and reward at each "
+                           "preference from a log of served requests (IPS, self-normalised IPS, doubly robust), with "
+                           "bootstrap intervals and effective sample sizes; write ope.csv into --output.")
 
 
 def run_ope(cfg) -> list[Estimate]:

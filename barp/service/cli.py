@@ -13,6 +13,7 @@ from typing import Any
 
 from jsonargparse import ArgumentParser
 
+from barp.commands import function_parser
 from barp.data.table import MAX_COST_USD
 from barp.errors import ConfigError, exit_on_user_error
 from barp.service.calibrate import Target, calibrate
@@ -217,21 +218,16 @@ def serve(
         service.log.close()
 
 
-def _parser(function, prog: str, description: str) -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, description=description)
-    parser.add_function_arguments(function)
-    return parser
-
-
 def serve_parser() -> ArgumentParser:
     """The ``barp serve`` parser (help from :func:`serve`'s docstring)."""
-    return _parser(serve, "barp serve", "Serve a trained router over HTTP, with a crash-safe feedback log.")
+    return function_parser(serve, "barp serve", "Serve a trained router over HTTP, with a crash-safe feedback log.")
 
 
 def calibrate_parser() -> ArgumentParser:
     """The ``barp calibrate`` parser (help from :func:`~barp.service.calibrate.calibrate`'s docstring)."""
-    return _parser(calibrate, "barp calibrate", "Curve of cost per 1k queries, score and traffic shares against "
-                   "w_c, and the w_c that meets a target; writes curve.csv, curve.png, calibration.json.")
+    return function_parser(calibrate, "barp calibrate", "Curve of cost per 1k queries, score and traffic shares "
+                           "against w_c, and the w_c that meets a target; writes curve.csv, curve.png, "
+                           "calibration.json.")
 
 
 def _kwargs(cfg) -> dict[str, Any]:

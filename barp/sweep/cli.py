@@ -7,6 +7,7 @@ from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from barp.commands import function_parser
 from barp.errors import exit_on_user_error
 from barp.models.base import RouterModule
 from barp.sweep.harness import sweep
@@ -24,11 +25,10 @@ def sweep_parser() -> ArgumentParser:
     """The ``barp sweep`` argument parser (help text comes from :func:`~barp.sweep.harness.sweep`'s docstring)."""
     from barp.data.datamodule import RoutingDataModule
 
-    parser = ArgumentParser(
-        prog="barp sweep",
-        description="Evaluate a trained router (--ckpt_path) and the comparison methods over a preference grid on the "
-                    "ID and OOD test splits; write sweep.csv, summary.json and pareto.png into --output.",
-    )
+    parser = function_parser(
+        sweep, "barp sweep", "Evaluate a trained router (--ckpt_path) and the comparison methods over a preference "
+        "grid on the ID and OOD test splits; write sweep.csv, summary.json and pareto.png into --output.",
+        skip={"datamodule", "module_class", "wandb_logger", "seed", "max_epochs", "output"})
     parser.add_argument("--config", action=ActionConfigFile, help="Experiment config(s), as given to barp fit.")
     parser.add_argument("--seed_everything", type=int | bool | None, default=None,
                         help="From the experiment config: the default of --seed.")
@@ -38,8 +38,6 @@ def sweep_parser() -> ArgumentParser:
     # The model section says which class wrote --ckpt_path; its data-linked options are not needed here.
     parser.add_subclass_arguments(RouterModule, "model", required=False, skip={"arms"})
     parser.add_subclass_arguments(RoutingDataModule, "data", required=True)
-    parser.add_function_arguments(sweep, skip={"datamodule", "module_class", "wandb_logger", "seed", "max_epochs",
-                                               "output"})
     parser.add_argument("--output", type=str | None, default=None,
                         help="Folder for sweep.csv, summary.json and pareto.png "
                              "(default: <trainer.default_root_dir>/sweep, else runs/sweep).")
