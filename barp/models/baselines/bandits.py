@@ -58,6 +58,12 @@ class LinearBanditModule(RouterModule):
             ``predict``, ``guard``).
     """
 
+    pca_mean: torch.Tensor  # buffers
+    pca_components: torch.Tensor
+    pca_fitted: torch.Tensor
+    A: torch.Tensor
+    b: torch.Tensor
+
     def __init__(self, pca_dim: int | None = 32, context: ContextKind = "outer", ridge: float = 1.0,
                  **parts) -> None:
         super().__init__(**parts)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -165,7 +165,8 @@ class GraphRouterNet(nn.Module):
         h = torch.cat([self.task_proj(task_x), q, self.llm_proj(llm_x)])
         t_sl, q_sl, m_sl = slice(0, num_t), slice(num_t, num_t + num_q), slice(num_t + num_q, None)
         edge = F.relu(self.edge_mlp(edge_attr))
-        for i, (layer, norm) in enumerate(zip(self.layers, self.norms)):
+        for i, (relations, norm) in enumerate(zip(self.layers, self.norms)):
+            layer = cast(nn.ModuleDict, relations)
             ht, hq, hm = h[t_sl], h[q_sl], h[m_sl]
             h = torch.cat([layer["query_task"](hq, ht, *query_task),
                            layer["task_query"](ht, hq, *task_query),
@@ -397,7 +398,7 @@ class GraphRouter(OfflineRouterModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """``steps_per_batch`` steps of edge prediction: the batch's prompts are the new queries whose LLM edges
         are predicted, each step with fresh preferences and a fresh edge mask."""
-        optimizer = self.optimizers()
+        optimizer = self.optimizer()
         rows = batch["row"].long().to(self.device)
         for _ in range(self.hparams.steps_per_batch):
             loss, accuracy = self._edge_loss(batch["emb"], rows)

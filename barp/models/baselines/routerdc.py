@@ -186,9 +186,9 @@ class RouterDCTower(nn.Module):
 
     reads_texts: ClassVar[bool] = False  # whether E reads the prompt texts (else barp's frozen embeddings)
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, embed_dim: int, hidden_dim: int, num_models: int, encoder_name: str) -> None:
         super().__init__()
-        self.dim = dim
+        self.dim = hidden_dim  # E's output width
         self.text_encoder: nn.Module | None = None
         self.projection: nn.Module | None = None
 
@@ -213,8 +213,8 @@ class RouterDCTower(nn.Module):
 class ProjectionTower(RouterDCTower):
     """``encoder_mode: frozen``: E is an MLP projection of barp's frozen cached embedding."""
 
-    def __init__(self, embed_dim: int, hidden_dim: int, num_models: int, encoder_name: str | None) -> None:
-        super().__init__(hidden_dim)
+    def __init__(self, embed_dim: int, hidden_dim: int, num_models: int, encoder_name: str) -> None:
+        super().__init__(embed_dim, hidden_dim, num_models, encoder_name)
         self.projection = nn.Sequential(nn.Linear(embed_dim, hidden_dim), nn.GELU(),
                                         nn.Linear(hidden_dim, hidden_dim))
         self.add_llm_embeddings(num_models)
@@ -230,14 +230,15 @@ class FinetunedTower(RouterDCTower):
 
     reads_texts = True
 
-    def __init__(self, embed_dim: int, hidden_dim: int, num_models: int, encoder_name: str | None) -> None:
+    def __init__(self, embed_dim: int, hidden_dim: int, num_models: int, encoder_name: str) -> None:
         from transformers import AutoModel
 
         from barp.encoders import resolve_encoder_path
 
+        super().__init__(embed_dim, hidden_dim, num_models, encoder_name)
         encoder = AutoModel.from_pretrained(resolve_encoder_path(encoder_name), dtype=torch.float32)
-        super().__init__(int(encoder.config.hidden_size))
         self.text_encoder = encoder
+        self.dim = int(encoder.config.hidden_size)
         self.add_llm_embeddings(num_models)
         self.encoder_name = encoder_name
         self._tokenizer: Any = None  # built on first use; not part of the state
@@ -391,23 +392,27 @@ class RouterDC(RouterModule):
         self.last_k = min(last_k, k - self.top_k)
         self.towers = nn.ModuleList([TOWERS[encoder_mode](self.embed_dim, hidden_dim, k, self.encoder_name)
                                      for _ in range(max(1, len(self.grid)))])
-        dim = self.towers[0].dim
+        dim = self.tower(0).dim
+        self.preference: PreferenceEncoder | None
+        self.condition: nn.Sequential | None
         if not self.per_preference:
             self.preference = PreferenceEncoder(pref_dim, preference_features)
             self.condition = nn.Sequential(nn.Linear(dim + pref_dim, hidden_dim), nn.GELU(),
                                            nn.Linear(hidden_dim, dim))
-            nn.init.zeros_(self.condition[-1].weight)
-            nn.init.zeros_(self.condition[-1].bias)
+            last = cast(nn.Linear, self.condition[-1])
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         else:
             self.preference = self.condition = None
         self.train_data: FullInformationData | None = None
-        self.__dict__["_prompts"] = None  # training prompt texts (finetune), by training row
-        self.__dict__["_tasks"] = None  # task id per training row (selection's per-task mean)
-        self.__dict__["_clusters"] = None  # k-means cluster per training row
-        self.__dict__["_select_rows"] = None  # the training rows the selection scores
-        self.__dict__["_texts"] = {}  # frozen-embedding bytes -> prompt text (finetune routing)
-        self.__dict__["_best"] = None  # per selection unit: (training score, step, parameters) of its best so far
-        self.__dict__["_scored_step"] = -1  # the last step scored for selection
+        self._prompts: list[str] | None = None  # training prompt texts (finetune), by training row
+        self._tasks: torch.Tensor | None = None  # task id per training row (selection's per-task mean)
+        self._clusters: torch.Tensor | None = None  # k-means cluster per training row
+        self._select_rows: torch.Tensor | None = None  # the training rows the selection scores
+        self._texts: dict[bytes, str] = {}  # frozen-embedding bytes -> prompt text (finetune routing)
+        # per selection unit: (training score, step, parameters) of its best so far
+        self._best: list[tuple[float, int, dict[str, torch.Tensor]]] | None = None
+        self._scored_step = -1  # the last step scored for selection
 
     @property
     def per_preference(self) -> bool:
@@ -427,18 +432,18 @@ class RouterDC(RouterModule):
         self.train_data = full_information_training_data(dm)
         table = dm.table.subset(dm.splits.train)
         index = {t: i for i, t in enumerate(self.task_names)}
-        self.__dict__["_tasks"] = torch.as_tensor([index.get(t, -1) for t in table.tasks], dtype=torch.long)
+        self._tasks = torch.as_tensor([index.get(t, -1) for t in table.tasks], dtype=torch.long)
         if self.reads_texts:
-            self.__dict__["_prompts"] = training_prompts(dm)
-        self.__dict__["_clusters"] = kmeans(self.train_data.emb, self.hparams.num_clusters, self.hparams.cluster_seed)
+            self._prompts = training_prompts(dm)
+        self._clusters = kmeans(self.train_data.emb, self.hparams.num_clusters, self.hparams.cluster_seed)
         n, m = len(self.train_data.emb), self.hparams.select_prompts
         rows = torch.arange(n)
         if m is not None and m < n:
             g = torch.Generator().manual_seed(int(self.hparams.cluster_seed))
             rows = torch.randperm(n, generator=g)[:m].sort().values
-        self.__dict__["_select_rows"] = rows
-        self.__dict__["_best"] = None
-        self.__dict__["_scored_step"] = -1
+        self._select_rows = rows
+        self._best = None
+        self._scored_step = -1
 
     def remember_texts(self, emb, texts: Sequence[str]) -> None:
         """Finetune mode: map frozen embeddings (as the data and :meth:`embed` give them) to their prompt texts, so
@@ -493,8 +498,10 @@ class RouterDC(RouterModule):
     def scores(self, h: torch.Tensor, w: torch.Tensor, tower: int = 0) -> torch.Tensor:
         """``cos(E(x, w), k_t) / temperature`` for a tower's query embeddings E(x) (B, D) and preferences (B, 2):
         (B, K). ``per_preference``: E(x, w) = E(x) (each tower serves one fixed w)."""
-        z = h if self.condition is None else h + self.condition(torch.cat([h, self.preference(w)], dim=-1))
-        k = self.towers[tower].llm_embeddings
+        z = h
+        if self.condition is not None and self.preference is not None:
+            z = h + self.condition(torch.cat([h, self.preference(w)], dim=-1))
+        k = self.tower(tower).llm_embeddings
         return F.normalize(z, dim=-1) @ F.normalize(k, dim=-1).T / self.hparams.temperature
 
     def tower_of(self, w: torch.Tensor) -> torch.Tensor:
@@ -522,9 +529,9 @@ class RouterDC(RouterModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
         head, base = [], []
-        if self.condition is not None:
+        if self.condition is not None and self.preference is not None:
             head += [*self.preference.parameters(), *self.condition.parameters()]
-        for tower in self.towers:
+        for tower in map(self.tower, range(len(self.towers))):
             base.append(tower.llm_embeddings)
             if tower.projection is not None:
                 head += list(tower.projection.parameters())
@@ -537,20 +544,30 @@ class RouterDC(RouterModule):
     def _tower_loss(self, emb: torch.Tensor, rows: torch.Tensor, tower: int,
                     w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sample-LLM loss, sample-sample loss) of one tower on training rows at preferences w (B, 2)."""
-        h = self.tower(tower).training_embedding(emb, lambda: [self._prompts[i] for i in rows.tolist()],
-                                                 self.encoder_settings)
-        data = self.train_data
+        h = self.tower(tower).training_embedding(emb, lambda: self._training_texts(rows), self.encoder_settings)
+        data = self._training_data()
+        assert self._clusters is not None  # set with the training data
         rewards = reward(data.scores[rows].to(self.device), data.costs[rows].to(self.device), w, self.tau_value)
         llm = sample_llm_loss(self.scores(h, w, tower), rewards, self.top_k, self.last_k, tie_break=True)
         positive, negatives, valid = cluster_pairs(self._clusters[rows].to(self.device), self.hparams.sample_negatives)
         return llm, sample_sample_loss(h, positive, negatives, valid)
 
+    def _training_data(self) -> FullInformationData:
+        if self.train_data is None:
+            raise RuntimeError("RouterDC needs a datamodule (full-information training data)")
+        return self.train_data
+
+    def _training_texts(self, rows: torch.Tensor) -> list[str]:
+        """Finetune mode: the prompt texts of training rows."""
+        if self._prompts is None:
+            raise RuntimeError("RouterDC (encoder_mode=finetune) needs the training prompts: fit it with a datamodule")
+        return [self._prompts[i] for i in rows.tolist()]
+
     def loss(self, emb: torch.Tensor, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Both RouterDC losses on training rows (indices into the training split): ``conditioned`` at fresh
         preferences; ``per_preference`` summed over the towers, each at its grid point (the logged parts are
         averages over towers)."""
-        if self.train_data is None:
-            raise RuntimeError("RouterDC needs a datamodule (full-information training data)")
+        self._training_data()
         hp = self.hparams
         rows = rows.long().cpu()
         if self.per_preference:
@@ -571,7 +588,7 @@ class RouterDC(RouterModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Cut the batch into chunks of ``batch_size`` queries, one AdamW step each, until ``max_steps`` steps."""
-        opt = self.optimizers()
+        opt = self.optimizer()
         budget, every = self._step_budget(), self.hparams.select_every
         size = self.hparams.batch_size
         for start in range(0, len(batch["row"]), size):
@@ -601,6 +618,7 @@ class RouterDC(RouterModule):
         if self.hparams.select_every:
             if self._scored_step != self.global_step:
                 self._select()
+            assert self._best is not None  # set by _select
             with torch.no_grad():
                 for unit, (_, _, params) in zip(self._units(), self._best):
                     for name, p in unit.named_parameters():
@@ -618,9 +636,10 @@ class RouterDC(RouterModule):
         reward of its choices over each task's training prompts, averaged over tasks (each task counts once, as
         the paper's average over training sets); ``per_preference``: each tower at its grid point;
         ``conditioned``: averaged over the evaluation preferences."""
-        data, rows = self.train_data, self._select_rows
+        data, rows = self._training_data(), self._select_rows
         if rows is None:
             rows = torch.arange(len(data.emb))
+        assert self._tasks is not None  # set with the training data
         tasks, scores, costs = self._tasks[rows], data.scores[rows], data.costs[rows]
         was_training = self.training
         self.eval()
@@ -646,14 +665,17 @@ class RouterDC(RouterModule):
 
     def _select(self) -> None:
         scores = self.training_scores()
-        self.__dict__["_scored_step"] = int(self.global_step)
+        self._scored_step = int(self.global_step)
         self.log("train/selection_score", float(np.mean(scores)))
-        best = self._best or [None] * len(scores)
+        best: list[tuple[float, int, dict[str, torch.Tensor]] | None] = [None for _ in scores]
+        if self._best:
+            best = list(self._best)
         for i, (unit, score) in enumerate(zip(self._units(), scores)):
-            if best[i] is None or score > best[i][0]:
+            kept = best[i]
+            if kept is None or score > kept[0]:
                 params = {name: p.detach().clone() for name, p in unit.named_parameters()}
                 best[i] = (score, int(self.global_step), params)
-        self.__dict__["_best"] = best
+        self._best = [b for b in best if b is not None]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
