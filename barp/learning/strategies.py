@@ -21,7 +21,7 @@ with :func:`from_config`, which only builds the classes of this module.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -227,7 +227,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
-def from_config(value: Any, kind: type[Strategy], option: str) -> Strategy:
+S = TypeVar("S", bound=Strategy)
+
+
+def from_config(value: Any, kind: type[S], option: str) -> S:
     """``value`` as a strategy of type ``kind``: an instance is kept; a ``{class_path, init_args}`` dict (a
     checkpoint's) is built, for the classes of this module only (a checkpoint never makes barp import code).
 

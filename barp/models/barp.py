@@ -84,6 +84,9 @@ class BaRPModule(RouterModule):
     checkpoints save them).
     """
 
+    baseline_value: torch.Tensor  # buffers
+    explore_pulls: torch.Tensor
+
     def __init__(
         self,
         arms: Arms,
@@ -100,7 +103,8 @@ class BaRPModule(RouterModule):
         super().__init__(arms, reward, evaluation, predict, guard)
         policy = part(Policy, policy, "model.policy")
         training = part(Training, training, "model.training")
-        self.baseline = from_config(baseline, Baseline, "model.baseline")
+        # mypy refuses an abstract class for type[S] (python/mypy#4717); Baseline is only an isinstance check here
+        self.baseline = from_config(baseline, Baseline, "model.baseline")  # type: ignore[type-abstract]
         self.critic_options = None if critic is None else from_config(critic, Neighbours, "model.critic")
         self.off_policy = from_config(off_policy, SelfNormalisedIS, "model.off_policy")
         self.policy_options, self.training_options = policy, check_training(training)
@@ -201,6 +205,7 @@ class BaRPModule(RouterModule):
         beta = self.current_beta()
         if critic is not None:
             values = critic.values(prompts, w, repeats=k)
+            assert self.critic_options is not None  # the critic is built from them
             terms = critic_policy_loss(logits, values, actions, r, self.critic_options.residual, beta, rho)
             b = r - terms.advantage  # the critic's value of the pulled model
         else:
@@ -239,6 +244,8 @@ class BaRPModule(RouterModule):
     def _off_policy_step(self, emb: torch.Tensor, rows: torch.Tensor, w: torch.Tensor,
                          logits: torch.Tensor) -> torch.Tensor:
         """One step on logged requests: importance-weighted policy gradient (or the critic's), fresh preferences."""
+        if not isinstance(self.env, LoggedEnvironment):
+            raise RuntimeError("BaRP: off-policy steps need a logged environment (data.train_log)")
         logged = self.env.logged(rows)
         r = reward(logged.score, logged.cost, w, self.tau_value)
         rho = self.off_policy.weights(logits, logged.action, logged.propensity)
@@ -246,6 +253,7 @@ class BaRPModule(RouterModule):
         critic = self._built_critic()
         if critic is not None:
             values = critic.values(logged.prompt, w)
+            assert self.critic_options is not None  # the critic is built from them
             terms = critic_policy_loss(logits, values, logged.action, r, self.critic_options.residual, beta, rho)
         else:
             b = self.off_policy.baseline(r, rho, self.baseline)
@@ -299,6 +307,7 @@ class BaRPModule(RouterModule):
             return sums / torch.bincount(inverse, minlength=len(unique)).double()
 
         cost_norm = normalized_cost(cells.cost, self.tau_value)
+        assert self.critic is not None  # built just before (setup)
         self.critic.observe(unique // env.num_arms, unique % env.num_arms, cell_mean(cells.score),
                             cell_mean(cost_norm))
 

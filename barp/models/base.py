@@ -9,13 +9,15 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.data import AttributeDict
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities import rank_zero_info
 
-from barp.data.environment import BanditEnvironment
+from barp.data.environment import Environment
 from barp.encoders import EncoderSpec, SentenceEncoder, count_parameters
 from barp.errors import ConfigError
 from barp.learning.rl import check_w_c
@@ -44,6 +46,9 @@ class RouterModule(L.LightningModule):
 
     Each part may also be given as a dict of its fields (as checkpoints save it).
     """
+
+    tau: torch.Tensor  # buffers (registered in __init__)
+    reference_models: torch.Tensor
 
     def __init__(
         self,
@@ -80,7 +85,7 @@ class RouterModule(L.LightningModule):
         # Resolved at fit start and saved in checkpoints, so evaluation uses the tau training used.
         self.register_buffer("tau", torch.tensor(float(tau) if tau is not None else float("nan")))
         self.register_buffer("reference_models", torch.tensor([-1, -1], dtype=torch.long))
-        self.env: BanditEnvironment | None = None
+        self.env: Environment | None = None
         self.eval_metrics = self._build_metrics()
         self._column_order: torch.Tensor | None = None  # data column of each arm, when the orders differ
         self._data_record: dict | None = None  # what checkpoints record about the training data
@@ -92,15 +97,26 @@ class RouterModule(L.LightningModule):
     def save_hyperparameters(self, *args, ignore=None, frame=None, logger: bool = True) -> None:
         """Lightning's, then every part and strategy as plain data (:func:`~barp.models.parts.plain`), the parts as
         resolved (with their defaults), so that ``torch.load(weights_only=True)`` reads every checkpoint."""
-        if frame is None:
-            frame = inspect.currentframe().f_back
+        if frame is None and (current := inspect.currentframe()) is not None:
+            frame = current.f_back
         super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
         resolved = self.resolved_parts()
-        for hp in (self._hparams, self._hparams_initial):
+        # Lightning's private dicts, untyped (mypy sees nn.Module.__getattr__)
+        for hp in (cast(AttributeDict, self._hparams), cast(AttributeDict, self._hparams_initial)):
             for key in list(hp):
                 hp[key] = plain(resolved[key] if key in resolved else hp[key])
             for key, value in resolved.items():
                 hp[key] = plain(value)
+
+    @property
+    def hparams(self) -> AttributeDict:
+        """Lightning's saved hyperparameters: an ``AttributeDict`` once :meth:`save_hyperparameters` ran (Lightning
+        types it as any mapping, without attribute access)."""
+        return cast(AttributeDict, super().hparams)
+
+    def optimizer(self) -> LightningOptimizer:
+        """The one optimizer of a router optimising by hand (``automatic_optimization = False``)."""
+        return cast(LightningOptimizer, self.optimizers())
 
     def resolved_parts(self) -> dict[str, Any]:
         """The module's parts as it uses them (subclasses add theirs): what its hyperparameters save."""
@@ -127,7 +143,8 @@ class RouterModule(L.LightningModule):
 
     def router_data(self) -> RouterData | None:
         """The trainer's datamodule; None outside a Trainer, or for a Trainer given bare dataloaders."""
-        return self.trainer.datamodule if self._trainer is not None else None
+        trainer: Any = self.trainer if self._trainer is not None else None  # Lightning sets trainer.datamodule
+        return None if trainer is None else trainer.datamodule
 
     def setup(self, stage: str) -> None:
         """Attach the training environment and resolve tau, the reference models and the guard from the data."""

@@ -17,9 +17,8 @@ import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -28,7 +27,7 @@ from barp.data.compat import upgrade_data_hparams
 from barp.encoders import EncoderSpec, encoder_identity
 from barp.errors import BarpError, ConfigError
 from barp.models.compat import upgrade_checkpoint
-from barp.models.protocols import RouterData
+from barp.models.protocols import Router, RouterData
 from barp.models.shift import ShiftGuard
 
 RECORD_KEY = "barp"
@@ -68,10 +67,10 @@ def load_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict[str, 
             ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # torch words it "Unsupported global: GLOBAL os.system" or "unsupported GLOBAL posix.system" by version
-        found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(err), re.IGNORECASE)
-        if found is None:  # not a pickle that names code: a damaged or foreign file
+        hit = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(err), re.IGNORECASE)
+        if hit is None:  # not a pickle that names code: a damaged or foreign file
             raise ConfigError(f"{where} is not a readable checkpoint (truncated, or not written by barp fit)") from None
-        named = f" ({found.group(1)})"
+        named = f" ({hit.group(1)})"
         raise ConfigError(
             f"{where}: refused to load: it holds Python objects{named} that a barp checkpoint never contains, and "
             "unpickling them could run code. Only checkpoints written by barp fit are loaded."
@@ -142,7 +141,8 @@ def capture_rng() -> dict[str, Any]:
     """Every random generator a fit draws from (torch CPU and CUDA, numpy, Python), as checkpointable values."""
     import random
 
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # the legacy tuple (numpy's default; its stubs also allow the dict of legacy=False)
+    kind, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": (kind, torch.as_tensor(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -201,7 +201,7 @@ def restore_saved_rng(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
     return state
 
 
-def load_records(module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+def load_records(module: Router, checkpoint: dict[str, Any]) -> None:
     """A router module's ``on_load_checkpoint``: read the checkpoint's records (trained or not, the data record, the
     encoder settings, the shift guard) and, inside a Trainer, check it against the data it is applied to
     (:func:`check_against_data`) before its weights load. Models in another order are mapped by name (with a

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import lightning as L
 import torch
 
 from barp.data.compat import upgrade_data_hparams
@@ -109,7 +110,7 @@ def checkpoint_buffer(ckpt: dict[str, Any]) -> io.BytesIO:
     return buffer
 
 
-def load_module(cls: type, ckpt: dict[str, Any], map_location: Any = "cpu"):
+def load_module(cls: type[L.LightningModule], ckpt: dict[str, Any], map_location: Any = "cpu"):
     """``cls.load_from_checkpoint`` of an already read checkpoint dictionary, upgraded first (weights-only)."""
     return cls.load_from_checkpoint(checkpoint_buffer(upgrade_checkpoint(ckpt)), map_location=map_location,
                                     weights_only=True)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, cast
 
-import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +31,7 @@ from barp.metrics.evaluation import (
     reference_outcome,
 )
 from barp.metrics.routing import ModelCostMetric, RoutingMetrics
+from barp.models.protocols import Router
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class Greedy:
 
     needs_outcomes: ClassVar[bool] = False
 
-    def __init__(self, module: L.LightningModule, name: str = "router", novel: torch.Tensor | None = None) -> None:
+    def __init__(self, module: Router, name: str = "router", novel: torch.Tensor | None = None) -> None:
         self.module, self.name, self.novel = module, name, novel
 
     def choose(self, emb: torch.Tensor, w: torch.Tensor, outcomes: Outcomes | None = None) -> torch.Tensor:
@@ -133,6 +134,8 @@ def evaluate(policies: Sequence[Policy], emb: torch.Tensor, grid: Sequence[float
             for policy in policies:
                 yield Point(policy.name, w_c, policy.choose(emb, w), None)
             continue
+        if costs is None or tau is None:
+            raise ValueError("evaluate: scores need their costs and tau")
         rewards = reward(scores, costs, w, tau)
         for policy in policies:
             o = policy.outcome(emb, w, scores, costs, rewards)
@@ -171,12 +174,22 @@ class EvalMetrics(nn.ModuleDict):
     def key(stage: str, split: str, w_c: float, policy: str) -> str:
         return f"{stage}_{split}_{w_c:g}_{policy}".replace(".", "p")
 
+    def routing(self, stage: str, split: str, w_c: float, policy: str) -> RoutingMetrics:
+        """A policy's metrics on a split at a preference."""
+        return cast(RoutingMetrics, self[self.key(stage, split, w_c, policy)])
+
+    def model_cost(self, stage: str, split: str) -> ModelCostMetric:
+        """Every model's mean cost on a split."""
+        return cast(ModelCostMetric, self[f"{stage}_{split}_model_cost"])
+
     def add(self, stage: str, split: str, task: torch.Tensor, costs: torch.Tensor, points: Iterator[Point]) -> None:
         """Add a batch: every model's costs (B, K) and each policy's outcome at each preference."""
-        self[f"{stage}_{split}_model_cost"].update(costs)
+        self.model_cost(stage, split).update(costs)
         for p in points:
             o = p.outcome
-            self[self.key(stage, split, p.w_c, p.policy)].update(task, o.action, o.score, o.cost, o.reward)
+            if o is None:
+                raise ValueError("EvalMetrics.add: the points need their outcomes (evaluate with scores and costs)")
+            self.routing(stage, split, p.w_c, p.policy).update(task, o.action, o.score, o.cost, o.reward)
 
     def results(self, stage: str) -> Iterator[dict[str, torch.Tensor | float]]:
         """The stage's metrics (see :class:`~barp.models.base.RouterModule`), in groups to log, resetting the state.
@@ -190,7 +203,7 @@ class EvalMetrics(nn.ModuleDict):
             for w_c in self.preferences:
                 at = None if w_c == self.preferences[0] else w_c
                 for policy in ("router",) + REFERENCES:
-                    metric = self[self.key(stage, split, w_c, policy)]
+                    metric = self.routing(stage, split, w_c, policy)
                     if not metric.update_called:
                         continue
                     values = metric.compute()
@@ -206,14 +219,14 @@ class EvalMetrics(nn.ModuleDict):
                 reward_avg = torch.stack(router_rewards).mean()
                 yield {metric_name(stage, split, "reward_avg"): reward_avg}
                 selection = float(reward_avg)
-            model_cost = self[f"{stage}_{split}_model_cost"]
+            model_cost = self.model_cost(stage, split)
             if len(points) >= 2 and model_cost.update_called:
                 # the frontier's area over the split's cost range: selecting on it favours the checkpoint with the
                 # best trade-offs over the whole cost range (see barp.metrics.evaluation.aiq_cost_range); where
                 # every model costs the same it is 0 up to rounding, and is not logged (aiq_defined)
                 model_costs = model_cost.compute().cpu().numpy()
                 if aiq_defined(model_costs):
-                    costs, scores = map(list, zip(*points))
+                    costs, scores = (np.asarray(v, dtype=float) for v in zip(*points))
                     selection = float(aiq(costs, scores, aiq_cost_range(model_costs)))
                     yield {metric_name(stage, split, "aiq"): selection}
             if router_rewards:
@@ -228,7 +241,7 @@ def references(models: torch.Tensor) -> list[Reference]:
     return [Reference(policy, cheapest, most_expensive) for policy in REFERENCES]
 
 
-def evaluate_batch(module: L.LightningModule, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int) -> None:
+def evaluate_batch(module: Router, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int) -> None:
     """A router module's validation or test step: its greedy routing (and, at test, the reference policies) at
     each evaluation preference, added to its :class:`EvalMetrics`."""
     names = getattr(module, "eval_split_names", {}).get("test" if stage == "test" else "validate", ["id", "ood"])
@@ -242,7 +255,7 @@ def evaluate_batch(module: L.LightningModule, batch: dict[str, torch.Tensor], st
                             evaluate(policies, emb, module.eval_preferences, module.tau_value, scores, costs))
 
 
-def log_results(module: L.LightningModule, stage: str) -> None:
+def log_results(module: Router, stage: str) -> None:
     """A router module's validation or test epoch end: log :meth:`EvalMetrics.results`."""
     for logged in module.eval_metrics.results(stage):
         module.log_dict(logged, add_dataloader_idx=False)

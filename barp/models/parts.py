@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -182,7 +182,10 @@ def arms_from_data(datamodule: Any) -> Arms:
                 datamodule.encoder_spec.name)
 
 
-P = TypeVar("P")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+P = TypeVar("P", bound="DataclassInstance")
 
 
 def part(cls: type[P], value: Any, option: str) -> P:

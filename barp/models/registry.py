@@ -26,7 +26,7 @@ from barp.models.baselines.graphrouter import GraphRouter
 from barp.models.baselines.mf import MFRouter
 from barp.models.baselines.offline import KNNRouter, MLPRouter
 from barp.models.baselines.routerdc import RouterDC
-from barp.models.parts import Arms, arms_from_data, plain
+from barp.models.parts import Arms, Reward, arms_from_data, part, plain
 
 #: Method name (as in result files) -> its RouterModule class (as in ``configs/model/<name>.yaml``): BaRP, then the
 #: comparison methods in the order ``barp sweep`` reports them. The one table of names and classes.
@@ -138,7 +138,7 @@ def train_method(method: str, datamodule, tau: float, seed: int, max_epochs: int
     with quiet_lightning():
         L.seed_everything(seed, workers=True, verbose=False)
         args = dict(init_args or {})
-        reward = {**plain(args.pop("reward", None) or {}), "tau": tau}
+        reward = part(Reward, {**plain(args.pop("reward", None) or {}), "tau": tau}, "model.reward")
         arms = arms_from_data(datamodule)
         arms = Arms(arms.model_names, arms.task_names, int(datamodule.embeddings().shape[1]), arms.encoder)
         module = METHOD_CLASSES[method](arms=arms, reward=reward, **args)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import lightning as L
 import torch
 
 from barp.encoders import SentenceEncoder
 from barp.errors import ConfigError
 from barp.learning.rl import check_w_c, exploration_probabilities, preference_tensor
+from barp.models.protocols import Router
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def sample_exploring(logits: torch.Tensor, temperature: float, epsilon: float,
     return torch.multinomial(serving, 1, generator=generator).squeeze(-1), serving
 
 
-def frozen_encoder(module: L.LightningModule) -> SentenceEncoder:
+def frozen_encoder(module: Router) -> SentenceEncoder:
     """The module's frozen sentence encoder, built on first use from its ``encoder_settings`` on its device."""
     built = module.__dict__.get("_frozen_encoder")  # (settings, device, encoder)
     settings, device = dict(module.encoder_settings), str(module.device)
@@ -83,12 +84,12 @@ def frozen_encoder(module: L.LightningModule) -> SentenceEncoder:
     return built[2]
 
 
-def attach_encoder(module: L.LightningModule, encoder: SentenceEncoder) -> None:
+def attach_encoder(module: Router, encoder: SentenceEncoder) -> None:
     """Use an already built frozen encoder (its settings must be the module's) instead of building one."""
     module.__dict__["_frozen_encoder"] = (dict(module.encoder_settings), str(module.device), encoder)
 
 
-def embed(module: L.LightningModule, prompts: Sequence[str]) -> torch.Tensor:
+def embed(module: Router, prompts: Sequence[str]) -> torch.Tensor:
     """Embeddings of raw prompt texts with the module's frozen encoder, shape (N, D), on the module's device."""
     prompts = check_prompts(prompts)
     if not prompts:
@@ -97,7 +98,7 @@ def embed(module: L.LightningModule, prompts: Sequence[str]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def route_prompts(module: L.LightningModule, prompts: Sequence[str], w_c: float) -> tuple[torch.Tensor, torch.Tensor]:
+def route_prompts(module: Router, prompts: Sequence[str], w_c: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per prompt at preference ``(1 - w_c, w_c)``: the policy's distribution over models (N, K) and the greedy
     choice (N,) (the module's ``greedy``: the argmax, or the shift guard's fallback), from one embedding pass."""
     emb = module.embed(prompts)
@@ -108,7 +109,7 @@ def route_prompts(module: L.LightningModule, prompts: Sequence[str], w_c: float)
     return torch.softmax(logits, dim=-1), module.greedy(emb, w, logits)
 
 
-def decide(module: L.LightningModule, prompts: Sequence[str], w_c: float = 0.5, temperature: float | None = None,
+def decide(module: Router, prompts: Sequence[str], w_c: float = 0.5, temperature: float | None = None,
            epsilon: float = 0.0, seed: int | None = None) -> list[Decision]:
     """Route raw prompts at cost weight ``w_c``: greedily (the default), or exploring.
 
@@ -139,14 +140,14 @@ def decide(module: L.LightningModule, prompts: Sequence[str], w_c: float = 0.5, 
             for i, a in enumerate(chosen.tolist())]
 
 
-def predict(module: L.LightningModule, batch: dict[str, torch.Tensor]) -> dict:
+def predict(module: Router, batch: dict[str, torch.Tensor]) -> dict:
     """A router module's ``predict_step``: per prompt at ``predict_w_c``, the greedy choice and its probability
     (softmax of ``route``); when exploring (``predict_exploration``: temperature, epsilon), a sampled choice
     (:func:`sample_exploring`), its policy probability and its ``propensity`` (probability of being served)."""
     w = preference_tensor(module.predict_w_c, len(batch["emb"]), batch["emb"].device)
     logits = module.route(batch["emb"], w)
     probs = torch.softmax(logits, dim=-1)
-    out = {"row": batch["row"], "split": batch["split"], "w_c": module.predict_w_c}
+    out: dict[str, Any] = {"row": batch["row"], "split": batch["split"], "w_c": module.predict_w_c}
     if module.predict_exploration is None:
         out["action"] = module.greedy(batch["emb"], w, logits)
         out["probability"] = probs.gather(-1, out["action"].unsqueeze(-1)).squeeze(-1)

@@ -19,7 +19,8 @@ the previous batch, then added. Evaluation routes greedily by the mean estimate 
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -27,6 +28,21 @@ from barp.errors import ConfigError
 from barp.learning.rl import reward, sample_preferences
 from barp.models.base import RouterModule
 from barp.models.baselines.common import count_step, step_counter
+
+
+class BanditContext(NamedTuple):
+    """One ``context`` choice: the width of z for a PCA width p, and z from ``phi = [pca(x); 1]`` (B, p + 1) and
+    the preferences w (B, 2)."""
+
+    width: Callable[[int], int]
+    build: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+ContextKind = Literal["outer", "concat"]
+CONTEXTS: dict[str, BanditContext] = {
+    "outer": BanditContext(lambda p: 2 * (p + 1), lambda phi, w: torch.cat([w[:, :1] * phi, w[:, 1:] * phi], dim=-1)),
+    "concat": BanditContext(lambda p: p + 3, lambda phi, w: torch.cat([phi, w], dim=-1)),
+}
 
 
 class LinearBanditModule(RouterModule):
@@ -42,9 +58,17 @@ class LinearBanditModule(RouterModule):
             ``predict``, ``guard``).
     """
 
-    def __init__(self, pca_dim: int | None = 32, context: Literal["outer", "concat"] = "outer",
-                 ridge: float = 1.0, **parts) -> None:
+    pca_mean: torch.Tensor  # buffers
+    pca_components: torch.Tensor
+    pca_fitted: torch.Tensor
+    A: torch.Tensor
+    b: torch.Tensor
+
+    def __init__(self, pca_dim: int | None = 32, context: ContextKind = "outer", ridge: float = 1.0,
+                 **parts) -> None:
         super().__init__(**parts)
+        if context not in CONTEXTS:
+            raise ConfigError(f"model.context must be outer or concat, got {context!r}")
         if pca_dim is not None and not 1 <= pca_dim <= self.embed_dim:
             raise ConfigError(f"model.pca_dim must be in [1, {self.embed_dim}] or null, got {pca_dim!r}")
         if not ridge > 0:
@@ -52,7 +76,7 @@ class LinearBanditModule(RouterModule):
         self.automatic_optimization = False
         self.context_kind = context
         p = pca_dim or self.embed_dim
-        dim = 2 * (p + 1) if context == "outer" else p + 3
+        dim = CONTEXTS[context].width(p)
         k = len(self.model_names)
         self.register_buffer("pca_mean", torch.zeros(self.embed_dim))
         self.register_buffer("pca_components", torch.zeros(self.embed_dim, p))
@@ -77,10 +101,7 @@ class LinearBanditModule(RouterModule):
         """The bandit context z(x, w), shape (B, D), float64."""
         phi = (emb - self.pca_mean) @ self.pca_components
         phi = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=-1).double()
-        w = w.double()
-        if self.context_kind == "outer":
-            return torch.cat([w[:, :1] * phi, w[:, 1:] * phi], dim=-1)
-        return torch.cat([phi, w], dim=-1)
+        return CONTEXTS[self.context_kind].build(phi, w.double())
 
     def posterior(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-arm ``A^{-1}`` (K, D, D) and ``theta = A^{-1} b`` (K, D)."""

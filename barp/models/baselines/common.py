@@ -22,4 +22,4 @@ def step_counter() -> torch.optim.Optimizer:
 def count_step(module: RouterModule) -> None:
     """Advance Lightning's step count by one (no-op outside a Trainer); see :func:`step_counter`."""
     if module._trainer is not None:
-        module.optimizers().step()
+        module.optimizer().step()

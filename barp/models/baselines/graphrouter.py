@@ -11,8 +11,9 @@ torch_geometric would add a compiled dependency (and its scatter wheels) for not
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,23 @@ def read_descriptions(path: str | None, task_names: list[str], model_names: list
     return out
 
 
+def sum_incoming(total: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """``aggr: add``: the sum of each node's incoming messages (``total``, already summed)."""
+    return total
+
+
+def mean_incoming(total: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """``aggr: mean``: the summed incoming messages divided by each node's number of incoming edges (0 for none)."""
+    count = torch.zeros(len(total), device=total.device, dtype=total.dtype)
+    count.index_add_(0, dst, torch.ones_like(dst, dtype=total.dtype))
+    return total / count.clamp(min=1).unsqueeze(-1)
+
+
+Aggregation = Literal["mean", "add"]
+AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"mean": mean_incoming,
+                                                                                 "add": sum_incoming}
+
+
 class RelationConv(nn.Module):
     """One relation's GeneralConv-style message passing (You et al. 2020; PyG ``GeneralConv`` with its defaults:
     directed messages, one head, no attention, in = out channels so the self term is the identity):
@@ -75,7 +93,7 @@ class RelationConv(nn.Module):
         aggr: ``mean`` or ``add`` (sum) over a node's incoming edges; nodes without one receive 0.
     """
 
-    def __init__(self, dim: int, edge_dim: int = 0, aggr: Literal["mean", "add"] = "mean") -> None:
+    def __init__(self, dim: int, edge_dim: int = 0, aggr: Aggregation = "mean") -> None:
         super().__init__()
         self.aggr = aggr
         self.lin_msg = nn.Linear(dim, dim)
@@ -88,11 +106,7 @@ class RelationConv(nn.Module):
         if self.lin_edge is not None:
             msg = msg + self.lin_edge(edge_attr)
         out = torch.zeros_like(x_dst).index_add_(0, dst, msg)
-        if self.aggr == "mean":
-            count = torch.zeros(len(x_dst), device=x_dst.device, dtype=x_dst.dtype)
-            count.index_add_(0, dst, torch.ones_like(dst, dtype=x_dst.dtype))
-            out = out / count.clamp(min=1).unsqueeze(-1)
-        return out + x_dst
+        return AGGREGATIONS[self.aggr](out, dst) + x_dst
 
 
 class GraphRouterNet(nn.Module):
@@ -110,7 +124,7 @@ class GraphRouterNet(nn.Module):
     """
 
     def __init__(self, embed_dim: int, hidden_dim: int = 32, num_layers: int = 2, edge_dim: int = 2,
-                 aggr: Literal["mean", "add"] = "mean", pref_film: bool = True) -> None:
+                 aggr: Aggregation = "mean", pref_film: bool = True) -> None:
         super().__init__()
         self.query_proj = nn.Linear(embed_dim, hidden_dim)
         self.task_proj = nn.Linear(embed_dim, hidden_dim)
@@ -151,7 +165,8 @@ class GraphRouterNet(nn.Module):
         h = torch.cat([self.task_proj(task_x), q, self.llm_proj(llm_x)])
         t_sl, q_sl, m_sl = slice(0, num_t), slice(num_t, num_t + num_q), slice(num_t + num_q, None)
         edge = F.relu(self.edge_mlp(edge_attr))
-        for i, (layer, norm) in enumerate(zip(self.layers, self.norms)):
+        for i, (relations, norm) in enumerate(zip(self.layers, self.norms)):
+            layer = cast(nn.ModuleDict, relations)
             ht, hq, hm = h[t_sl], h[q_sl], h[m_sl]
             h = torch.cat([layer["query_task"](hq, ht, *query_task),
                            layer["task_query"](ht, hq, *task_query),
@@ -164,6 +179,44 @@ class GraphRouterNet(nn.Module):
             llm = h[m_sl].unsqueeze(0) * (1 + self.pref_scale(pref)).unsqueeze(1)
             return (predicted.unsqueeze(1) * llm).mean(dim=-1)
         return (predicted.unsqueeze(1) * h[m_sl].unsqueeze(0)).mean(dim=-1)
+
+
+def link_nearest(emb: torch.Tensor, query_emb: torch.Tensor, query_task: torch.Tensor,
+                 num_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``task_link: nearest``: each new prompt joins the task whose training prompts' mean (normalised) embedding
+    is most similar (cosine); (new prompt, task) index pairs."""
+    present = torch.unique(query_task)
+    sums = torch.zeros(num_tasks, query_emb.shape[-1], device=emb.device)
+    sums.index_add_(0, query_task, F.normalize(query_emb, dim=-1))
+    centroids = F.normalize(sums[present], dim=-1)
+    nearest = present[(F.normalize(emb, dim=-1) @ centroids.T).argmax(dim=-1)]
+    return torch.arange(len(emb), device=emb.device), nearest
+
+
+def link_all(emb: torch.Tensor, query_emb: torch.Tensor, query_task: torch.Tensor,
+             num_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``task_link: all``: each new prompt joins every task that has training prompts; (new prompt, task) pairs."""
+    present = torch.unique(query_task)
+    rows = torch.arange(len(emb), device=emb.device).repeat_interleave(len(present))
+    return rows, present.repeat(len(emb))
+
+
+def effect_target(rewards: torch.Tensor, w: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """``target: effect``: the reward shifted into [0, 1], ``w_q q + w_c (1 - min(c / tau, 1))`` (a soft label)."""
+    return rewards + w[:, 1:]
+
+
+def best_target(rewards: torch.Tensor, w: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """``target: best``: the official code's label, 1 for every model of best reward, 0 for the others."""
+    return best
+
+
+TaskLink = Literal["nearest", "all"]
+EdgeTarget = Literal["effect", "best"]
+TASK_LINKS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]]
+TASK_LINKS = {"nearest": link_nearest, "all": link_all}
+EDGE_TARGETS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]]
+EDGE_TARGETS = {"effect": effect_target, "best": best_target}
 
 
 class GraphRouter(OfflineRouterModule):
@@ -236,10 +289,10 @@ class GraphRouter(OfflineRouterModule):
             ``predict``, ``guard``).
     """
 
-    def __init__(self, hidden_dim: int = 32, num_layers: int = 2, aggr: Literal["mean", "add"] = "mean",
+    def __init__(self, hidden_dim: int = 32, num_layers: int = 2, aggr: Aggregation = "mean",
                  mask_rate: float = 0.3, lr: float = 3e-3, weight_decay: float = 1e-4, cost_power: float = 2.0,
-                 steps_per_batch: int = 1, task_link: Literal["nearest", "all"] = "nearest",
-                 descriptions: str | None = None, target: Literal["effect", "best"] = "effect",
+                 steps_per_batch: int = 1, task_link: TaskLink = "nearest",
+                 descriptions: str | None = None, target: EdgeTarget = "effect",
                  pref_film: bool = True, **parts) -> None:
         super().__init__(**parts)
         self.save_hyperparameters()
@@ -253,9 +306,9 @@ class GraphRouter(OfflineRouterModule):
             raise ConfigError(f"model.steps_per_batch must be an integer >= 1, got {steps_per_batch!r}")
         if not lr > 0 or weight_decay < 0:
             raise ConfigError(f"model.lr must be > 0 and model.weight_decay >= 0, got {lr!r}, {weight_decay!r}")
-        if target not in ("effect", "best"):
+        if target not in EDGE_TARGETS:
             raise ConfigError(f"model.target must be effect|best, got {target!r}")
-        if aggr not in ("mean", "add") or task_link not in ("nearest", "all"):
+        if aggr not in AGGREGATIONS or task_link not in TASK_LINKS:
             raise ConfigError(f"model.aggr must be mean|add and model.task_link nearest|all, got {aggr!r}, "
                               f"{task_link!r}")
         check_cost_power(cost_power, "model.cost_power")
@@ -307,15 +360,7 @@ class GraphRouter(OfflineRouterModule):
 
     def link_tasks(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(new prompt, task) index pairs for prompts of unknown task (see ``task_link``)."""
-        present = torch.unique(self.query_task)
-        if self.hparams.task_link == "all":
-            rows = torch.arange(len(emb), device=emb.device).repeat_interleave(len(present))
-            return rows, present.repeat(len(emb))
-        sums = torch.zeros(len(self.task_names), self.embed_dim, device=emb.device)
-        sums.index_add_(0, self.query_task, F.normalize(self.query_emb, dim=-1))
-        centroids = F.normalize(sums[present], dim=-1)
-        nearest = present[(F.normalize(emb, dim=-1) @ centroids.T).argmax(dim=-1)]
-        return torch.arange(len(emb), device=emb.device), nearest
+        return TASK_LINKS[self.hparams.task_link](emb, self.query_emb, self.query_task, len(self.task_names))
 
     def _forward(self, emb: torch.Tensor, w: torch.Tensor, new_task: tuple[torch.Tensor, torch.Tensor],
                  hidden: torch.Tensor | None = None, llm_visible: torch.Tensor | None = None) -> torch.Tensor:
@@ -353,7 +398,7 @@ class GraphRouter(OfflineRouterModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """``steps_per_batch`` steps of edge prediction: the batch's prompts are the new queries whose LLM edges
         are predicted, each step with fresh preferences and a fresh edge mask."""
-        optimizer = self.optimizers()
+        optimizer = self.optimizer()
         rows = batch["row"].long().to(self.device)
         for _ in range(self.hparams.steps_per_batch):
             loss, accuracy = self._edge_loss(batch["emb"], rows)
@@ -376,8 +421,7 @@ class GraphRouter(OfflineRouterModule):
         logits = self._forward(emb, w, pairs, hidden, llm_visible)
         rewards = reward(self.edge_scores[rows], self.edge_costs[rows], w, self.tau_value)
         best = (rewards >= rewards.max(dim=-1, keepdim=True).values - 1e-9).float()
-        # effect: the reward shifted into [0, 1], w_q q + w_c (1 - min(c / tau, 1)); best: the one-hot best model
-        target = rewards + w[:, 1:] if self.hparams.target == "effect" else best
+        target = EDGE_TARGETS[self.hparams.target](rewards, w, best)
         loss = F.binary_cross_entropy_with_logits(logits, target)
         return loss, best.gather(-1, logits.detach().argmax(dim=-1, keepdim=True)).mean()
 

@@ -95,6 +95,10 @@ class OfflineRouterModule(RouterModule):
 class _Memory(nn.Module):
     """The kNN router's stored training set; buffers take the checkpoint's size when loaded."""
 
+    keys: torch.Tensor  # buffers
+    scores: torch.Tensor
+    costs: torch.Tensor
+
     def __init__(self, embed_dim: int, num_models: int) -> None:
         super().__init__()
         self.register_buffer("keys", torch.zeros(0, embed_dim))

@@ -46,8 +46,8 @@ the training prompts' texts from the same rows of the datamodule's table (:func:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -61,7 +61,6 @@ from barp.learning.rl import check_cost_power, check_w_c, preference_tensor, rew
 from barp.models.base import RouterModule
 from barp.models.baselines.offline import FullInformationData, full_information_training_data
 
-EncoderMode = Literal["frozen", "finetune"]
 PreferenceMode = Literal["conditioned", "per_preference"]
 
 
@@ -182,26 +181,115 @@ def training_prompts(datamodule) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- the router
 class RouterDCTower(nn.Module):
-    """One RouterDC scorer's own weights: the query encoder E (the frozen mode's projection, or a fine-tuned
-    MiniLM) and one learnable embedding k_t per LLM (the official code's init, std 0.78)."""
+    """One RouterDC scorer's own weights: the query encoder E (:class:`ProjectionTower` or :class:`FinetunedTower`,
+    by ``encoder_mode``) and one learnable embedding k_t per LLM (the official code's init, std 0.78)."""
 
-    def __init__(self, encoder_mode: EncoderMode, embed_dim: int, hidden_dim: int, num_models: int,
-                 encoder_name: str | None) -> None:
+    reads_texts: ClassVar[bool] = False  # whether E reads the prompt texts (else barp's frozen embeddings)
+
+    def __init__(self, embed_dim: int, hidden_dim: int, num_models: int, encoder_name: str) -> None:
         super().__init__()
-        if encoder_mode == "finetune":
-            from transformers import AutoModel
+        self.dim = hidden_dim  # E's output width
+        self.text_encoder: nn.Module | None = None
+        self.projection: nn.Module | None = None
+
+    def add_llm_embeddings(self, num_models: int) -> None:
+        """The k_t, created after E (the random draws of E's initialisation come first)."""
+        self.llm_embeddings = nn.Parameter(torch.randn(num_models, self.dim) * 0.78)
+
+    def training_embedding(self, emb: torch.Tensor, texts: Callable[[], list[str]],
+                           settings: dict[str, Any]) -> torch.Tensor:
+        """E(x) with gradients, for training: of frozen embeddings (B, D_in), or of their texts (``texts()``)."""
+        raise NotImplementedError
+
+    def query_embedding(self, emb: torch.Tensor, texts: Callable[[], list[str]],
+                        settings: dict[str, Any]) -> torch.Tensor:
+        """E(x) for routing and selection."""
+        return self.training_embedding(emb, texts, settings)
+
+    def forget(self) -> None:
+        """Drop what was cached for the current weights (after an optimizer step or a load)."""
+
+
+class ProjectionTower(RouterDCTower):
+    """``encoder_mode: frozen``: E is an MLP projection of barp's frozen cached embedding."""
+
+    def __init__(self, embed_dim: int, hidden_dim: int, num_models: int, encoder_name: str) -> None:
+        super().__init__(embed_dim, hidden_dim, num_models, encoder_name)
+        self.projection = nn.Sequential(nn.Linear(embed_dim, hidden_dim), nn.GELU(),
+                                        nn.Linear(hidden_dim, hidden_dim))
+        self.add_llm_embeddings(num_models)
+
+    def training_embedding(self, emb: torch.Tensor, texts: Callable[[], list[str]],
+                           settings: dict[str, Any]) -> torch.Tensor:
+        assert self.projection is not None
+        return self.projection(emb)
+
+
+class FinetunedTower(RouterDCTower):
+    """``encoder_mode: finetune``: E fine-tunes barp's MiniLM (mean pooling over tokens) on the prompt texts."""
+
+    reads_texts = True
+
+    def __init__(self, embed_dim: int, hidden_dim: int, num_models: int, encoder_name: str) -> None:
+        from transformers import AutoModel
+
+        from barp.encoders import resolve_encoder_path
+
+        super().__init__(embed_dim, hidden_dim, num_models, encoder_name)
+        encoder = AutoModel.from_pretrained(resolve_encoder_path(encoder_name), dtype=torch.float32)
+        self.text_encoder = encoder
+        self.dim = int(encoder.config.hidden_size)
+        self.add_llm_embeddings(num_models)
+        self.encoder_name = encoder_name
+        self._tokenizer: Any = None  # built on first use; not part of the state
+        self._tuned: dict[str, torch.Tensor] = {}  # prompt text -> E(x) at the current weights (evaluation)
+
+    def encode_texts(self, texts: Sequence[str], settings: dict[str, Any]) -> torch.Tensor:
+        """E(x) of prompt texts: mean pooling over tokens, with the data's max length and truncation."""
+        tok = self._tokenizer
+        if tok is None:
+            from transformers import AutoTokenizer
 
             from barp.encoders import resolve_encoder_path
 
-            self.text_encoder = AutoModel.from_pretrained(resolve_encoder_path(encoder_name), dtype=torch.float32)
-            self.dim = int(self.text_encoder.config.hidden_size)
-            self.projection = None
-        else:
-            self.text_encoder = None
-            self.dim = hidden_dim
-            self.projection = nn.Sequential(nn.Linear(embed_dim, hidden_dim), nn.GELU(),
-                                            nn.Linear(hidden_dim, hidden_dim))
-        self.llm_embeddings = nn.Parameter(torch.randn(num_models, self.dim) * 0.78)
+            tok = self._tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(self.encoder_name))
+        tok.truncation_side = settings["truncation_side"]
+        device = self.llm_embeddings.device
+        enc = tok(list(texts), padding=True, truncation=True, max_length=int(settings["max_length"]),
+                  return_tensors="pt").to(device)
+        assert self.text_encoder is not None
+        hidden = self.text_encoder(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+
+    def training_embedding(self, emb: torch.Tensor, texts: Callable[[], list[str]],
+                           settings: dict[str, Any]) -> torch.Tensor:
+        return self.encode_texts(texts(), settings)
+
+    def query_embedding(self, emb: torch.Tensor, texts: Callable[[], list[str]],
+                        settings: dict[str, Any]) -> torch.Tensor:
+        """E(x) without gradients, in eval mode, cached until the weights change."""
+        wanted = texts()
+        tuned = self._tuned
+        missing = list(dict.fromkeys(t for t in wanted if t not in tuned))
+        if missing:
+            assert self.text_encoder is not None
+            encoder = self.text_encoder
+            was_training = encoder.training
+            encoder.eval()
+            with torch.no_grad():
+                for start in range(0, len(missing), 64):
+                    chunk = missing[start:start + 64]
+                    tuned.update(zip(chunk, self.encode_texts(chunk, settings)))
+            encoder.train(was_training)
+        return torch.stack([tuned[t] for t in wanted]).to(self.llm_embeddings.device)
+
+    def forget(self) -> None:
+        self._tuned.clear()
+
+
+EncoderMode = Literal["frozen", "finetune"]
+TOWERS: dict[str, type[RouterDCTower]] = {"frozen": ProjectionTower, "finetune": FinetunedTower}
 
 
 class RouterDC(RouterModule):
@@ -262,7 +350,7 @@ class RouterDC(RouterModule):
                  preference_features: PreferenceFeatures = "log_ratio", cost_power: float = 2.0, **parts) -> None:
         super().__init__(**parts)
         self.save_hyperparameters()
-        if encoder_mode not in ("frozen", "finetune"):
+        if encoder_mode not in TOWERS:
             raise ConfigError(f"model.encoder_mode must be frozen or finetune, got {encoder_mode!r}")
         if preference_mode not in ("conditioned", "per_preference"):
             raise ConfigError(f"model.preference_mode must be conditioned or per_preference, got {preference_mode!r}")
@@ -285,10 +373,10 @@ class RouterDC(RouterModule):
         if not (isinstance(weight_decay, (int, float)) and 0 <= weight_decay < math.inf):
             raise ConfigError(f"model.weight_decay must be a finite number >= 0, got {weight_decay!r}")
         check_cost_power(cost_power, "model.cost_power")
-        if encoder_mode == "finetune" and self.fallback_quantile is not None:
+        if TOWERS[encoder_mode].reads_texts and self.fallback_quantile is not None:
             raise ConfigError("model.guard: the shift guard compares frozen embeddings; RouterDC with "
                               "encoder_mode=finetune routes with its own encoder: set model.guard to null")
-        if preference_mode == "per_preference":
+        if self.per_preference:
             if preference_grid is not None and (isinstance(preference_grid, (str, bytes))
                                                 or not isinstance(preference_grid, Sequence) or not preference_grid):
                 raise ConfigError(f"model.preference_grid must be a non-empty list of w_c or null, got "
@@ -302,26 +390,29 @@ class RouterDC(RouterModule):
         # capped so that positives and negatives never overlap: K+ <= K // 2, K- <= K - K+
         self.top_k = min(top_k, k // 2)
         self.last_k = min(last_k, k - self.top_k)
-        self.towers = nn.ModuleList([RouterDCTower(encoder_mode, self.embed_dim, hidden_dim, k, self.encoder_name)
+        self.towers = nn.ModuleList([TOWERS[encoder_mode](self.embed_dim, hidden_dim, k, self.encoder_name)
                                      for _ in range(max(1, len(self.grid)))])
-        dim = self.towers[0].dim
-        if preference_mode == "conditioned":
+        dim = self.tower(0).dim
+        self.preference: PreferenceEncoder | None
+        self.condition: nn.Sequential | None
+        if not self.per_preference:
             self.preference = PreferenceEncoder(pref_dim, preference_features)
             self.condition = nn.Sequential(nn.Linear(dim + pref_dim, hidden_dim), nn.GELU(),
                                            nn.Linear(hidden_dim, dim))
-            nn.init.zeros_(self.condition[-1].weight)
-            nn.init.zeros_(self.condition[-1].bias)
+            last = cast(nn.Linear, self.condition[-1])
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         else:
             self.preference = self.condition = None
         self.train_data: FullInformationData | None = None
-        self.__dict__["_prompts"] = None  # training prompt texts (finetune), by training row
-        self.__dict__["_tasks"] = None  # task id per training row (selection's per-task mean)
-        self.__dict__["_clusters"] = None  # k-means cluster per training row
-        self.__dict__["_select_rows"] = None  # the training rows the selection scores
-        self.__dict__["_texts"] = {}  # frozen-embedding bytes -> prompt text (finetune routing)
-        self.__dict__["_tuned"] = {}  # (tower, prompt text) -> fine-tuned E(x) at the current weights
-        self.__dict__["_best"] = None  # per selection unit: (training score, step, parameters) of its best so far
-        self.__dict__["_scored_step"] = -1  # the last step scored for selection
+        self._prompts: list[str] | None = None  # training prompt texts (finetune), by training row
+        self._tasks: torch.Tensor | None = None  # task id per training row (selection's per-task mean)
+        self._clusters: torch.Tensor | None = None  # k-means cluster per training row
+        self._select_rows: torch.Tensor | None = None  # the training rows the selection scores
+        self._texts: dict[bytes, str] = {}  # frozen-embedding bytes -> prompt text (finetune routing)
+        # per selection unit: (training score, step, parameters) of its best so far
+        self._best: list[tuple[float, int, dict[str, torch.Tensor]]] | None = None
+        self._scored_step = -1  # the last step scored for selection
 
     @property
     def per_preference(self) -> bool:
@@ -334,25 +425,25 @@ class RouterDC(RouterModule):
         dm = self.router_data()
         if dm is None:
             return
-        if self.hparams.encoder_mode == "finetune":
+        if self.reads_texts:
             self.remember_texts(dm.embeddings(), dm.table.prompts)
         if stage != "fit":
             return
         self.train_data = full_information_training_data(dm)
         table = dm.table.subset(dm.splits.train)
         index = {t: i for i, t in enumerate(self.task_names)}
-        self.__dict__["_tasks"] = torch.as_tensor([index.get(t, -1) for t in table.tasks], dtype=torch.long)
-        if self.hparams.encoder_mode == "finetune":
-            self.__dict__["_prompts"] = training_prompts(dm)
-        self.__dict__["_clusters"] = kmeans(self.train_data.emb, self.hparams.num_clusters, self.hparams.cluster_seed)
+        self._tasks = torch.as_tensor([index.get(t, -1) for t in table.tasks], dtype=torch.long)
+        if self.reads_texts:
+            self._prompts = training_prompts(dm)
+        self._clusters = kmeans(self.train_data.emb, self.hparams.num_clusters, self.hparams.cluster_seed)
         n, m = len(self.train_data.emb), self.hparams.select_prompts
         rows = torch.arange(n)
         if m is not None and m < n:
             g = torch.Generator().manual_seed(int(self.hparams.cluster_seed))
             rows = torch.randperm(n, generator=g)[:m].sort().values
-        self.__dict__["_select_rows"] = rows
-        self.__dict__["_best"] = None
-        self.__dict__["_scored_step"] = -1
+        self._select_rows = rows
+        self._best = None
+        self._scored_step = -1
 
     def remember_texts(self, emb, texts: Sequence[str]) -> None:
         """Finetune mode: map frozen embeddings (as the data and :meth:`embed` give them) to their prompt texts, so
@@ -363,29 +454,27 @@ class RouterDC(RouterModule):
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:
         """Frozen embeddings of raw prompts (base class); the finetune mode also remembers their texts."""
         emb = super().embed(prompts)
-        if self.hparams.encoder_mode == "finetune" and len(emb):
+        if self.reads_texts and len(emb):
             self.remember_texts(emb.cpu().numpy(), list(prompts))
         return emb
 
     # ------------------------------------------------------------------ the scorer
+    def tower(self, j: int) -> RouterDCTower:
+        """The j-th tower (``self.towers[j]``, typed)."""
+        return cast(RouterDCTower, self.towers[j])
+
+    @property
+    def reads_texts(self) -> bool:
+        """Whether the towers' E reads prompt texts (``encoder_mode: finetune``) rather than frozen embeddings."""
+        return self.tower(0).reads_texts
+
     def encode_texts(self, texts: Sequence[str], tower: int = 0) -> torch.Tensor:
-        """E(x) of a tower's fine-tuned encoder: mean pooling over tokens, with the data's max length and
-        truncation."""
-        settings = self.encoder_settings
-        tok = self.__dict__.get("_tokenizer")
-        if tok is None:
-            from transformers import AutoTokenizer
-
-            from barp.encoders import resolve_encoder_path
-
-            tok = AutoTokenizer.from_pretrained(resolve_encoder_path(self.encoder_name))
-            self.__dict__["_tokenizer"] = tok
-        tok.truncation_side = settings["truncation_side"]
-        enc = tok(list(texts), padding=True, truncation=True, max_length=int(settings["max_length"]),
-                  return_tensors="pt").to(self.device)
-        hidden = self.towers[tower].text_encoder(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        """E(x) of a tower's fine-tuned encoder (``encoder_mode: finetune``): mean pooling over tokens, with the
+        data's max length and truncation."""
+        unit = self.tower(tower)
+        if not isinstance(unit, FinetunedTower):
+            raise RuntimeError("RouterDC.encode_texts: only encoder_mode=finetune encodes texts")
+        return unit.encode_texts(texts, self.encoder_settings)
 
     def _texts_of(self, emb: torch.Tensor) -> list[str]:
         keys = np.ascontiguousarray(emb.detach().float().cpu().numpy())
@@ -396,32 +485,23 @@ class RouterDC(RouterModule):
                                "(TrainedRouter.route, route_prompts) or embeddings of the data it was set up "
                                "with") from None
 
-    def _tuned_embeddings(self, texts: Sequence[str], tower: int) -> torch.Tensor:
-        """Finetune mode, evaluation: a tower's E(x) of texts (cached until the weights change)."""
-        missing = list(dict.fromkeys(t for t in texts if (tower, t) not in self._tuned))
-        if missing:
-            encoder = self.towers[tower].text_encoder
-            was_training = encoder.training
-            encoder.eval()
-            with torch.no_grad():
-                for start in range(0, len(missing), 64):
-                    chunk = missing[start:start + 64]
-                    self._tuned.update(zip(((tower, t) for t in chunk), self.encode_texts(chunk, tower)))
-            encoder.train(was_training)
-        return torch.stack([self._tuned[(tower, t)] for t in texts]).to(self.device)
-
     def query_embedding(self, emb: torch.Tensor, tower: int = 0) -> torch.Tensor:
         """A tower's E(x) for frozen embeddings: its projection (frozen mode) or its fine-tuned encoder on their
         texts."""
-        if self.hparams.encoder_mode == "finetune":
-            return self._tuned_embeddings(self._texts_of(emb), tower)
-        return self.towers[tower].projection(emb)
+        return self.tower(tower).query_embedding(emb, lambda: self._texts_of(emb), self.encoder_settings)
+
+    def _forget(self) -> None:
+        """The weights changed: drop the towers' cached embeddings."""
+        for j in range(len(self.towers)):
+            self.tower(j).forget()
 
     def scores(self, h: torch.Tensor, w: torch.Tensor, tower: int = 0) -> torch.Tensor:
         """``cos(E(x, w), k_t) / temperature`` for a tower's query embeddings E(x) (B, D) and preferences (B, 2):
         (B, K). ``per_preference``: E(x, w) = E(x) (each tower serves one fixed w)."""
-        z = h if self.condition is None else h + self.condition(torch.cat([h, self.preference(w)], dim=-1))
-        k = self.towers[tower].llm_embeddings
+        z = h
+        if self.condition is not None and self.preference is not None:
+            z = h + self.condition(torch.cat([h, self.preference(w)], dim=-1))
+        k = self.tower(tower).llm_embeddings
         return F.normalize(z, dim=-1) @ F.normalize(k, dim=-1).T / self.hparams.temperature
 
     def tower_of(self, w: torch.Tensor) -> torch.Tensor:
@@ -449,9 +529,9 @@ class RouterDC(RouterModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
         head, base = [], []
-        if self.condition is not None:
+        if self.condition is not None and self.preference is not None:
             head += [*self.preference.parameters(), *self.condition.parameters()]
-        for tower in self.towers:
+        for tower in map(self.tower, range(len(self.towers))):
             base.append(tower.llm_embeddings)
             if tower.projection is not None:
                 head += list(tower.projection.parameters())
@@ -464,22 +544,30 @@ class RouterDC(RouterModule):
     def _tower_loss(self, emb: torch.Tensor, rows: torch.Tensor, tower: int,
                     w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sample-LLM loss, sample-sample loss) of one tower on training rows at preferences w (B, 2)."""
-        if self.hparams.encoder_mode == "finetune":
-            h = self.encode_texts([self._prompts[i] for i in rows.tolist()], tower)
-        else:
-            h = self.towers[tower].projection(emb)
-        data = self.train_data
+        h = self.tower(tower).training_embedding(emb, lambda: self._training_texts(rows), self.encoder_settings)
+        data = self._training_data()
+        assert self._clusters is not None  # set with the training data
         rewards = reward(data.scores[rows].to(self.device), data.costs[rows].to(self.device), w, self.tau_value)
         llm = sample_llm_loss(self.scores(h, w, tower), rewards, self.top_k, self.last_k, tie_break=True)
         positive, negatives, valid = cluster_pairs(self._clusters[rows].to(self.device), self.hparams.sample_negatives)
         return llm, sample_sample_loss(h, positive, negatives, valid)
 
+    def _training_data(self) -> FullInformationData:
+        if self.train_data is None:
+            raise RuntimeError("RouterDC needs a datamodule (full-information training data)")
+        return self.train_data
+
+    def _training_texts(self, rows: torch.Tensor) -> list[str]:
+        """Finetune mode: the prompt texts of training rows."""
+        if self._prompts is None:
+            raise RuntimeError("RouterDC (encoder_mode=finetune) needs the training prompts: fit it with a datamodule")
+        return [self._prompts[i] for i in rows.tolist()]
+
     def loss(self, emb: torch.Tensor, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Both RouterDC losses on training rows (indices into the training split): ``conditioned`` at fresh
         preferences; ``per_preference`` summed over the towers, each at its grid point (the logged parts are
         averages over towers)."""
-        if self.train_data is None:
-            raise RuntimeError("RouterDC needs a datamodule (full-information training data)")
+        self._training_data()
         hp = self.hparams
         rows = rows.long().cpu()
         if self.per_preference:
@@ -500,7 +588,7 @@ class RouterDC(RouterModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Cut the batch into chunks of ``batch_size`` queries, one AdamW step each, until ``max_steps`` steps."""
-        opt = self.optimizers()
+        opt = self.optimizer()
         budget, every = self._step_budget(), self.hparams.select_every
         size = self.hparams.batch_size
         for start in range(0, len(batch["row"]), size):
@@ -510,7 +598,7 @@ class RouterDC(RouterModule):
             opt.zero_grad()
             self.manual_backward(out["loss"])
             opt.step()
-            self._tuned.clear()
+            self._forget()
             self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, on_step=False, on_epoch=True,
                           batch_size=len(batch["row"][start:start + size]))
             if every and self.global_step % every == 0:
@@ -530,11 +618,12 @@ class RouterDC(RouterModule):
         if self.hparams.select_every:
             if self._scored_step != self.global_step:
                 self._select()
+            assert self._best is not None  # set by _select
             with torch.no_grad():
                 for unit, (_, _, params) in zip(self._units(), self._best):
                     for name, p in unit.named_parameters():
                         p.copy_(params[name])
-            self._tuned.clear()
+            self._forget()
             self.log("train/selected_step", float(np.mean([b[1] for b in self._best])))
         if self.global_step < budget:
             rank_zero_warn(f"RouterDC: the trainer's epochs ran out after {self.global_step} of "
@@ -547,9 +636,10 @@ class RouterDC(RouterModule):
         reward of its choices over each task's training prompts, averaged over tasks (each task counts once, as
         the paper's average over training sets); ``per_preference``: each tower at its grid point;
         ``conditioned``: averaged over the evaluation preferences."""
-        data, rows = self.train_data, self._select_rows
+        data, rows = self._training_data(), self._select_rows
         if rows is None:
             rows = torch.arange(len(data.emb))
+        assert self._tasks is not None  # set with the training data
         tasks, scores, costs = self._tasks[rows], data.scores[rows], data.costs[rows]
         was_training = self.training
         self.eval()
@@ -575,15 +665,18 @@ class RouterDC(RouterModule):
 
     def _select(self) -> None:
         scores = self.training_scores()
-        self.__dict__["_scored_step"] = int(self.global_step)
+        self._scored_step = int(self.global_step)
         self.log("train/selection_score", float(np.mean(scores)))
-        best = self._best or [None] * len(scores)
+        best: list[tuple[float, int, dict[str, torch.Tensor]] | None] = [None for _ in scores]
+        if self._best:
+            best = list(self._best)
         for i, (unit, score) in enumerate(zip(self._units(), scores)):
-            if best[i] is None or score > best[i][0]:
+            kept = best[i]
+            if kept is None or score > kept[0]:
                 params = {name: p.detach().clone() for name, p in unit.named_parameters()}
                 best[i] = (score, int(self.global_step), params)
-        self.__dict__["_best"] = best
+        self._best = [b for b in best if b is not None]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
-        self._tuned.clear()
+        self._forget()
