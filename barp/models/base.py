@@ -23,7 +23,7 @@ from barp.errors import ConfigError
 from barp.learning.rl import check_w_c
 from barp.models import checkpoints, evaluation, serving
 from barp.models.compat import upgrade_checkpoint
-from barp.models.parts import Arms, Evaluation, Guard, Predict, Reward, part, plain
+from barp.models.parts import Arms, Evaluation, Guard, Predict, Reward, make_plain, part
 from barp.models.protocols import RouterData
 from barp.models.shift import ShiftGuard, check_knobs
 
@@ -100,13 +100,8 @@ class RouterModule(L.LightningModule):
         if frame is None and (current := inspect.currentframe()) is not None:
             frame = current.f_back
         super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
-        resolved = self.resolved_parts()
-        # Lightning's private dicts, untyped (mypy sees nn.Module.__getattr__)
-        for hp in (cast(AttributeDict, self._hparams), cast(AttributeDict, self._hparams_initial)):
-            for key in list(hp):
-                hp[key] = plain(resolved[key] if key in resolved else hp[key])
-            for key, value in resolved.items():
-                hp[key] = plain(value)
+        for saved in (self._hparams, self._hparams_initial):  # Lightning's (private) dicts of what it saves
+            make_plain(cast(AttributeDict, saved), self.resolved_parts())
 
     @property
     def hparams(self) -> AttributeDict:

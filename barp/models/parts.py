@@ -10,11 +10,13 @@ constructor takes the dataclass or such a dict (:func:`part`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import torch
 
+from barp.data.parts import coerce
 from barp.encoders import DEFAULT_ENCODER
 from barp.errors import ConfigError
 from barp.learning.policy import Head, PreferenceFeatures
@@ -182,31 +184,17 @@ def arms_from_data(datamodule: Any) -> Arms:
                 datamodule.encoder_spec.name)
 
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
-P = TypeVar("P", bound="DataclassInstance")
+#: The one reader of a part, for data and models alike: the dataclass itself, or built from its saved dict.
+part = coerce
 
 
-def part(cls: type[P], value: Any, option: str) -> P:
-    """``value`` as a ``cls``: an instance is kept, a dict (a checkpoint's saved part) is built into one.
-
-    Raises:
-        ConfigError: Another type, or a dict with a field ``cls`` does not have (or without a required one).
-    """
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ConfigError(f"{option}: unknown field(s) {unknown}; {cls.__name__} has {sorted(known)}")
-        try:
-            return cls(**value)
-        except TypeError as err:
-            raise ConfigError(f"{option}: {err}") from None
-    raise ConfigError(f"{option} must be a {cls.__name__} (or a dict of its fields), got {type(value).__name__} "
-                      f"({value!r:.60})")
+def make_plain(hparams: MutableMapping[str, Any], resolved: Mapping[str, Any]) -> None:
+    """Turn saved hyperparameters into plain data in place: each part as ``resolved`` (with its defaults), every
+    other value through :func:`plain`, so that ``torch.load(weights_only=True)`` reads every checkpoint."""
+    for key in list(hparams):
+        hparams[key] = plain(resolved.get(key, hparams[key]))
+    for key, value in resolved.items():
+        hparams[key] = plain(value)
 
 
 def plain(value: Any) -> Any:
