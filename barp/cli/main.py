@@ -63,6 +63,7 @@ class BarpCLI(LightningCLI):
     barp's own subcommands (:func:`barp_commands`) are parsed by the same parser as fit/test, so ``barp --help``
     lists them; they build no Trainer and run their own function on their parsed section.
     """
+
     def _add_subcommands(self, parser, **kwargs) -> None:
         super()._add_subcommands(parser, **kwargs)
         self.barp_commands = barp_commands()
