@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeGuard, cast
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ from barp.errors import ConfigError
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 #: Compute dtypes an encoder can run in; ``auto`` picks one of them by a short probe (see :func:`resolve_dtype`).
-ENCODER_DTYPES = ("float32", "bfloat16", "float16")
+ComputeDtype = Literal["float32", "bfloat16", "float16"]
+ENCODER_DTYPES: tuple[ComputeDtype, ...] = ("float32", "bfloat16", "float16")
 EncoderDtype = Literal["auto", "float32", "bfloat16", "float16"]
 _PACKAGED_ALIASES = {DEFAULT_ENCODER, "all-MiniLM-L6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
@@ -373,7 +374,7 @@ def machine_key(device: str = "cpu") -> str:
     return f"cpu={_cpu_model()}; torch={torch.__version__}; threads={encoder_threads()}; device={dev}"
 
 
-def candidate_dtypes(device: str = "cpu") -> list[str]:
+def candidate_dtypes(device: str = "cpu") -> list[ComputeDtype]:
     """Dtypes the probe times: float32 and bfloat16 on CPU; on CUDA also float16 (bfloat16 where supported)."""
     dev = str(device)
     if dev.startswith("cpu"):
@@ -383,8 +384,9 @@ def candidate_dtypes(device: str = "cpu") -> list[str]:
     return ["float32", "bfloat16", "float16"]
 
 
-def probe_dtypes(name: str = DEFAULT_ENCODER, max_length: int = 256, truncation_side: str = "left",
-                 batch_size: int = 64, device: str = "cpu", repeats: int = 1) -> dict:
+def probe_dtypes(name: str = DEFAULT_ENCODER, max_length: int = 256,
+                 truncation_side: Literal["left", "right"] = "left", batch_size: int = 64, device: str = "cpu",
+                 repeats: int = 1) -> dict:
     """Time each candidate dtype on :func:`probe_prompts` and compare its embeddings with float32's.
 
     Returns:
@@ -399,7 +401,7 @@ def probe_dtypes(name: str = DEFAULT_ENCODER, max_length: int = 256, truncation_
     for dtype in candidate_dtypes(device):
         encoder = SentenceEncoder(name, max_length, truncation_side, batch_size, dtype, device)
         encoder.encode(prompts[:4])  # warm-up (kernels, allocator)
-        best, emb = float("inf"), None
+        best = float("inf")
         for _ in range(max(int(repeats), 1)):
             start = time.perf_counter()
             emb = encoder.encode(prompts)
@@ -411,9 +413,9 @@ def probe_dtypes(name: str = DEFAULT_ENCODER, max_length: int = 256, truncation_
         cosines[dtype] = cosine if np.isfinite(cosine) else -1.0
         del encoder
     chosen = "float32"
-    for dtype, speed in speeds.items():
-        if cosines[dtype] >= AGREEMENT and speed >= SPEEDUP_MARGIN * speeds["float32"] and speed > speeds[chosen]:
-            chosen = dtype
+    for candidate, speed in speeds.items():
+        if cosines[candidate] >= AGREEMENT and speed >= SPEEDUP_MARGIN * speeds["float32"] and speed > speeds[chosen]:
+            chosen = candidate
     return {"dtype": chosen, "speeds": speeds, "min_cosine": cosines}
 
 
@@ -451,6 +453,10 @@ def default_dtype_file() -> Path:
     return cache_root() / "embeddings" / DTYPE_FILE
 
 
+def _is_compute_dtype(value: object) -> TypeGuard[ComputeDtype]:
+    return value in ENCODER_DTYPES
+
+
 def choice_key(name: str = DEFAULT_ENCODER, device: str = "cpu") -> str:
     """The key of an ``auto`` choice in the dtype file: the machine (:func:`machine_key`) and the encoder."""
     return f"{machine_key(device)}; encoder={encoder_identity(name)}"
@@ -458,7 +464,7 @@ def choice_key(name: str = DEFAULT_ENCODER, device: str = "cpu") -> str:
 
 def resolve_dtype(dtype: str = "auto", name: str = DEFAULT_ENCODER, max_length: int = 256,
                   truncation_side: str = "left", batch_size: int = 64, device: str = "cpu",
-                  store: str | Path | None = None) -> str:
+                  store: str | Path | None = None) -> ComputeDtype:
     """The compute dtype ``dtype`` stands for: itself, or for ``auto`` this machine's remembered or probed choice.
 
     ``auto`` looks the machine and encoder (:func:`choice_key`) up in ``store``; the first time, it runs
@@ -478,16 +484,17 @@ def resolve_dtype(dtype: str = "auto", name: str = DEFAULT_ENCODER, max_length: 
         ConfigError: ``dtype`` is not ``auto`` or one of :data:`ENCODER_DTYPES`.
     """
     if dtype != "auto":
-        if dtype not in ENCODER_DTYPES:
+        if not _is_compute_dtype(dtype):
             raise ConfigError(f"encoder dtype must be auto or one of {list(ENCODER_DTYPES)}, got {dtype!r}")
         return dtype
     path = Path(store).expanduser() if store is not None else default_dtype_file()
     key = choice_key(name, device)
     with _locked(path.with_name(path.name + ".lock")):
         entry = _read_choices(path).get(key)
-        if isinstance(entry, dict) and entry.get("dtype") in ENCODER_DTYPES:
-            log.debug("encoder dtype auto -> %s (remembered in %s)", entry["dtype"], path)
-            return str(entry["dtype"])
+        remembered = entry.get("dtype") if isinstance(entry, dict) else None
+        if _is_compute_dtype(remembered):
+            log.debug("encoder dtype auto -> %s (remembered in %s)", remembered, path)
+            return remembered
         try:  # one choice per machine and encoder: probed at the default cut (or the encoder's positions)
             probe_length = check_max_length(name, PROBE_MAX_LENGTH)
         except ConfigError:
@@ -506,4 +513,4 @@ def resolve_dtype(dtype: str = "auto", name: str = DEFAULT_ENCODER, max_length: 
     cosines = ", ".join(f"{d} {c:.6f}" for d, c in result["min_cosine"].items() if d != "float32")
     log.info("encoder dtype auto -> %s (probe of %d prompts on %s: prompts/s %s; min cosine to float32 %s); "
              "remembered in %s", result["dtype"], len(probe_prompts()), device, speeds, cosines, path)
-    return str(result["dtype"])
+    return cast(ComputeDtype, str(result["dtype"]))  # probe_dtypes chose one of candidate_dtypes

@@ -71,7 +71,8 @@ class CSVLogger(_LightningCSVLogger):
     def _get_next_version(self) -> int:
         version = super()._get_next_version()
         root = Path(self.root_dir)  # <save_dir>/<name>
-        if "://" in str(self.root_dir) or rank_zero_only.rank != 0:
+        rank = rank_zero_only.rank  # type: ignore[attr-defined]  # set on the function by lightning; untyped
+        if "://" in str(self.root_dir) or rank != 0:
             return version  # a remote store, or a process that never writes: Lightning's choice
         root.mkdir(parents=True, exist_ok=True)
         while True:  # mkdir is atomic: of two runs that saw the same free number, one gets the next

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
@@ -21,7 +22,7 @@ def _log_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
-def results_rows(metrics: dict[str, float], module: RouterModule) -> list[dict[str, object]]:
+def results_rows(metrics: dict[str, float], module: RouterModule) -> list[dict[str, Any]]:
     """Rows (split, w_c, policy, score, cost, reward) from logged test metrics."""
     rows = []
     for split in SPLITS:
@@ -36,7 +37,7 @@ def results_rows(metrics: dict[str, float], module: RouterModule) -> list[dict[s
     return rows
 
 
-def format_table(rows: list[dict[str, object]], metrics: dict[str, float] | None = None) -> str:
+def format_table(rows: list[dict[str, Any]], metrics: dict[str, float] | None = None) -> str:
     """A compact fixed-width table: per split and preference, the router's score, cost and reward, then each
     reference policy's reward; per split, the router's AIQ over the preferences when it was logged."""
     router = next((r["policy"] for r in rows if r["policy"] not in REFERENCES), "router")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from barp import __version__
@@ -66,9 +67,10 @@ class BarpCLI(LightningCLI):
     def _add_subcommands(self, parser, **kwargs) -> None:
         super()._add_subcommands(parser, **kwargs)
         self.barp_commands = barp_commands()
+        self.barp_parsers: dict[str, ArgumentParser] = {}  # Lightning's own table holds its subcommands' parsers
         for name, command in self.barp_commands.items():
             sub = command.parser()
-            self._subcommand_parsers[name] = sub
+            self.barp_parsers[name] = sub
             parser._subcommands_action.add_subcommand(name, sub, help=command.help)
 
     def _is_barp_command(self) -> bool:
@@ -80,7 +82,8 @@ class BarpCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         if self._is_barp_command():  # no Trainer, model or data: the command builds what it needs
-            self.trainer = self.model = self.datamodule = None
+            self.model = self.datamodule = None
+            self.trainer = None  # type: ignore[assignment]  # LightningCLI types it as always built
             return
         super().instantiate_classes()
 
@@ -128,7 +131,7 @@ class BarpCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         if subcommand in self.barp_commands:
-            command, parser = self.barp_commands[subcommand], self._subcommand_parsers[subcommand]
+            command, parser = self.barp_commands[subcommand], self.barp_parsers[subcommand]
             self.result = command.run(self.config[subcommand], parser)
             return
         super()._run_subcommand(subcommand)
@@ -206,7 +209,7 @@ class BarpCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
             checkpoints = self.trainer.checkpoint_callback
-            ckpt = "best" if checkpoints and checkpoints.best_model_path else None
+            ckpt = "best" if isinstance(checkpoints, ModelCheckpoint) and checkpoints.best_model_path else None
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False)
 
 
@@ -268,8 +271,9 @@ def fit_checkpoint(args: list[str], fallback: str) -> str:
     For tools that chain a fit into other commands (``tools/paper_tables.py``, ``tools/leave_one_out.py``).
     """
     cli = main(["fit", *args])
+    assert cli is not None  # only --version returns no CLI
     callback = cli.trainer.checkpoint_callback
-    ckpt = (callback.best_model_path or callback.last_model_path) if callback else ""
+    ckpt = (callback.best_model_path or callback.last_model_path) if isinstance(callback, ModelCheckpoint) else ""
     if not ckpt:
         ckpt = fallback
         cli.trainer.save_checkpoint(ckpt)

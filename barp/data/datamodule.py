@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import numpy as np
@@ -37,6 +37,9 @@ from barp.encoders import (
 )
 from barp.errors import ConfigError
 
+if TYPE_CHECKING:  # annotations only: barp.data.sources.logs imports pandas, read when a training log is given
+    from barp.data.sources.logs import LoggedFeedback
+
 #: Split names in the order predict batches number them (``batch["split"]``).
 SPLIT_ORDER = ("train", "val", "test", "ood")
 #: The parts' defaults (module-level: a default argument is built once).
@@ -51,7 +54,7 @@ class EvaluationShards(DistributedSampler):
     processes (:mod:`barp.metrics.routing`), so uneven shares give the exact mean over the split.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+    def __init__(self, dataset: _Rows, num_replicas: int, rank: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
         self.num_samples = len(range(rank, len(dataset), num_replicas))
         self.total_size = len(dataset)
@@ -78,7 +81,9 @@ class _Rows(Dataset):
         return {k: v[index] for k, v in self.tensors.items()}
 
 
-def _identity_collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _identity_collate(batch: Any) -> Any:
+    """The batch as :meth:`_Rows.__getitems__` gathered it (a dict of tensors; torch types a collate function's
+    input as a list of samples)."""
     return batch
 
 
@@ -159,7 +164,8 @@ class RoutingDataModule(L.LightningDataModule):
         self.predict_splits = list(predict_splits or ["test", "ood"])
         self._table: OutcomeTable | None = None
         self._roles: list[str] | None = None  # per row: "pool", "val" or "test" (fixed split files)
-        self._log = None  # the training log (train_log): LoggedFeedback, distinct prompts, and their embeddings
+        # the training log (train_log): LoggedFeedback, distinct prompts, and their embeddings
+        self._log: LoggedFeedback | None = None
         self._log_prompts: list[str] | None = None
         self._log_prompt_index: np.ndarray | None = None
         self._log_embeddings: np.ndarray | None = None
@@ -246,7 +252,7 @@ class RoutingDataModule(L.LightningDataModule):
         return {"validate": ["id"], "test": test, "fit": ["id"]}
 
     @property
-    def train_log(self):
+    def train_log(self) -> LoggedFeedback | None:
         """The training log (``train_log``) as a validated ``LoggedFeedback``, or None."""
         if self._log is None and self.train_log_path:
             from barp.data.sources.logs import read_log
@@ -265,6 +271,11 @@ class RoutingDataModule(L.LightningDataModule):
                               "in the validation or test splits, so they are trained and evaluated on",
                               UserWarning, stacklevel=2)
         return self._log
+
+    def _distinct_log_prompts(self) -> list[str]:
+        """The training log's distinct prompts (set with the log by :attr:`train_log`)."""
+        assert self._log_prompts is not None, "read train_log first"
+        return self._log_prompts
 
     def train_environment(self) -> Environment:
         """The bandit environment over the training split (row numbers match training batches' ``row``); with
@@ -295,6 +306,7 @@ class RoutingDataModule(L.LightningDataModule):
         """Embeddings of the training split, shape (N, D), row i = training batches' ``row == i`` (no outcomes)."""
         assert self._embeddings is not None, "call setup() first"
         if self.train_log is not None:
+            assert self._log_embeddings is not None, "call setup() first"
             return self._log_embeddings  # one row per distinct log prompt (the critic's rows)
         return self._embeddings[self.splits.train]
 
@@ -345,7 +357,7 @@ class RoutingDataModule(L.LightningDataModule):
             return
         self._embeddings, _ = self._cache().get_or_compute(self.table.prompts, self._encode)
         if self.train_log is not None:
-            self._log_embeddings, _ = self._cache().get_or_compute(self._log_prompts, self._encode)
+            self._log_embeddings, _ = self._cache().get_or_compute(self._distinct_log_prompts(), self._encode)
 
     def setup(self, stage: str | None = None) -> None:
         """Load embeddings (from the cache that ``prepare_data`` filled; under DDP each process embeds its share of
@@ -357,7 +369,8 @@ class RoutingDataModule(L.LightningDataModule):
         if self._embeddings is None:
             self._embeddings, _ = self._cache().get_or_compute(self.table.prompts, self._encode, group=group)
         if self.train_log is not None and self._log_embeddings is None:
-            self._log_embeddings, _ = self._cache().get_or_compute(self._log_prompts, self._encode, group=group)
+            self._log_embeddings, _ = self._cache().get_or_compute(self._distinct_log_prompts(), self._encode,
+                                                                   group=group)
         if len(self.splits.train) == 0:
             raise ConfigError(f"{self.table.source}: the training split is empty; lower val/test fractions")
 

@@ -80,12 +80,13 @@ class EmbeddingCache:
             for shard in sorted(set(self.folder.glob("shard-*.npz")) - done):
                 done.add(shard)
                 try:
-                    keys, vectors = self._read_shard(shard, dim)
+                    read = self._read_shard(shard, dim)
                 except FileNotFoundError:
                     vanished = True
                     continue
-                if keys is None:
+                if read is None:
                     continue
+                keys, vectors = read
                 dim = vectors.shape[1]
                 for k, v in zip(keys, vectors):
                     store[k.tobytes()] = v
@@ -94,8 +95,8 @@ class EmbeddingCache:
         return store
 
     @staticmethod
-    def _read_shard(shard: Path, dim: int | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """A shard's keys and vectors; a damaged shard is reported, renamed ``*.damaged`` and skipped.
+    def _read_shard(shard: Path, dim: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """A shard's keys and vectors; a damaged shard is reported, renamed ``*.damaged`` and skipped (None).
 
         Raises:
             FileNotFoundError: The shard is gone (another process merged it away).
@@ -120,7 +121,7 @@ class EmbeddingCache:
                       f"{shard.name}.damaged, its prompts are embedded again", stacklevel=3)
         with contextlib.suppress(OSError):  # a read-only cache: skipped again next time
             os.replace(shard, shard.with_name(shard.name + ".damaged"))
-        return None, None
+        return None
 
     def _write_shard(self, keys: list[bytes], vectors: np.ndarray, tag: str = "") -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)

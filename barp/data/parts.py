@@ -10,13 +10,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from barp.data.sources.assemble import LoadOptions
 from barp.data.sources.layouts import Format
 from barp.errors import ConfigError
 
-Part = TypeVar("Part")
+if TYPE_CHECKING:  # annotations only
+    from _typeshed import DataclassInstance
+
+Part = TypeVar("Part", bound="DataclassInstance")  # one of the part dataclasses below
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,8 @@ def bootstrap_aiq(methods: dict[str, PerPrompt], resamples: int, seed: int, refe
         high = np.max([c.max(axis=1) for _, c in means.values()], axis=0)
     values = {name: np.array([aiq(c[b], s[b], (0.0, high[b])) if high[b] > 0 else np.nan for b in range(resamples)])
               for name, (s, c) in means.items()}
-    out = {name: {"aiq_ci": _interval(v, level)} for name, v in values.items()}
+    out: dict[str, dict[str, list[float] | float]] = {name: {"aiq_ci": _interval(v, level)}
+                                                      for name, v in values.items()}
     if reference is not None:
         ref = values[reference]
         for name, v in values.items():

@@ -20,6 +20,12 @@ class RoutingMetrics(Metric):
 
     full_state_update = False
     higher_is_better = True
+    # metric states (registered by add_state in __init__)
+    score_sum: torch.Tensor
+    cost_sum: torch.Tensor
+    reward_sum: torch.Tensor
+    count: torch.Tensor
+    picks: torch.Tensor
 
     def __init__(self, model_names: list[str], task_names: list[str]) -> None:
         super().__init__()
@@ -68,6 +74,9 @@ class ModelCostMetric(Metric):
     """Mean cost per query of every candidate model on a split (the right end of the split's AIQ cost range)."""
 
     full_state_update = False
+    # metric states (registered by add_state in __init__)
+    cost_sum: torch.Tensor
+    count: torch.Tensor
 
     def __init__(self, num_models: int) -> None:
         super().__init__()

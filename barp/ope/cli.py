@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -35,11 +35,14 @@ from barp.commands import function_parser
 from barp.errors import ConfigError, DataValidationError, exit_on_user_error
 from barp.ope.estimators import ESTIMATORS, Estimate, check_options, estimate_policy, is_impossible
 
+if TYPE_CHECKING:  # annotations only
+    from barp.models.protocols import Router
+
 OUTPUT_FILE = "ope.csv"
 
 
 def target_probabilities(
-    module: torch.nn.Module, embeddings: np.ndarray, w_c: float, temperature: float | None = None
+    module: Router, embeddings: np.ndarray, w_c: float, temperature: float | None = None
 ) -> np.ndarray:
     """The router's policy at cost weight ``w_c`` on each embedded prompt, shape (n, K).
 

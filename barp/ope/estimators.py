@@ -28,7 +28,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from barp.metrics.bootstrap import ratio_of_sums
 if TYPE_CHECKING:  # annotations only: barp.data.sources imports pandas, which every barp command would then load
     from barp.data.sources.logs import LoggedFeedback
 
-ESTIMATORS = ("ips", "snips", "dr")
+ESTIMATORS: tuple[Literal["ips", "snips", "dr"], ...] = ("ips", "snips", "dr")
 QUANTITIES = ("score", "cost", "reward")
 #: Ridge penalties tried per model and target (leave-one-out picks one); embeddings are unit vectors.
 RIDGE_ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)

@@ -12,6 +12,7 @@ Logging policies: :func:`uniform_probabilities`, :func:`epsilon_greedy_probabili
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from barp.data.sources.logs import SIMULATED, LoggedFeedback
 from barp.data.table import OutcomeTable
 from barp.errors import ConfigError
 from barp.learning.rl import check_w_c
+
+if TYPE_CHECKING:  # annotations only
+    from barp.models.protocols import Router
 
 #: A logging policy: (table rows, cost weight per row) -> probabilities over the table's models, shape (N, K).
 PolicyFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -56,7 +60,7 @@ def epsilon_greedy_probabilities(n: int, models: Sequence[str], model: str, epsi
 
 
 def router_probabilities(
-    module: torch.nn.Module, embeddings: np.ndarray, w_c: np.ndarray, temperature: float = 1.0, epsilon: float = 0.0
+    module: Router, embeddings: np.ndarray, w_c: np.ndarray, temperature: float = 1.0, epsilon: float = 0.0
 ) -> np.ndarray:
     """A trained router's policy: ``(1 - epsilon) softmax(route(x, w) / temperature) + epsilon / K``, shape (n, K).
 
@@ -71,11 +75,11 @@ def router_probabilities(
         raise ConfigError(f"temperature must be a finite number > 0, got {temperature!r}")
     epsilon = _check_epsilon(epsilon)
     emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
-    w_c = torch.as_tensor(np.asarray(w_c, dtype=np.float32))
-    if emb.dim() != 2 or len(emb) != len(w_c):
+    w_cost = torch.as_tensor(np.asarray(w_c, dtype=np.float32))
+    if emb.dim() != 2 or len(emb) != len(w_cost):
         raise ValueError(f"router_probabilities needs (n, D) embeddings and n cost weights, got {tuple(emb.shape)} "
-                         f"and {tuple(w_c.shape)}")
-    w = torch.stack([1.0 - w_c, w_c], dim=-1)
+                         f"and {tuple(w_cost.shape)}")
+    w = torch.stack([1.0 - w_cost, w_cost], dim=-1)
     with torch.inference_mode():
         logits = module.route(emb.to(module.device), w.to(module.device)).double().cpu()
     probs = torch.softmax(logits / temperature, dim=-1).numpy()
@@ -162,7 +166,7 @@ def simulate(
     *,
     model: str | None = None,
     epsilon: float = 0.1,
-    module: torch.nn.Module | None = None,
+    module: Router | None = None,
     embeddings: np.ndarray | None = None,
     temperature: float = 1.0,
     seed: int = 0,

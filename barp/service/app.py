@@ -145,7 +145,7 @@ def _prompts(body: RouteRequest, max_batch: int, max_prompt_chars: int, max_requ
              max_prompt_id_chars: int = 256) -> list[str]:
     if (body.prompt is None) == (body.prompts is None):
         raise ApiError(422, "give exactly one of 'prompt' (one text) and 'prompts' (a list of texts)")
-    prompts = [body.prompt] if body.prompt is not None else list(body.prompts)
+    prompts = [body.prompt] if body.prompt is not None else list(body.prompts or [])  # exactly one is given
     field = "prompt" if body.prompt is not None else "prompts"
     if not prompts:
         raise ApiError(422, "field 'prompts': the list is empty; give at least one prompt")

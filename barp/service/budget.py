@@ -35,8 +35,9 @@ def cost_problem(cost: object) -> str | None:
     The same rule holds for ``/feedback``, the request log, its replay at start-up and the controller."""
     if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
         return f"{cost!r} is not a number (USD per request)"
-    if not math.isfinite(float(cost)) or not 0 <= cost <= MAX_COST_USD:
-        return f"{float(cost)!r} is not a finite cost in [0, {MAX_COST_USD:g}] USD per request (MAX_COST_USD)"
+    value = float(cost)
+    if not math.isfinite(value) or not 0 <= value <= MAX_COST_USD:
+        return f"{value!r} is not a finite cost in [0, {MAX_COST_USD:g}] USD per request (MAX_COST_USD)"
     return None
 
 
@@ -113,7 +114,7 @@ class BudgetController:
         self.w_c = min(self.w_max, max(self.w_min, float(w_c)))
         self.served, self.spent = 0, 0.0
 
-    def state(self) -> dict[str, float]:
+    def state(self) -> dict[str, float | None]:
         """What ``/health`` shows: the budget, the current w_c, requests and spend so far."""
         return {"budget_per_1k": self.budget_per_1k, "w_c": self.w_c, "served": self.served,
                 "spend_per_1k": self.spend_per_1k if self.served else None, "step": self.step,

@@ -17,6 +17,7 @@ import torch
 
 from barp.metrics.bootstrap import bootstrap_statistic, percentile_interval, ratio_of_sums
 from barp.models.evaluation import Greedy, evaluate
+from barp.models.protocols import Router
 from barp.ope.estimators import snips, snips_terms, target_logging_ratios
 
 
@@ -80,7 +81,7 @@ class Curve:
                    level=float(data["level"]), **arrays)
 
 
-def greedy_choices(module: torch.nn.Module, embeddings: np.ndarray, grid: np.ndarray) -> np.ndarray:
+def greedy_choices(module: Router, embeddings: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """The router's greedy choice per grid cost weight and prompt, shape (G, n), from the evaluation loop
     validation, test and ``barp sweep`` use (:func:`barp.models.evaluation.evaluate`).
 
@@ -93,6 +94,7 @@ def greedy_choices(module: torch.nn.Module, embeddings: np.ndarray, grid: np.nda
     out = np.empty((len(grid), len(emb)), dtype=np.int64)
     with torch.inference_mode():
         for g, point in enumerate(evaluate([Greedy(module)], emb, [float(w_c) for w_c in grid])):
+            assert point.action is not None  # a greedy policy chooses one model per prompt
             out[g] = point.action.cpu().numpy()
     return out
 

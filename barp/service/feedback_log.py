@@ -145,6 +145,7 @@ def scan(path: Path) -> _Scan:
         raise ConfigError(f"--log_dir: {str(path)!r} is a {'folder' if path.is_dir() else 'special file'}, not the "
                           f"{path.name} file barp serve writes: move it away")
     offset = 0
+    err: str | None  # why a line is not valid JSON
     try:
         with open(path, "rb") as handle:
             for lineno, raw in enumerate(handle, start=1):
@@ -304,7 +305,7 @@ class FeedbackLog:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError(f"--log_dir {str(folder)!r} cannot be created ({err.strerror or err})") from None
-        self._lock_fd = self._take_lock(str(folder))
+        self._lock_fd: int | None = self._take_lock(str(folder))
         try:
             if any(self._stat(name) != stat for name, stat in self._scan_stats.items()):
                 found = self._scan_all()  # another writer changed it between the scan and the lock

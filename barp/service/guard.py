@@ -19,6 +19,7 @@ import ipaddress
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,8 @@ class KeyRing:
             budget controller, and they may not route.
     """
 
-    def __init__(self, route_keys: list[tuple[str, str]] = (), feedback_keys: list[tuple[str, str]] = ()) -> None:
+    def __init__(self, route_keys: Sequence[tuple[str, str]] = (),
+                 feedback_keys: Sequence[tuple[str, str]] = ()) -> None:
         if feedback_keys and not route_keys:
             raise ConfigError(f"grader keys ({FEEDBACK_KEY_ENV} or --feedback_key_file) need routing keys too "
                               f"({API_KEY_ENV} or --api_key_file): otherwise nobody could route")
@@ -219,7 +221,7 @@ class Guard:
         self.max_body_bytes = max_body_bytes
 
     @staticmethod
-    async def _answer(send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    async def _answer(send, status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         body = json.dumps({"error": message}).encode("utf-8")
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

@@ -155,7 +155,7 @@ class RoutingService:
             raise RequestTimeout("routing")
         stamp, models, when = now(), self.models, time.time()
         decisions = []
-        for i in rows:
+        for i in range(len(rows)):
             decision_id = uuid.uuid4().hex
             decisions.append({"decision_id": decision_id, "prompt": prompts[i], "model": models[chosen[i]],
                               "propensity": float(propensity[i]), "w_c": pref, "preference": source,

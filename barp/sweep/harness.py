@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import lightning as L
 import numpy as np
@@ -55,7 +55,10 @@ from barp.sweep.summary import SINGLE_PREFIX, summarize
 REFERENCE_METHODS = ("single_models", "cheapest", "most_expensive", "best_fixed", "random", "oracle")
 #: Every method name of ``--methods``, in report order: BaRP, the references, the comparison methods of the registry.
 ALL_METHODS: list[str] = ["barp", *REFERENCE_METHODS, *METHOD_CLASSES]
-Method = Literal[tuple(ALL_METHODS)]
+if TYPE_CHECKING:  # the choices are known at run time only (the registry's methods); jsonargparse reads them
+    Method = str
+else:
+    Method = Literal[tuple(ALL_METHODS)]
 COLUMNS = ["method", "w_c", "split", "task", "n", "score", "cost", "reward"]
 DEFAULT_GRID = [round(0.1 * i, 1) for i in range(11)]
 OUTPUT_FILES = ("sweep.csv", "summary.json", "pareto.png")
@@ -244,6 +247,7 @@ def evaluate(routers: list[Contender], splits: list[SplitData], grid: list[float
                 chosen_q, chosen_c = [], []
                 for point in evaluate_policies([router], sp.emb, grid, tau, sp.scores, sp.costs):
                     w_c, o = point.w_c, point.outcome
+                    assert o is not None  # evaluated with every model's scores and costs
                     metrics = RoutingMetrics([str(j) for j in range(sp.scores.shape[1])], task_names)
                     metrics.update(task, o.action, o.score, o.cost, o.reward)
                     means = metrics.means()
@@ -438,7 +442,8 @@ def log_to_wandb(logger_config: dict, rows: list[dict], summary: dict, figure: P
         init_args["save_dir"] = init_args.get("save_dir") or str(figure.parent)  # beside the sweep's files
         logger = WandbLogger(**init_args)
         run = logger.experiment
-        run.log({"sweep/table": wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows]),
+        columns: list[str | int] = list(COLUMNS)  # wandb's annotation: a list of str or int
+        run.log({"sweep/table": wandb.Table(columns=columns, data=[[r[c] for c in COLUMNS] for r in rows]),
                  "sweep/pareto": wandb.Image(str(figure))})
         run.summary.update({f"sweep/{split}/{m}/aiq": e.get("aiq")
                             for m, by_split in summary["results"].items() for split, e in by_split.items()})

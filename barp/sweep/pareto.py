@@ -4,6 +4,7 @@ split. Single models are grey labelled points; routers are curves ordered by w_c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -12,6 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from barp.atomic import atomic_path  # noqa: E402
 from barp.sweep.summary import SINGLE_PREFIX  # noqa: E402
+
+if TYPE_CHECKING:  # annotations only (matplotlib >= 3.8)
+    from matplotlib.typing import ColorType
 
 # cheapest / most_expensive coincide with a single model's point; the grey points already show them.
 _SKIP = {"cheapest", "most_expensive"}
@@ -39,7 +43,7 @@ def plot_pareto(rows: list[dict], path: str | Path, summary: dict | None = None)
     routers = [m for m in methods if not m.startswith(SINGLE_PREFIX)]
     palette = [plt.get_cmap("tab10")(i) for i in (0, 1, 2, 4, 5, 6, 8, 9)]  # no red (BaRP) or grey (single models)
     others = [r for r in routers if r not in ("barp", "oracle")]
-    colors = {m: palette[i % len(palette)] for i, m in enumerate(others)}
+    colors: dict[str, ColorType] = {m: palette[i % len(palette)] for i, m in enumerate(others)}
     colors.update({"barp": "tab:red", "oracle": "black"})
     fig, axes = plt.subplots(1, len(splits), figsize=(7.5 * len(splits), 6.5), squeeze=False)
     for ax, split in zip(axes[0], splits):

@@ -4,6 +4,7 @@ reach its score, and mean regret against the oracle."""
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,7 @@ def summarize(rows: list[dict], meta: dict | None = None,
         else:
             raise ValueError(f"summarize: split {split!r} needs model_costs or single-model rows for its AIQ range")
         cost_range, defined = aiq_cost_range(mean_costs), aiq_defined(mean_costs)
-        best = None
+        best: dict[str, Any] | None = None  # the best single model: its name, mean score and mean cost
         if singles:
             name = min(singles, key=lambda m: (-singles[m]["score"].mean(), singles[m]["cost"].mean()))
             best = {"method": name, "score": float(singles[name]["score"].mean()),

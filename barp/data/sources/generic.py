@@ -111,7 +111,7 @@ def pivot_long(
     frame: pd.DataFrame,
     source: str,
     *,
-    tasks: list[str | None],
+    tasks: Sequence[str | None],
     id_col: str,
     model_col: str,
     score_col: str,

@@ -101,6 +101,7 @@ class LoggedFeedback:
         raise DataValidationError(f"{self.source}: {message}")
 
     def _validate(self) -> None:
+        assert self.w_c is not None and self.prompt_ids is not None  # __post_init__ fills both in
         n, k = len(self.prompts), len(self.models)
         if n == 0:
             self._fail("the log has no rows (served requests)")
@@ -131,6 +132,7 @@ class LoggedFeedback:
     def _first_bad(self, column: str, bad: np.ndarray, values: np.ndarray, rule: str) -> None:
         if not bad.any():
             return
+        assert self.prompt_ids is not None  # __post_init__ fills it in
         i = int(np.flatnonzero(bad)[0])
         more = int(bad.sum()) - 1
         tail = f" ({more} more bad rows)" if more else ""
@@ -163,6 +165,7 @@ class LoggedFeedback:
     def subset(self, rows: Sequence[int] | np.ndarray) -> LoggedFeedback:
         """The log restricted to ``rows`` (in that order)."""
         idx = np.asarray(rows, dtype=np.int64)
+        assert self.w_c is not None and self.prompt_ids is not None  # __post_init__ fills both in
         return LoggedFeedback(
             prompts=[self.prompts[i] for i in idx], models=self.models, actions=self.actions[idx],
             propensity=self.propensity[idx], score=self.score[idx], cost=self.cost[idx], w_c=self.w_c[idx],
@@ -255,7 +258,7 @@ def _optional_texts(frame: pd.DataFrame, column: str) -> list[str] | None:
     return ["" if is_missing(v) else str(v) for v in frame[column].tolist()]
 
 
-def _actions(names: list[str], models: list[str] | None, source: str) -> tuple[list[str], np.ndarray]:
+def _actions(names: list[str], models: Sequence[str] | None, source: str) -> tuple[list[str], np.ndarray]:
     """The model list (given, or the sorted names seen) and each row's index in it; unknown names are errors."""
     known = sorted(set(names)) if models is None else [str(m) for m in models]
     if models is None and len(known) < 2:
@@ -348,6 +351,7 @@ def check_repeats(log: LoggedFeedback, prompt_ids: list[str] | None = None,
                     f"{log.source}: column 'decision_id', rows {first[did]} and {i}: decision id {did!r} is logged "
                     "twice; one decision has one outcome (a copied row, or two servers writing one log)")
             first[did] = i
+    assert log.w_c is not None and log.prompt_ids is not None  # LoggedFeedback.__post_init__ fills both in
     column = lambda values: [None] * log.num_rows if values is None else values  # noqa: E731
     w_c = [None if np.isnan(w) else float(w) for w in log.w_c]
     keys = zip(column(prompt_ids), log.prompts, log.actions.tolist(), log.propensity.tolist(), log.score.tolist(),

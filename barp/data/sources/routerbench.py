@@ -77,7 +77,7 @@ def read_wide(raw: RawFile, options: LoadOptions) -> OutcomeTable:
         source,
         ids=frame["sample_id"].iloc[rows].tolist(),
         prompts=[parse_prompt(p) for p in frame["prompt"].iloc[rows].tolist()],
-        tasks=[families[r] for r in rows],
+        tasks=[f for f in families if f is not None],  # the families of ``rows``
         rows=rows,
     )
     cells.id_column = "sample_id"

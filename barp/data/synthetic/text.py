@@ -299,7 +299,7 @@ def mbpp_prompt(rng: np.random.Generator, difficulty: float) -> Prompt:
 
 # ---------------------------------------------------------------------------------------------- hellaswag
 # Per difficulty tier: ("subject | pronoun", setting, steps) captions, or (WikiHow header, None, steps).
-HELLASWAG_ACTIVITIES = [
+HELLASWAG_ACTIVITIES: list[list[tuple[str, str | None, list[str]]]] = [
     [("A man | He", "in a driveway", [
         "sprays the car with a garden hose", "scrubs the hood with a soapy sponge",
         "rinses the soap off the windows", "dries the car with a large towel"]),
