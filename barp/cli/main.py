@@ -156,7 +156,6 @@ class BarpCLI(LightningCLI):
         router is evaluated or served at, the operator's current choice must win: that is BaRP's point.
         """
         from barp.models.checkpoints import embed_like_checkpoint, load_checkpoint
-        from barp.models.trained import alias_former_modules
 
         sub = self.config.get("subcommand")
         if self._is_barp_command():
@@ -170,7 +169,6 @@ class BarpCLI(LightningCLI):
             # missing, folder, truncated, foreign or code-carrying: refused; old flat hyperparameters: upgraded
             checkpoint = load_checkpoint(ckpt_path)
             self._resumed_epoch = checkpoint.get("epoch") if sub == "fit" else None
-            alias_former_modules(checkpoint)
             embed_like_checkpoint(self.config[sub].get("data"), checkpoint)
         if sub == "fit":
             self._check_training_budget(self.config[sub].get("trainer") or {})

@@ -1,4 +1,7 @@
-"""Checkpoints written before the module's options became parts (issue 21): their FLAT hyperparameters
+"""Checkpoints written by earlier versions of barp, read as today's.
+
+Router classes that lived elsewhere (``barp.module``, ``barp.routers.*``: :data:`FORMER_MODULES`) are named by their
+module of today. Checkpoints written before the module's options became parts have FLAT hyperparameters
 (``model_names``, ``tau``, ``eval_w_c``, ``fallback_quantile``, BaRP's ``baseline: batch_mean``, ``critic: neighbours``,
 ...) read as the grouped form of today (``arms``, ``reward``, ``evaluation``, ``predict``, ``guard``; BaRP's
 ``policy``, ``training``, ``baseline``, ``critic``, ``off_policy``).
@@ -18,6 +21,13 @@ import torch
 
 from barp.data.compat import upgrade_data_hparams
 
+#: Where router classes lived before barp's modules moved into layers -> where they live now.
+FORMER_MODULES = {
+    "barp.module": "barp.models.barp",
+    "barp.routers.bandits": "barp.models.baselines.bandits",
+    "barp.routers.offline": "barp.models.baselines.offline",
+    "barp.routers.mf": "barp.models.baselines.mf",
+}
 #: Where the strategies live (their ``class_path``).
 STRATEGIES = "barp.learning.strategies"
 #: BaRP's former ``baseline`` names -> strategy class.
@@ -94,7 +104,11 @@ def upgrade_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
         return ckpt
     hp = ckpt.get("hyper_parameters")
     if isinstance(hp, dict):
-        ckpt["hyper_parameters"] = upgrade_module_hparams(hp)
+        hp = upgrade_module_hparams(hp)
+        module, _, name = str(hp.get("_class_path", "")).rpartition(".")
+        if module in FORMER_MODULES:
+            hp = {**hp, "_class_path": f"{FORMER_MODULES[module]}.{name}"}
+        ckpt["hyper_parameters"] = hp
     data = ckpt.get("datamodule_hyper_parameters")
     if isinstance(data, dict):
         ckpt["datamodule_hyper_parameters"] = upgrade_data_hparams(data)

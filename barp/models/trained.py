@@ -24,28 +24,8 @@ from barp.errors import ConfigError
 from barp.models import serving
 from barp.models.base import RouterModule
 from barp.models.checkpoints import check_encoder, load_checkpoint
-from barp.models.compat import load_module
+from barp.models.compat import load_module, upgrade_checkpoint
 from barp.models.serving import Decision
-
-#: Where router classes lived before barp's modules moved into layers; older checkpoints name these.
-FORMER_MODULES = {
-    "barp.module": "barp.models.barp",
-    "barp.routers.bandits": "barp.models.baselines.bandits",
-    "barp.routers.offline": "barp.models.baselines.offline",
-    "barp.routers.mf": "barp.models.baselines.mf",
-}
-
-
-def alias_former_modules(ckpt: dict[str, Any]) -> None:
-    """Make the module path an older checkpoint names importable (as the module it moved to), so that parsers that
-    import a checkpoint's ``_class_path`` themselves (LightningCLI's) read it too. Only barp's own former paths."""
-    class_path = str((ckpt.get("hyper_parameters") or {}).get("_class_path", ""))
-    old = class_path.rpartition(".")[0]
-    if old in FORMER_MODULES and old not in sys.modules:
-        new = importlib.import_module(FORMER_MODULES[old])
-        sys.modules[old] = new
-        parent, _, leaf = old.rpartition(".")
-        setattr(importlib.import_module(parent), leaf, new)
 
 
 def module_class(ckpt: dict[str, Any], option: str = "--ckpt_path") -> type:
@@ -55,10 +35,9 @@ def module_class(ckpt: dict[str, Any], option: str = "--ckpt_path") -> type:
     barp import arbitrary code. Checkpoints written before barp's modules moved into layers (``barp.module``,
     ``barp.routers.*``) still load.
     """
+    upgrade_checkpoint(ckpt)  # older module paths (``barp.module``, ``barp.routers.*``) named as today's
     class_path = str(ckpt["hyper_parameters"].get("_class_path", "barp.models.barp.BaRPModule"))
-    alias_former_modules(ckpt)  # Lightning's loader imports the checkpoint's class path itself
     module_name, _, class_name = class_path.rpartition(".")
-    module_name = FORMER_MODULES.get(module_name, module_name)
     cls = None
     if module_name == "barp" or module_name.startswith("barp."):
         try:
