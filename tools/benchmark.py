@@ -22,8 +22,9 @@ Writes ``OUTPUT/benchmark.json`` and prints a table. Sections (docs/performance.
 - ``gpu``: the encoder in fp16/bf16 and training on the device, when CUDA is available; otherwise ``skipped``.
 
 Every ratio is stored with the two figures it divides (``numerator`` / ``denominator``, dotted paths inside its
-section); ``targets`` compares them with issue 15's targets. Nothing here is a timed test: the figures depend on
-the machine and on what else runs on it (the load average is recorded per section).
+section); ``targets`` compares them with the speed targets barp holds itself to (docs/performance.md). Nothing here
+is a timed test: the figures depend on the machine and on what else runs on it (the load average is recorded per
+section).
 """
 
 from __future__ import annotations
@@ -658,7 +659,7 @@ def _target(results: dict, section: str, ratio: str, op: str, threshold: float, 
 
 
 def targets(results: dict) -> list[dict]:
-    """Issue 15's targets, each against the ratio that measures it."""
+    """The speed targets (docs/performance.md), each against the ratio that measures it."""
     cos = lambda name: lambda s: s[name]["cosine_to_plain_fp32"]["min"] >= 0.999  # noqa: E731
     found = [
         _target(results, "encoder", "barp_default_vs_plain_fp32", ">=", 2.0, "and min cosine >= 0.999",
@@ -764,7 +765,7 @@ def report(results: dict) -> str:
     lines.append("\nratios (= numerator / denominator):")
     for where, name, r, a, b in _walk_ratios(s, ""):
         lines.append(f"  {where + '.' + name:<58} {r['value']:8.3f} = {_fmt(a)} / {_fmt(b)}")
-    lines.append("\ntargets (issue 15):")
+    lines.append("\ntargets:")
     for t in results["targets"]:
         lines.append(f"  {t['section'] + '.' + t['ratio']:<58} {t['value']:8.3f}  target {t['target']:<8} "
                      f"{'MET' if t['met'] else 'NOT MET'}  {t['note']}")

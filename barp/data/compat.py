@@ -1,6 +1,6 @@
 """Reading data-module hyperparameters saved before the data module took its options in parts.
 
-Checkpoints written before the components refactor (issue 21) hold FLAT data hyperparameters (``path``,
+Checkpoints written before the data module took parts hold FLAT data hyperparameters (``path``,
 ``num_prompts``, ``split_seed``, ``encoder_dtype``, ``batch_size``, ...); :func:`upgrade_data_hparams` turns them into
 today's grouped form (``source``, ``synthetic``, ``split``, ``encoder``, ``batches``, ...), which
 :class:`~barp.data.datamodule.RoutingDataModule` takes as it is.
