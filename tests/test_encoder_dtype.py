@@ -1,5 +1,5 @@
-"""Issue 15, items 2-3: the encoder's ``auto`` dtype (probed once per machine, remembered, agreeing with float32) and
-the embedding of uncached prompts shared among DDP processes."""
+"""The encoder's ``auto`` dtype (probed once per machine, remembered, agreeing with float32) and the embedding of
+uncached prompts shared among DDP processes."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _no_probe(*args, **kwargs):
     raise AssertionError("the probe ran again")
 
 
-# ------------------------------------------------------------------ item 2: auto dtype
+# ------------------------------------------------------------------ auto dtype
 def test_auto_dtype_agrees_with_float32_and_is_remembered(monkeypatch):
     chosen = resolve_dtype("auto")  # probes unless an earlier test of this session did (same cache, same machine)
     choices = json.loads(default_dtype_file().read_text())
@@ -96,10 +96,9 @@ def test_threads_never_exceed_usable_cpus(monkeypatch):
 
 
 def test_datamodule_keys_cache_and_checkpoint_record_by_resolved_dtype(tmp_path):
-    from conftest import make_table
-
     from barp.data.datamodule import RoutingDataModule
     from barp.models.checkpoints import encoder_record
+    from tests.helpers.tables import make_table
 
     dm = RoutingDataModule(split=Split(ood_tasks=[]), cache_dir=str(tmp_path))
     assert dm.encoder_spec.dtype == "auto" and dm.hparams.encoder["dtype"] == "auto"
@@ -125,7 +124,7 @@ def test_datamodule_keys_cache_and_checkpoint_record_by_resolved_dtype(tmp_path)
         assert fp32._cache().folder != dm._cache().folder  # embeddings of two dtypes never mix
 
 
-# ------------------------------------------------------------------ item 3: sharded embedding
+# ------------------------------------------------------------------ sharded embedding
 class ThreadGroup:
     """A process group of threads (for the sharded path without torch.distributed)."""
 

@@ -9,22 +9,9 @@ from pathlib import Path
 import pytest
 
 from barp.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = str(ROOT / "configs" / "experiments" / "synthetic.yaml")
-
-
-def tiny_args(out: Path, *extra: str) -> list[str]:
-    return [
-        "--config", RECIPE,
-        "--data.init_args.synthetic.num_prompts", "240",
-        "--trainer.max_epochs", "3",
-        "--trainer.check_val_every_n_epoch", "1",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(out),
-        "--trainer.logger.init_args.save_dir", str(out),
-        *extra,
-    ]
+from tests.helpers import ROOT
+from tests.helpers import SYNTHETIC_RECIPE as RECIPE
+from tests.helpers.cli import tiny_args
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Exact resume: a fit killed (SIGKILL, in a subprocess) after a checkpoint and resumed from ``last.ckpt`` ends with
-the same weights and metrics as the uninterrupted run with the same seed (issue 11)."""
+"""Exact resume: a fit killed (SIGKILL, in a subprocess) after a checkpoint and resumed from ``last.ckpt`` ends with the
+same weights and metrics as the uninterrupted run with the same seed."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from test_checkpoints import run_args, write_table
 
 from barp.cli import main
+from tests.helpers.cli import run_args
+from tests.helpers.tables import write_table
 
 KILL_AT_EPOCH = 1
 # Runs barp fit, killing itself (SIGKILL: no handler, no cleanup) when epoch KILL_AT_EPOCH starts, i.e. right after

@@ -1,5 +1,5 @@
-"""Run folders tell what happened (issue 20, items 1, 2 and 5): the documented resume continues the run's own folder
-and ends exactly like the uninterrupted run; ``last.ckpt`` is the last epoch; two fits at once get two folders."""
+"""Run folders tell what happened: the documented resume continues the run's own folder and ends exactly like the
+uninterrupted run; ``last.ckpt`` is the last epoch; two fits at once get two folders."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import torch
-from test_checkpoints import run_args, write_table
 
 from barp.cli import main
+from tests.helpers.cli import run_args
+from tests.helpers.tables import write_table
 
 # barp fit that kills itself (SIGKILL: no handler, no cleanup) when an epoch starts after at least one epoch whose
 # validation did not improve on the best: the documented resume case where Lightning's own last.ckpt lagged behind.
@@ -52,7 +53,7 @@ def test_killed_fit_resumed_as_documented_ends_like_the_uninterrupted_one(tmp_pa
     versions = sorted(p.name for p in (run / "routerbench").iterdir())
     assert versions == ["version_0"]
     last = run / "routerbench" / "version_0" / "checkpoints" / "last.ckpt"
-    # item 2: last.ckpt is the epoch before the kill, though validation did not improve there
+    # last.ckpt is the epoch before the kill, though validation did not improve there
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == killed_at - 1
 
     # the same command plus --ckpt_path last.ckpt
@@ -65,7 +66,7 @@ def test_killed_fit_resumed_as_documented_ends_like_the_uninterrupted_one(tmp_pa
     assert test and test == {k: float(v) for k, v in whole.trainer.callback_metrics.items() if k.startswith("test/")}
     # the first run's metrics are kept: the resumed metrics.csv holds the uninterrupted run's rows, in order
     assert _rows(run / "routerbench" / "version_0" / "metrics.csv") == _rows(whole_dir / "metrics.csv")
-    # item 2 again: after the fit, last.ckpt is the final epoch, not the best one
+    # after the fit, last.ckpt is the final epoch, not the best one
     final = torch.load(last, map_location="cpu", weights_only=True)
     assert final["epoch"] == 6 and f"epoch={final['epoch']}" not in resumed.trainer.checkpoint_callback.best_model_path
 

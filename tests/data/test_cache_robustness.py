@@ -1,26 +1,24 @@
-"""Data at risk (issue 11, items 7-9): the embedding cache survives interruption and damaged shards; prepare_data never
-overwrites its input; barp sweep checks --output before any work."""
+"""Data at risk: the embedding cache survives interruption and damaged shards; prepare_data never overwrites its input;
+barp sweep checks --output before any work."""
 
 from __future__ import annotations
 
 import importlib.util
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from barp.data.embedding_cache import EmbeddingCache, text_key
 from barp.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def fake(texts: list[str]) -> np.ndarray:
     return np.stack([np.full(4, float(len(t))) for t in texts]).astype(np.float32)
 
 
-# ------------------------------------------------------------------ item 9: the embedding cache
+# ------------------------------------------------------------------ the embedding cache
 def test_interrupted_embedding_keeps_finished_chunks(tmp_path):
     cache = EmbeddingCache(tmp_path, "enc", 8, "left", "float32")
     texts = [f"text {i}" for i in range(10)]
@@ -88,7 +86,7 @@ def _no_compute(texts):
     raise AssertionError(f"computed {texts}")
 
 
-# ------------------------------------------------------------------ item 7: prepare_data
+# ------------------------------------------------------------------ prepare_data
 def _prepare_module():
     spec = importlib.util.spec_from_file_location("barp_prepare_data", ROOT / "tools" / "prepare_data.py")
     module = importlib.util.module_from_spec(spec)
@@ -97,7 +95,7 @@ def _prepare_module():
 
 
 def test_prepare_data_never_overwrites_its_input(tmp_path, capsys):
-    from test_checkpoints import write_table
+    from tests.helpers.tables import write_table
 
     tool = _prepare_module()
     data = write_table(tmp_path / "data.csv", n=6)
@@ -113,7 +111,7 @@ def test_prepare_data_never_overwrites_its_input(tmp_path, capsys):
         tool.check_output(f"{tmp_path / 'other.csv'},{data}", str(data))
 
 
-# ------------------------------------------------------------------ item 8: sweep output
+# ------------------------------------------------------------------ sweep output
 def test_sweep_output_is_checked_before_any_work(tmp_path):
     from barp.sweep.harness import check_output
 
@@ -134,9 +132,9 @@ def test_sweep_output_is_checked_before_any_work(tmp_path):
 
 
 def test_barp_sweep_refuses_a_file_output_at_once(tmp_path, capsys):
-    from test_checkpoints import RECIPE, write_table
-
     from barp.cli import main
+    from tests.helpers import ROUTERBENCH_RECIPE as RECIPE
+    from tests.helpers.tables import write_table
 
     data = write_table(tmp_path / "data.csv", n=6)
     as_file = tmp_path / "out.csv"

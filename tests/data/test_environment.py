@@ -3,10 +3,10 @@
 import lightning as L
 import numpy as np
 import torch
-from conftest import make_table
 
 from barp.data.environment import BanditEnvironment
 from barp.data.table import OutcomeTable
+from tests.helpers.tables import make_table
 
 
 def test_pull_reveals_only_chosen_cells():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,9 @@ from barp.data.parts import Batches, Source, Split, Synthetic, merge_options
 from barp.encoders import EncoderSpec
 from barp.errors import ConfigError
 from barp.models.checkpoints import saved_encoder
+from tests.helpers import ROOT
 
-OLD = Path(__file__).parent / "fixtures" / "checkpoints" / "barp_v0.ckpt"
+OLD = ROOT / "tests" / "fixtures" / "checkpoints" / "barp_v0.ckpt"
 
 
 def test_parts_as_dataclasses_or_dicts_give_the_same_plain_hyperparameters():

@@ -17,8 +17,8 @@ from barp.data.parts import Source, Split
 from barp.data.sources import load_table
 from barp.data.sources.duplicates import unique_rows
 from barp.errors import ConfigError, DataValidationError
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "data" / "llmrouter-dcrouter"
 _spec = importlib.util.spec_from_file_location(
     "barp_published_fixtures", ROOT / "tests" / "fixtures" / "make_fixtures.py"

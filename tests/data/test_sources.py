@@ -17,8 +17,8 @@ import pytest
 from barp.data.sources import load_table, safety
 from barp.data.table import OutcomeTable
 from barp.errors import DataValidationError
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("barp_test_fixtures", ROOT / "tests" / "fixtures" / "make_fixtures.py")
 mf = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mf)

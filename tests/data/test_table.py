@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from conftest import make_table
 
 from barp.data.table import OutcomeTable
 from barp.errors import DataValidationError
+from tests.helpers.tables import make_table
 
 
 def build(**changes):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from barp.cli import main
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "configs" / "experiments" / "routerbench.yaml")
 _spec = importlib.util.spec_from_file_location("barp_fixtures_e2e", ROOT / "tests" / "fixtures" / "make_fixtures.py")
 fixtures = importlib.util.module_from_spec(_spec)

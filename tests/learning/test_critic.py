@@ -7,7 +7,6 @@ import math
 import lightning as L
 import pytest
 import torch
-from test_learning import routing_problem
 
 from barp.data.datamodule import RoutingDataModule
 from barp.data.parts import Batches, Split
@@ -17,6 +16,7 @@ from barp.learning.rl import critic_policy_loss, reinforce_loss
 from barp.learning.strategies import Neighbours
 from barp.models.barp import BaRPModule
 from barp.models.parts import Arms, Evaluation, Reward, Training
+from tests.helpers.tables import routing_problem
 
 
 def _angles(*degrees: float) -> torch.Tensor:

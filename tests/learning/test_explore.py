@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_learning import routing_problem
 
 from barp.data.datamodule import RoutingDataModule
 from barp.data.parts import Batches, Split
 from barp.errors import ConfigError
 from barp.models.barp import BaRPModule
 from barp.models.parts import Arms, Evaluation, Reward, Training
+from tests.helpers import ROOT
+from tests.helpers.tables import routing_problem
 
 
 def _module(**kwargs) -> BaRPModule:
@@ -52,7 +53,7 @@ def test_bad_explore_is_named(value):
 def test_uniform_pulls_are_counted_saved_and_pooled_by_the_guard(tmp_path):
     from barp.cli import main
     from barp.models.trained import TrainedRouter
-    from tests.test_cli import tiny_args
+    from tests.helpers.cli import tiny_args
 
     cli = main(["fit", *tiny_args(tmp_path, "--model.init_args.training.explore", "0.5",
                                   "--model.init_args.guard.quantile", "0.1", "--trainer.max_epochs", "2",
@@ -85,10 +86,9 @@ def test_uniform_pulls_are_counted_saved_and_pooled_by_the_guard(tmp_path):
 
     # tools/critic_coverage.py reads the critic's memory back: every model pulled somewhere, shares as in the memory
     import importlib.util
-    from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("critic_coverage",
-                                                  Path(__file__).parents[1] / "tools" / "critic_coverage.py")
+                                                  ROOT / "tools" / "critic_coverage.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     report = tool.coverage(str(ckpt))

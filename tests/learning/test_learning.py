@@ -1,40 +1,16 @@
 """Seeded learning test: on a small problem, BaRP's greedy policy beats random clearly and nears the oracle."""
 
 import lightning as L
-import numpy as np
 import pytest
 
 from barp.data.datamodule import RoutingDataModule
 from barp.data.parts import Batches, Split
-from barp.data.table import OutcomeTable
 from barp.learning.strategies import BatchLinear, BatchMean, LeaveOneOut, Neighbours
 from barp.models.barp import BaRPModule
 from barp.models.parts import Arms, Evaluation, Reward, Training
+from tests.helpers.tables import routing_problem
 
 BASELINES = {"batch_mean": BatchMean, "batch_linear": BatchLinear, "leave_one_out": LeaveOneOut}
-
-SUBJECTS = ["apples", "trains", "coins", "marbles", "books", "eggs", "chairs", "pencils", "birds", "boats"]
-THEMES = ["the sea", "autumn", "a lost friend", "the moon", "city lights", "winter", "a garden", "old letters"]
-
-
-def routing_problem(seed: int = 0) -> OutcomeTable:
-    """Math prompts are solved by model 'math-small', poems by 'poet-small'; 'big' solves all at 20x the cost."""
-    rng = np.random.default_rng(seed)
-    prompts, tasks = [], []
-    for _ in range(80):
-        prompts.append(f"Tom has {rng.integers(2, 90)} {rng.choice(SUBJECTS)} and buys {rng.integers(2, 50)} more. "
-                       "How many does he have now?")
-        tasks.append("math")
-        prompts.append(f"Write a short poem about {rng.choice(THEMES)} "
-                       f"in the style of a {rng.choice(['sonnet', 'haiku', 'ballad'])}.")
-        tasks.append("poetry")
-    n = len(prompts)
-    is_math = np.array([t == "math" for t in tasks])
-    scores = np.stack([np.where(is_math, 0.7, 0.1), np.where(is_math, 0.1, 0.7), np.full(n, 1.0)], axis=1)
-    costs = np.tile([1e-4, 1e-4, 2e-3], (n, 1))
-    return OutcomeTable([f"q{i}" for i in range(n)], prompts, tasks, ["math-small", "poet-small", "big"],
-                        scores, costs, source="routing_problem")
-
 
 @pytest.mark.parametrize("baseline", ["batch_mean", "batch_linear", "leave_one_out", "neighbour_critic"])
 def test_greedy_policy_learns_to_route(tmp_path, baseline):

@@ -18,7 +18,7 @@ from barp.learning.strategies import BatchLinear, BatchMean, Neighbours, SelfNor
 from barp.models.barp import BaRPModule
 from barp.models.parts import Arms, Evaluation, Reward, Training
 from barp.ope.simulate import simulate
-from tests.test_learning import routing_problem
+from tests.helpers.tables import routing_problem
 
 
 def test_policy_gradient_weights_clip_then_self_normalise():

@@ -1,6 +1,6 @@
-"""Checkpoint selection and result tables on a price table where every model costs the same (issue 20, item 3):
-AIQ is undefined there (every frontier is a vertical line), so it is not reported, and selection uses the mean
-reward over the evaluation preferences."""
+"""Checkpoint selection and result tables on a price table where every model costs the same: AIQ is undefined
+there (every frontier is a vertical line), so it is not reported, and selection uses the mean reward over the
+evaluation preferences."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_checkpoints import run_args
 
 from barp.cli import main
 from barp.metrics.evaluation import aiq_defined
 from barp.sweep.summary import format_summary, summarize
+from tests.helpers import ROOT
+from tests.helpers.cli import run_args
 
-ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "data" / "llmrouter-dcrouter"
 
 

@@ -9,15 +9,15 @@ benchmark with 300 prompts and float32 embeddings; ``expected_v0.json`` holds wh
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from barp.cli import main
 from barp.models.trained import TrainedRouter
+from tests.helpers import ROOT
 
-FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints"
+FIXTURES = ROOT / "tests" / "fixtures" / "checkpoints"
 EXPECTED = json.loads((FIXTURES / "expected_v0.json").read_text())
 RECIPE = "configs/experiments/synthetic.yaml"
 #: The data the fixtures were trained on, in today's options.

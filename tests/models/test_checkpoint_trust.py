@@ -1,6 +1,6 @@
-"""A checkpoint grants no trust and never gives a traceback (issue 20, item 11 and the tracebacks it lists): data
-settings saved in a checkpoint cannot make barp unpickle a file; unreadable or minimal files are one clear error;
-NaN and infinity on the command line are refused by name."""
+"""A checkpoint grants no trust and never gives a traceback: data settings saved in a checkpoint cannot make barp
+unpickle a file; unreadable or minimal files are one clear error; NaN and infinity on the command line are refused by
+name."""
 
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_checkpoints import trained  # noqa: F401 - the module's fitted checkpoint fixture
 
 from barp.cli import main
 from barp.errors import BarpError, ConfigError
 from barp.models.trained import TrainedRouter
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def fails(capsys, args: list[str]) -> str:
@@ -40,9 +38,9 @@ class _Payload:
 
 
 @pytest.fixture()
-def crafted(trained, tmp_path):  # noqa: F811
+def crafted(table_checkpoint, tmp_path):  # noqa: F811
     """A checkpoint that passes weights-only loading but whose data settings name a payload pickle and trust it."""
-    _, best, _ = trained
+    _, best, _ = table_checkpoint
     marker = tmp_path / "PWNED"
     payload = tmp_path / "payload.pkl"
     payload.write_bytes(pickle.dumps(_Payload(marker)))

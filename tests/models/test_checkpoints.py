@@ -1,5 +1,5 @@
-"""Checkpoints know their data and never run code: every unusable checkpoint or mismatched data stops with one
-clear error (exit 2), before anything is written. Issue 11, items 1, 2, 3, 5, 6 and the tracebacks it lists."""
+"""Checkpoints know their data and never run code: every unusable checkpoint or mismatched data stops with one clear
+error (exit 2), before anything is written."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import zipfile
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,43 +17,10 @@ from barp.cli import main
 from barp.data.parts import Batches, Split
 from barp.errors import ConfigError
 from barp.models.parts import Arms, Evaluation
-
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = str(ROOT / "configs" / "experiments" / "routerbench.yaml")
-MODELS = ["big", "mid", "small"]
-
-
-def write_table(path: Path, models: list[str] = MODELS, n: int = 36, seed: int = 0) -> Path:
-    """A wide CSV of ``n`` short prompts in 3 tasks; the first model is the best and the most expensive."""
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    data: dict[str, object] = {"prompt_id": [f"q{i}" for i in range(n)],
-                               "prompt": [f"Question {i}: what is {i} plus {i % 7}?" for i in range(n)],
-                               "task": [("math", "trivia", "code")[i % 3] for i in range(n)]}
-    for j, m in enumerate(models):
-        data[m] = rng.random(n) * (1 - 0.2 * j)
-    for j, m in enumerate(models):
-        data[f"{m}|total_cost"] = np.full(n, 1e-3 / 10 ** min(j, 2))
-    pd.DataFrame(data).to_csv(path, index=False)
-    return path
-
-
-def run_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--config", RECIPE, "--data.init_args.source.path", str(data), "--data.init_args.split.ood_tasks", "[]",
-            "--data.init_args.batches.batch_size", "8", "--model.init_args.critic.init_args.neighbours", "5",
-            "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
-            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(out),
-            "--trainer.logger.init_args.save_dir", str(out), *extra]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A checkpoint fitted on a 36-prompt table with models [big, mid, small]."""
-    out = tmp_path_factory.mktemp("ckpt")
-    data = write_table(out / "data.csv")
-    cli = main(["fit", *run_args(data, out / "run", "--test_after_fit", "false")])
-    return data, Path(cli.trainer.checkpoint_callback.best_model_path), out
+from tests.helpers import ROUTERBENCH_RECIPE as RECIPE
+from tests.helpers.cli import run_args
+from tests.helpers.encoder import fake_encoder_args, fake_encoder_spec
+from tests.helpers.tables import MODELS, write_table
 
 
 def fails(capsys, args: list[str]) -> str:
@@ -67,8 +33,8 @@ def fails(capsys, args: list[str]) -> str:
     return err
 
 
-def test_checkpoint_records_models_tasks_encoder_and_training_prompts(trained):
-    _, ckpt, _ = trained
+def test_checkpoint_records_models_tasks_encoder_and_training_prompts(table_checkpoint):
+    _, ckpt, _ = table_checkpoint
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     record = saved["barp"]
     assert record["model_names"] == MODELS and record["task_names"] == ["code", "math", "trivia"]
@@ -79,11 +45,11 @@ def test_checkpoint_records_models_tasks_encoder_and_training_prompts(trained):
     assert {"torch", "numpy", "python"} <= set(saved["barp_rng"])
 
 
-# ------------------------------------------------------------------ item 1: another model list
+# ------------------------------------------------------------------ another model list
 @pytest.mark.parametrize("models, named, subs", [(["zeta", "mid", "small"], "zeta", ("test", "predict")),
                                                  (["big", "mid", "small", "tiny"], "tiny", ("test",))])
-def test_other_models_are_refused_not_misrouted(trained, tmp_path, capsys, models, named, subs):
-    _, ckpt, _ = trained
+def test_other_models_are_refused_not_misrouted(table_checkpoint, tmp_path, capsys, models, named, subs):
+    _, ckpt, _ = table_checkpoint
     other = write_table(tmp_path / "other.csv", models=models)
     for sub in subs:
         err = fails(capsys, [sub, *run_args(other, tmp_path / "run"), "--ckpt_path", str(ckpt)])
@@ -112,18 +78,18 @@ def test_models_in_another_order_are_mapped_by_name(tiny_model_pair):
 def tiny_model_pair(tmp_path_factory):
     """A trained BaRP checkpoint on a 40-prompt table, and the same table with its model columns reversed."""
     import lightning as L
-    from conftest import make_table
 
     from barp.data.datamodule import RoutingDataModule
     from barp.data.table import OutcomeTable
     from barp.models.barp import BaRPModule
+    from tests.helpers.tables import make_table
 
     out = tmp_path_factory.mktemp("order")
     table = make_table(n=40, k=3, seed=3)
-    dm = RoutingDataModule(split=Split(ood_tasks=[], val_fraction=0.2, test_fraction=0.3),
+    dm = RoutingDataModule(encoder=fake_encoder_spec(), split=Split(ood_tasks=[], val_fraction=0.2, test_fraction=0.3),
                            batches=Batches(batch_size=8))
     dm.use_table(table)
-    rev = RoutingDataModule(split=Split(ood_tasks=[], val_fraction=0.2, test_fraction=0.3),
+    rev = RoutingDataModule(encoder=fake_encoder_spec(), split=Split(ood_tasks=[], val_fraction=0.2, test_fraction=0.3),
                             batches=Batches(batch_size=8))
     rev.use_table(OutcomeTable(table.prompt_ids, table.prompts, table.tasks, table.models[::-1],
                                table.scores[:, ::-1], table.costs[:, ::-1], source="reversed"))
@@ -139,14 +105,14 @@ def tiny_model_pair(tmp_path_factory):
     return module, dm, rev
 
 
-# ------------------------------------------------------------------ item 2: the checkpoint's data settings
+# ------------------------------------------------------------------ the checkpoint's data settings
 @pytest.mark.parametrize("sub", ["test", "validate", "sweep"])
-def test_another_split_seed_that_would_test_on_training_prompts_is_refused(trained, tmp_path, capsys, sub):
-    data, ckpt, _ = trained
+def test_another_split_seed_that_would_test_on_training_prompts_is_refused(table_checkpoint, tmp_path, capsys, sub):
+    data, ckpt, _ = table_checkpoint
     args = run_args(data, tmp_path) if sub != "sweep" else [
-        "--config", RECIPE, "--data.init_args.source.path", str(data), "--data.init_args.split.ood_tasks", "[]",
-        "--model.init_args.critic.init_args.neighbours", "5", "--output", str(tmp_path / "sweep"),
-        "--methods", "[barp]"]
+        "--config", RECIPE, *fake_encoder_args(), "--data.init_args.source.path", str(data),
+        "--data.init_args.split.ood_tasks", "[]", "--model.init_args.critic.init_args.neighbours", "5",
+        "--output", str(tmp_path / "sweep"), "--methods", "[barp]"]
     err = fails(capsys, [sub, *args, "--ckpt_path", str(ckpt), "--data.init_args.split.seed", "7"])
     assert "prompts were training prompts of this checkpoint" in err
     assert "data.split.seed: checkpoint 42, now 7" in err
@@ -154,30 +120,30 @@ def test_another_split_seed_that_would_test_on_training_prompts_is_refused(train
 
 
 @pytest.mark.parametrize("option, value", [("max_length", "128"), ("truncation_side", "right")])
-def test_other_encoder_settings_are_refused(trained, tmp_path, capsys, option, value):
-    data, ckpt, _ = trained
+def test_other_encoder_settings_are_refused(table_checkpoint, tmp_path, capsys, option, value):
+    data, ckpt, _ = table_checkpoint
     err = fails(capsys, ["test", *run_args(data, tmp_path), "--ckpt_path", str(ckpt),
                          f"--data.init_args.encoder.{option}", value])
     assert f"data.encoder.{option}: checkpoint" in err and "embedded differently" in err
 
 
-def test_the_checkpoints_own_settings_test_fine(trained, tmp_path):
-    data, ckpt, _ = trained
+def test_the_checkpoints_own_settings_test_fine(table_checkpoint, tmp_path):
+    data, ckpt, _ = table_checkpoint
     cli = main(["test", *run_args(data, tmp_path), "--ckpt_path", str(ckpt)])
     assert "test/id/reward" in cli.trainer.callback_metrics
 
 
-# ------------------------------------------------------------------ item 3: untrained results
-def test_test_without_a_checkpoint_is_refused(trained, tmp_path, capsys):
-    data, _, _ = trained
+# ------------------------------------------------------------------ untrained results
+def test_test_without_a_checkpoint_is_refused(table_checkpoint, tmp_path, capsys):
+    data, _, _ = table_checkpoint
     for sub in ("test", "predict"):  # validate takes the same path
         err = fails(capsys, [sub, *run_args(data, tmp_path)])
         assert "needs --ckpt_path" in err
     assert not list(tmp_path.rglob("*.json")) and not list(tmp_path.rglob("*.csv"))
 
 
-def test_fit_with_zero_epochs_is_refused_before_any_output(trained, tmp_path, capsys):
-    data, _, _ = trained
+def test_fit_with_zero_epochs_is_refused_before_any_output(table_checkpoint, tmp_path, capsys):
+    data, _, _ = table_checkpoint
     err = fails(capsys, ["fit", *run_args(data, tmp_path), "--trainer.max_epochs", "0"])
     assert "trainer.max_epochs=0 trains nothing" in err
     assert not list(tmp_path.rglob("*"))
@@ -195,11 +161,11 @@ def test_an_untrained_module_is_never_tested(tiny_datamodule):
         trainer.test(module, datamodule=dm, verbose=False)
 
 
-# ------------------------------------------------------------------ item 5: TrainedRouter input
-def test_trained_router_refuses_a_bare_string_and_non_strings(trained):
+# ------------------------------------------------------------------ TrainedRouter input
+def test_trained_router_refuses_a_bare_string_and_non_strings(table_checkpoint):
     from barp.models.trained import TrainedRouter
 
-    router = TrainedRouter.from_checkpoint(trained[1])
+    router = TrainedRouter.from_checkpoint(table_checkpoint[1])
     with pytest.raises(ConfigError, match=r"list of prompt texts.*\[prompt\]"):
         router.route("hello world")
     with pytest.raises(ConfigError, match=r"prompts\[1\] must be a string, got int"):
@@ -208,7 +174,7 @@ def test_trained_router_refuses_a_bare_string_and_non_strings(trained):
     assert len(router.route(["hello world"])) == 1
 
 
-# ------------------------------------------------------------------ item 6 and the unusable checkpoints
+# ------------------------------------------------------------------ unusable checkpoints
 class _Payload:
     """Unpickling this creates a file: what a hostile checkpoint would do."""
 
@@ -228,17 +194,17 @@ def _crafted(tmp_path: Path, trained_ckpt: Path) -> tuple[Path, Path]:
     return path, target
 
 
-def test_a_crafted_checkpoint_never_runs_code(trained, tmp_path, capsys):
+def test_a_crafted_checkpoint_never_runs_code(table_checkpoint, tmp_path, capsys):
     from barp.models.trained import TrainedRouter
 
-    data, ckpt, _ = trained
+    data, ckpt, _ = table_checkpoint
     crafted, target = _crafted(tmp_path, ckpt)
     with pytest.raises(ConfigError, match="refused to load.*getattr.*barp fit"):
         TrainedRouter.from_checkpoint(crafted)
     err = fails(capsys, ["test", *run_args(data, tmp_path / "run"), "--ckpt_path", str(crafted)])
     assert "refused to load" in err and "weights_only" not in err
-    err = fails(capsys, ["sweep", "--config", RECIPE, "--data.init_args.source.path", str(data), "--ckpt_path",
-                         str(crafted), "--output", str(tmp_path / "sweep")])
+    err = fails(capsys, ["sweep", "--config", RECIPE, *fake_encoder_args(), "--data.init_args.source.path", str(data),
+                         "--ckpt_path", str(crafted), "--output", str(tmp_path / "sweep")])
     assert "refused to load" in err
     assert not target.exists()
 
@@ -266,10 +232,10 @@ def _unusable(kind: str, tmp_path: Path, ckpt: Path) -> Path:
                                          ("text", "not a readable checkpoint"),
                                          ("foreign", "not a barp checkpoint"),
                                          ("plain_pickle", "not a readable checkpoint")])
-def test_every_unusable_checkpoint_gets_one_message(trained, tmp_path, capsys, kind, named):
+def test_every_unusable_checkpoint_gets_one_message(table_checkpoint, tmp_path, capsys, kind, named):
     from barp.models.trained import TrainedRouter
 
-    data, ckpt, _ = trained
+    data, ckpt, _ = table_checkpoint
     path = _unusable(kind, tmp_path, ckpt)
     err = fails(capsys, ["test", *run_args(data, tmp_path / "run"), "--ckpt_path", str(path)])
     assert named in err and str(path) in err and "weights_only" not in err
@@ -278,8 +244,8 @@ def test_every_unusable_checkpoint_gets_one_message(trained, tmp_path, capsys, k
     assert not (tmp_path / "run").exists()
 
 
-def test_resume_on_other_training_prompts_is_refused(trained, tmp_path, capsys):
-    data, ckpt, _ = trained
+def test_resume_on_other_training_prompts_is_refused(table_checkpoint, tmp_path, capsys):
+    data, ckpt, _ = table_checkpoint
     err = fails(capsys, ["fit", *run_args(data, tmp_path), "--ckpt_path", str(ckpt), "--trainer.max_epochs", "3",
                          "--data.init_args.split.seed", "3"])
     assert "training prompts differ from the checkpoint's" in err and "data.split.seed" in err
@@ -292,8 +258,8 @@ def test_resume_on_other_training_prompts_is_refused(trained, tmp_path, capsys):
                                                "model.training.beta"),
                                               ("data:\n  init_args:\n    encoder:\n      max_length: 1000\n",
                                                "data.encoder.max_length=1000")])
-def test_nan_rates_and_too_long_max_length_are_named(trained, tmp_path, capsys, yaml_text, named):
-    data, _, _ = trained
+def test_nan_rates_and_too_long_max_length_are_named(table_checkpoint, tmp_path, capsys, yaml_text, named):
+    data, _, _ = table_checkpoint
     config = tmp_path / "override.yaml"
     config.write_text(yaml_text)
     err = fails(capsys, ["fit", *run_args(data, tmp_path / "run"), "--config", str(config)])
@@ -319,9 +285,9 @@ def test_a_yaml_syntax_error_names_its_file(tmp_path, capsys):
     assert info.value.code == 2 and str(bad) in capsys.readouterr().err
 
 
-def test_checkpoint_loads_need_no_unsafe_types(trained):
+def test_checkpoint_loads_need_no_unsafe_types(table_checkpoint):
     """Every barp checkpoint loads with torch's weights-only unpickler (no allow-list needed)."""
-    _, ckpt, _ = trained
+    _, ckpt, _ = table_checkpoint
     with zipfile.ZipFile(ckpt) as z:
         assert any(name.endswith("data.pkl") for name in z.namelist())
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -329,12 +295,12 @@ def test_checkpoint_loads_need_no_unsafe_types(trained):
 
 
 # ------------------------------------------------------------------ the module owns its frozen encoder
-def test_module_owns_its_frozen_encoder_rebuilt_from_its_checkpoint(trained):
+def test_module_owns_its_frozen_encoder_rebuilt_from_its_checkpoint(table_checkpoint):
     from barp.models.barp import BaRPModule
     from barp.models.checkpoints import ENCODER_KEY
     from barp.models.trained import TrainedRouter
 
-    data, ckpt, _ = trained
+    data, ckpt, _ = table_checkpoint
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     data_encoder = saved["datamodule_hyper_parameters"]["encoder"]
     assert saved[ENCODER_KEY] == {"name": data_encoder["name"], "max_length": 256, "truncation_side": "left",
@@ -353,11 +319,11 @@ def test_module_owns_its_frozen_encoder_rebuilt_from_its_checkpoint(trained):
     assert probs.shape == (2, len(MODELS)) and torch.allclose(probs.sum(-1), torch.ones(2))
 
 
-def test_checkpoints_naming_the_former_module_paths_still_load(trained, tmp_path):
+def test_checkpoints_naming_the_former_module_paths_still_load(table_checkpoint, tmp_path):
     """Checkpoints written before the modules moved into layers name ``barp.module.BaRPModule``."""
     from barp.models.trained import TrainedRouter
 
-    data, ckpt, _ = trained
+    data, ckpt, _ = table_checkpoint
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert saved["hyper_parameters"]["_class_path"] == "barp.models.barp.BaRPModule"
     saved["hyper_parameters"]["_class_path"] = "barp.module.BaRPModule"

@@ -1,5 +1,5 @@
-"""GraphRouter (issue 22): its message passing by hand, the oracle where one model always wins, a task-dependent
-choice, and a checkpoint that loads through TrainedRouter and routes raw prompts."""
+"""GraphRouter: its message passing by hand, the oracle where one model always wins, a task-dependent choice, and a
+checkpoint that loads through TrainedRouter and routes raw prompts."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from barp.models.baselines.graphrouter import GraphRouter, RelationConv, read_de
 from barp.models.parts import Arms, Reward
 from barp.models.registry import train_method
 from barp.models.trained import TrainedRouter
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = {"lr": 1e-2, "steps_per_batch": 4}  # tiny tables: more steps per batch than the shipped config
 TASKS = {
     "math": "Compute {i} times {j} and show every arithmetic step.",
@@ -96,6 +96,7 @@ def _table(best_of_task: dict[str, int], n: int = 90, seed: int = 0) -> OutcomeT
 
 
 def _dm(table: OutcomeTable) -> RoutingDataModule:
+    """The table embedded with the real encoder: GraphRouter's learning tests need meaningful embeddings."""
     dm = RoutingDataModule(split=Split(ood_tasks=[]), batches=Batches(batch_size=16))
     dm.use_table(table)
     dm.prepare_data()

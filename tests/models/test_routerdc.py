@@ -13,6 +13,7 @@ import torch
 from barp.data.datamodule import RoutingDataModule
 from barp.data.parts import Batches, Split
 from barp.data.table import OutcomeTable
+from barp.encoders import EncoderSpec
 from barp.errors import ConfigError
 from barp.learning.rl import preference_tensor, reward
 from barp.models.baselines.routerdc import (
@@ -26,13 +27,16 @@ from barp.models.baselines.routerdc import (
 from barp.models.parts import Arms, Evaluation, Guard, Reward
 from barp.models.registry import METHOD_CLASSES, train_method
 from barp.models.trained import TrainedRouter
+from tests.helpers.encoder import fake_encoder_spec
 
 TAU = 1e-3
 FAST = {"head_lr": 1e-2, "lr": 1e-2, "batch_size": 16, "select_every": 10}
 
 
-def _datamodule(table: OutcomeTable) -> RoutingDataModule:
-    dm = RoutingDataModule(split=Split(ood_tasks=[]), batches=Batches(batch_size=16))
+def _datamodule(table: OutcomeTable, real_encoder: bool = False) -> RoutingDataModule:
+    """The table embedded with the tiny fake encoder, or the real one where the test needs meaningful embeddings."""
+    encoder = EncoderSpec() if real_encoder else fake_encoder_spec()
+    dm = RoutingDataModule(encoder=encoder, split=Split(ood_tasks=[]), batches=Batches(batch_size=16))
     dm.use_table(table)
     dm.prepare_data()
     dm.setup("fit")
@@ -177,7 +181,7 @@ def _task_table(n: int = 80) -> OutcomeTable:
 
 
 def test_learns_a_task_dependent_choice(_barp_cache):
-    dm = _datamodule(_task_table())
+    dm = _datamodule(_task_table(), real_encoder=True)  # the task shows in the prompts' meaning only
     module = train_method("routerdc", dm, TAU, seed=0, max_epochs=10, init_args=FAST)
     got, best_single, oracle = _score(module, dm, 0.0)
     assert best_single <= 0.7 and got > best_single + 0.2, (got, best_single, oracle)
@@ -209,7 +213,7 @@ def _save(trainer, path) -> None:
 def test_a_checkpoint_routes_through_trained_router(tiny_datamodule, tmp_path, served_models):
     dm = tiny_datamodule
     L.seed_everything(0, verbose=False)
-    module = RouterDC(arms=Arms(dm.model_names, dm.task_names, 384), reward=Reward(tau=TAU), **FAST)
+    module = RouterDC(arms=Arms(dm.model_names, dm.task_names, dm.embed_dim), reward=Reward(tau=TAU), **FAST)
     trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
@@ -231,7 +235,7 @@ def test_a_checkpoint_routes_through_trained_router(tiny_datamodule, tmp_path, s
 def test_finetune_mode_trains_the_encoder_and_checkpoints_it(tiny_datamodule, tmp_path):
     dm = tiny_datamodule
     L.seed_everything(0, verbose=False)
-    module = RouterDC(arms=Arms(dm.model_names, dm.task_names, 384), reward=Reward(tau=TAU),
+    module = RouterDC(arms=Arms(dm.model_names, dm.task_names, dm.embed_dim), reward=Reward(tau=TAU),
                             encoder_mode="finetune", preference_grid=[0.0], lr=1e-4, batch_size=16, max_steps=3,
                             select_every=0)
     before = module.towers[0].text_encoder.embeddings.word_embeddings.weight.detach().clone()
@@ -264,7 +268,7 @@ def _tradeoff_table(n: int = 60) -> OutcomeTable:
 
 
 def test_per_preference_reaches_the_oracle_at_both_ends(_barp_cache):
-    dm = _datamodule(_tradeoff_table())
+    dm = _datamodule(_tradeoff_table(), real_encoder=True)  # the trade-off follows the prompts' meaning
     args = {**FAST, "preference_mode": "per_preference", "preference_grid": [0.0, 1.0]}
     module = train_method("routerdc", dm, TAU, seed=0, max_epochs=10, init_args=args)
     assert module.grid == [0.0, 1.0] and len(module.towers) == 2 and module.condition is None
@@ -302,7 +306,7 @@ def test_per_preference_routes_with_the_nearest_grid_point(_barp_cache):
 def test_per_preference_checkpoint_routes_through_trained_router(tiny_datamodule, tmp_path):
     dm = tiny_datamodule
     L.seed_everything(0, verbose=False)
-    module = RouterDC(arms=Arms(dm.model_names, dm.task_names, 384), reward=Reward(tau=TAU),
+    module = RouterDC(arms=Arms(dm.model_names, dm.task_names, dm.embed_dim), reward=Reward(tau=TAU),
                       evaluation=Evaluation(0.3, [0.0, 0.8]), select_prompts=20, **FAST)
     trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)

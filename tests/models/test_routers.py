@@ -29,6 +29,8 @@ from barp.sweep.contenders import (
     SingleModel,
     cheapest_and_most_expensive,
 )
+from tests.helpers.encoder import fake_encoder_spec
+from tests.helpers.tables import structured_table
 
 TAU = 1e-3
 BANDITS = [LinUCBRouter, LinearTSRouter, EpsilonGreedyRouter]
@@ -39,21 +41,10 @@ TEST_ARGS = {"mlp": {"lr": 1e-2}, "mf": {"lr": 1e-2}, "linucb": {"pca_dim": 2},
              "routerdc": {"lr": 1e-2, "batch_size": 16, "select_every": 10}}
 
 
-def structured_table(n: int = 60, seed: int = 0) -> OutcomeTable:
-    """Model 0: good and expensive; model 1: fair and nearly free; model 2: dominated. Prompts as in conftest."""
-    rng = np.random.default_rng(seed)
-    base_s, base_c = np.array([0.9, 0.6, 0.2]), np.array([1e-3, 1e-5, 5e-4])
-    return OutcomeTable(
-        prompt_ids=[f"p{i}" for i in range(n)], prompts=[f"prompt number {i}" for i in range(n)],
-        tasks=["a" if i % 2 else "b" for i in range(n)], models=["big", "small", "bad"],
-        scores=np.clip(base_s + rng.normal(0, 0.05, (n, 3)), 0, 1),
-        costs=base_c * rng.uniform(0.8, 1.2, (n, 3)), source="structured",
-    )
-
-
 @pytest.fixture(scope="module")
 def dm(_barp_cache) -> RoutingDataModule:
-    datamodule = RoutingDataModule(split=Split(ood_tasks=[]), batches=Batches(batch_size=16))
+    datamodule = RoutingDataModule(encoder=fake_encoder_spec(), split=Split(ood_tasks=[]),
+                                   batches=Batches(batch_size=16))
     datamodule.use_table(structured_table())
     datamodule.prepare_data()
     datamodule.setup("fit")

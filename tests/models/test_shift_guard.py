@@ -9,7 +9,7 @@ from barp.cli import main
 from barp.errors import ConfigError
 from barp.learning.rl import preference_tensor
 from barp.models.shift import ShiftGuard
-from tests.test_cli import tiny_args
+from tests.helpers.cli import tiny_args
 
 
 def unit(rows: torch.Tensor) -> torch.Tensor:
@@ -66,12 +66,13 @@ def test_state_round_trip_and_bad_knobs(guard):
 
 def test_guard_in_fit_test_and_the_checkpoint(tmp_path, capsys):
     """Fit with the guard (set from the data's validation split), test it, and route raw prompts with the
-    checkpoint's guard; an unseen family falls back far more often than the held-in test prompts."""
+    checkpoint's guard; an unseen family falls back far more often than the held-in test prompts (the real encoder:
+    familiarity needs meaningful embeddings)."""
     from barp.models.checkpoints import GUARD_KEY
     from barp.models.trained import TrainedRouter
 
     cli = main(["fit", *tiny_args(tmp_path, "--model.init_args.guard.quantile", "0.1",
-                                  "--trainer.max_epochs", "2", "--test_after_fit", "true")])
+                                  "--trainer.max_epochs", "2", "--test_after_fit", "true", real_encoder=True)])
     module, dm = cli.model, cli.datamodule
     assert module.guard is not None and module.guard.quantile == 0.1
     assert float(cli.trainer.callback_metrics["test/id/reward"]) > float(cli.trainer.callback_metrics[

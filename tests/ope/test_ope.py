@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +21,8 @@ from barp.ope.estimators import (
     target_logging_ratios,
 )
 from barp.ope.simulate import router_probabilities, simulate, simulate_log
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "configs" / "experiments" / "synthetic.yaml")
 TAU = 1.0
 
@@ -243,7 +242,7 @@ def trained(tmp_path_factory):
 
 
 def test_dr_and_snips_intervals_contain_the_true_reward_of_a_trained_barp(trained, capsys):
-    """Done-when of issue 12: uniform logging on the test split (each prompt requested 10 times), greedy BaRP."""
+    """Uniform logging on the test split (each prompt requested 10 times), greedy BaRP."""
     from barp.models.trained import TrainedRouter
 
     out, ckpt, dm = trained

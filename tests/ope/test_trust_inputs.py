@@ -1,5 +1,5 @@
-"""Inputs are questioned, never overwritten (issue 20): absurd costs, impossible or non-finite OPE estimates, repeated
-log rows, training prompts in an OPE log, outputs that would replace inputs or earlier results, price tables."""
+"""Inputs are questioned, never overwritten: absurd costs, impossible or non-finite OPE estimates, repeated log rows,
+training prompts in an OPE log, outputs that would replace inputs or earlier results, price tables."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from barp.data.table import MAX_COST_USD
 from barp.errors import DataValidationError
 from barp.ope.cli import OUTPUT_FILE, format_table, run_ope_cli
 from barp.ope.estimators import estimate_policy
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["big", "mid", "small"]  # the models of test_checkpoints.write_table
 
 
@@ -55,9 +55,9 @@ def last_error(capsys) -> str:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A checkpoint fitted for 2 epochs on a 36-prompt wide table with models [big, mid, small]."""
-    from test_checkpoints import run_args, write_table
-
     from barp.cli import main
+    from tests.helpers.cli import run_args
+    from tests.helpers.tables import write_table
 
     out = tmp_path_factory.mktemp("trust")
     data = write_table(out / "data.csv")
@@ -279,7 +279,7 @@ def test_ope_bad_output_is_one_error_before_any_work(trained, tmp_path, capsys, 
 
 
 def _recipe(tmp_path: Path) -> tuple[Path, Path]:
-    from test_checkpoints import write_table
+    from tests.helpers.tables import write_table
 
     data = write_table(tmp_path / "data.csv", n=12)
     recipe = tmp_path / "recipe.yaml"
@@ -315,7 +315,7 @@ def test_prepare_data_refuses_an_output_that_is_the_price_table(tmp_path, capsys
 
 # ---------------------------------------------------------------------- D. price tables
 def test_a_price_table_for_a_table_with_costs_is_refused(tmp_path):
-    from test_checkpoints import write_table
+    from tests.helpers.tables import write_table
 
     data = write_table(tmp_path / "wide.csv", n=6)
     prices = tmp_path / "prices.json"

@@ -78,9 +78,8 @@ def test_curve_on_a_log_is_self_normalised_ips():
 # ---------------------------------------------------------------------- end to end on a trained checkpoint
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
-    from test_service import tiny_checkpoint
-
     from barp.cli import main
+    from tests.helpers.cli import tiny_checkpoint
 
     ckpt, out = tiny_checkpoint(), tmp_path_factory.mktemp("calibration")
     main(["calibrate", "--ckpt_path", ckpt, "--output", str(out), "--grid", "21", "--bootstrap", "200",

@@ -24,27 +24,11 @@ from barp.learning.rl import exploration_probabilities
 from barp.models.serving import sample_exploring
 from barp.service.budget import BudgetController
 from barp.service.feedback_log import DECISIONS_FILE, LOG_FILE, FeedbackLog
+from tests.helpers import ROOT
+from tests.helpers.cli import tiny_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "configs" / "experiments" / "synthetic.yaml")
 PROMPTS = [f"Question {i}: what is {i} times {i + 3}?" for i in range(32)]
-
-
-def tiny_checkpoint() -> str:
-    """BaRP trained for one epoch on a 200-prompt built-in benchmark (shared by the service and calibration tests
-    through the session's cache folder, so it is trained once)."""
-    from barp.cli import main
-
-    root = Path(os.environ["BARP_CACHE"]) / "service-checkpoint"
-    found = sorted(root.glob("**/checkpoints/best*.ckpt"))
-    if found:
-        return str(found[0])
-    cli = main(["fit", "--config", RECIPE, "--data.init_args.synthetic.num_prompts", "200",
-                "--data.init_args.encoder.max_length", "64",
-                "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
-                "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root),
-                "--trainer.logger.init_args.save_dir", str(root), "--test_after_fit", "false"])
-    return cli.trainer.checkpoint_callback.best_model_path
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""barp serve is safe to expose (issue 24): API keys, validated feedback and a clipped, resettable budget controller,
-size and time limits with expiring decisions and a compacted decisions file, no 500 for any input, one writer per
-log folder, and no server paths in answers."""
+"""barp serve is safe to expose: API keys, validated feedback and a clipped, resettable budget controller, size and time
+limits with expiring decisions and a compacted decisions file, no 500 for any input, one writer per log folder, and no
+server paths in answers."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ GRADER_KEY = "grader-key-0123456789abcdef"
 
 @pytest.fixture(scope="module")
 def ckpt() -> str:
-    from test_service import tiny_checkpoint
+    from tests.helpers.cli import tiny_checkpoint
 
     return tiny_checkpoint()
 
@@ -162,8 +162,9 @@ def test_a_cost_over_the_servers_bound_is_a_422_naming_the_field(router, tmp_pat
         assert c.post("/feedback", json={"decision_id": decision, "score": 1, "cost": 5.0}).status_code == 200
 
 
-def test_the_poisoning_of_the_issue_barely_moves_the_controller(router, tmp_path):
-    """One huge cost, then 120 zero costs (issue 24): refused for a client, bounded for a grader, and resettable."""
+def test_one_huge_cost_then_zero_costs_barely_move_the_controller(router, tmp_path):
+    """One huge cost, then 120 zero costs (poisoned feedback): refused for a client, bounded for a grader, and
+    resettable."""
     keys = KeyRing.from_sources(environ={"BARP_API_KEY": ROUTE_KEY, "BARP_FEEDBACK_KEY": GRADER_KEY})
     ctl = BudgetController(budget_per_1k=0.5, w_c=0.5, step=0.01, max_move=0.1)
     service, c = make(router, tmp_path, keys=keys, controller=ctl, max_cost_usd=20.0)
@@ -174,7 +175,7 @@ def test_the_poisoning_of_the_issue_barely_moves_the_controller(router, tmp_path
             ids += [d["decision_id"] for d in c.post("/route", json={"prompts": [f"q{i}" for i in range(8)]},
                                                      headers=bearer(ROUTE_KEY)).json()["decisions"]]
         poison = [(ids[0], 1e308), (ids[0], 20.0)] + [(d, 0.0) for d in ids[1:121]]
-        for headers, status in (({}, 401), (bearer(ROUTE_KEY), 403)):  # the issue's client, with and without a key
+        for headers, status in (({}, 401), (bearer(ROUTE_KEY), 403)):  # a client, with and without a key
             for decision_id, cost in poison:
                 r = c.post("/feedback", json={"decision_id": decision_id, "score": 1, "cost": cost}, headers=headers)
                 assert r.status_code == status

@@ -1,7 +1,6 @@
-"""barp serve and barp calibrate trust only what they can check (issue 20): a calibration.json must be of the served
-checkpoint, a complete last log row is kept, a damaged log folder is one clear error, calibrate refuses to replace
-earlier results and a bad --output before any work, and no cost above MAX_COST_USD enters the log or the budget
-controller."""
+"""barp serve and barp calibrate trust only what they can check: a calibration.json must be of the served checkpoint, a
+complete last log row is kept, a damaged log folder is one clear error, calibrate refuses to replace earlier results and
+a bad --output before any work, and no cost above MAX_COST_USD enters the log or the budget controller."""
 
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from barp.service.feedback_log import DECISIONS_FILE, LOG_FILE, FeedbackLog
 
 @pytest.fixture(scope="module")
 def ckpt() -> str:
-    from test_service import tiny_checkpoint
+    from tests.helpers.cli import tiny_checkpoint
 
     return tiny_checkpoint()
 
@@ -247,7 +246,7 @@ def test_feedback_refuses_a_cost_above_max_cost_usd(ckpt, tmp_path):
     from barp.service.app import create_app
     from barp.service.cli import build_service
 
-    # the MAX_COST_USD bound itself (barp serve's default bound is lower: 1000 x the checkpoint's tau, issue 24)
+    # the MAX_COST_USD bound itself (barp serve's default bound is lower: 1000 x the checkpoint's tau)
     service = build_service(ckpt, str(tmp_path), budget_per_1k=0.5, w_c=0.5, max_cost_usd=MAX_COST_USD)
     with TestClient(create_app(service), raise_server_exceptions=False) as c:
         ids = [d["decision_id"] for d in c.post("/route", json={"prompts": ["a", "b"]}).json()["decisions"]]

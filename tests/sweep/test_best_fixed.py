@@ -84,12 +84,12 @@ def test_never_reads_test_outcomes():
 
 
 def test_sweep_builds_it_from_the_training_split(_barp_cache):
-    from test_routers import structured_table
-
     from barp.data.datamodule import RoutingDataModule
+    from tests.helpers.encoder import fake_encoder_spec
+    from tests.helpers.tables import structured_table
 
     assert "best_fixed" in ALL_METHODS
-    dm = RoutingDataModule(split=Split(ood_tasks=[]), batches=Batches(batch_size=16))
+    dm = RoutingDataModule(encoder=fake_encoder_spec(), split=Split(ood_tasks=[]), batches=Batches(batch_size=16))
     dm.use_table(structured_table())
     dm.prepare_data()
     dm.setup("fit")

@@ -1,16 +1,13 @@
-"""The paper's comparison table (issue 22, items 4 and 5): scores per task family and averaged both ways (over tasks,
-each task once, as routing papers report; over prompts, as barp does), and BaRP's relative improvement computed as the
-paper states it, ``(BaRP - other) / other``."""
+"""The paper's comparison table: scores per task family and averaged both ways (over tasks, each task once, as routing
+papers report; over prompts, as barp does), and BaRP's relative improvement computed as the paper states it, ``(BaRP -
+other) / other``."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 from barp.sweep.summary import summarize
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 # method -> (score on task "big" (90 prompts), score on task "small" (10 prompts))
 SCORES = {"barp": (0.6, 0.9), "routerdc": (0.5, 0.5), "graphrouter": (0.55, 0.7), "most_expensive": (0.58, 0.4),

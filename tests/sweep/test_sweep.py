@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_cli import RECIPE, ROOT, tiny_args
 
 from barp.cli import main
 from barp.models.baselines import KNNRouter, LinUCBRouter
 from barp.sweep.contenders import ModuleContender
 from barp.sweep.harness import DEFAULT_GRID, log_to_wandb
+from tests.helpers import ROOT
+from tests.helpers import SYNTHETIC_RECIPE as RECIPE
+from tests.helpers.cli import small_benchmark, tiny_args
 
-SMALL = ["--config", RECIPE, "--data.init_args.synthetic.num_prompts", "240"]
 TRAINED = {"knn", "mlp", "mf", "linucb", "linear_ts", "epsilon_greedy", "graphrouter", "routerdc"}
 COLUMNS = ["method", "w_c", "split", "task", "n", "score", "cost", "reward"]
 
@@ -34,7 +35,7 @@ def swept(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     cli = main(["fit", *tiny_args(out, "--test_after_fit", "false")])
     ckpt = cli.trainer.checkpoint_callback.best_model_path
-    main(["sweep", *SMALL, "--ckpt_path", ckpt, "--output", str(out / "sweep"), "--max_epochs", "1",
+    main(["sweep", *small_benchmark(), "--ckpt_path", ckpt, "--output", str(out / "sweep"), "--max_epochs", "1",
           "--progress", "false"])
     return out, ckpt, cli.datamodule
 
@@ -116,8 +117,8 @@ def test_oracle_is_never_beaten_on_reward(swept):
 
 def test_rerun_gives_identical_numbers_whatever_the_method_subset(swept, tmp_path):
     out, ckpt, _ = swept
-    main(["sweep", *SMALL, "--ckpt_path", ckpt, "--output", str(tmp_path), "--max_epochs", "1", "--progress",
-          "false", "--methods", "[random, linucb, barp, mlp]", "--w_c", "[0.0, 0.5, 1.0]"])
+    main(["sweep", *small_benchmark(), "--ckpt_path", ckpt, "--output", str(tmp_path), "--max_epochs", "1",
+          "--progress", "false", "--methods", "[random, linucb, barp, mlp]", "--w_c", "[0.0, 0.5, 1.0]"])
     again = read_rows(tmp_path / "sweep.csv")
     first = {(r["method"], r["w_c"], r["split"], r["task"]): r for r in read_rows(out / "sweep" / "sweep.csv")}
     assert {r["method"] for r in again} == {"random", "linucb", "barp", "mlp"}
@@ -127,7 +128,7 @@ def test_rerun_gives_identical_numbers_whatever_the_method_subset(swept, tmp_pat
 def test_aiq_does_not_depend_on_the_other_methods_swept(swept, tmp_path):
     """The AIQ cost range is fixed by the split's outcomes: BaRP swept alone gets the AIQ it gets beside everyone."""
     out, ckpt, _ = swept
-    main(["sweep", *SMALL, "--ckpt_path", ckpt, "--output", str(tmp_path), "--progress", "false",
+    main(["sweep", *small_benchmark(), "--ckpt_path", ckpt, "--output", str(tmp_path), "--progress", "false",
           "--methods", "[barp]", "--bootstrap", "0"])
     alone = json.loads((tmp_path / "summary.json").read_text())
     full = json.loads((out / "sweep" / "summary.json").read_text())
@@ -144,7 +145,7 @@ def test_aiq_does_not_depend_on_the_other_methods_swept(swept, tmp_path):
                                                    ("--bootstrap", "-1", "--bootstrap must be an integer >= 0")])
 def test_sweep_rejects_bad_options_and_writes_nothing(swept, tmp_path, capsys, option, value, named):
     with pytest.raises(SystemExit) as info:
-        main(["sweep", *SMALL, "--ckpt_path", swept[1], "--output", str(tmp_path / "o"), option, value])
+        main(["sweep", *small_benchmark(), "--ckpt_path", swept[1], "--output", str(tmp_path / "o"), option, value])
     assert info.value.code not in (0, None)
     assert named in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -169,7 +170,7 @@ def test_non_gradient_methods_fit_checkpoint_and_test_through_barp_fit(tmp_path,
     # the checkpoint routes as the trained module does (greedy: the argmax, or the recipe's shift guard's fallback)
     assert torch.equal(loaded.choose(emb, w), cli.model.greedy(emb, w))
     # barp sweep takes the checkpoint's class from the model config and does not retrain that method
-    main(["sweep", *SMALL, "--config", config, "--ckpt_path", ckpt, "--output", str(tmp_path / "sweep"),
+    main(["sweep", *small_benchmark(), "--config", config, "--ckpt_path", ckpt, "--output", str(tmp_path / "sweep"),
           "--methods", f"[{name}, oracle]", "--w_c", "[0.0, 1.0]", "--progress", "false"])
     assert {r["method"] for r in read_rows(tmp_path / "sweep" / "sweep.csv")} == {name, "oracle"}
 
@@ -211,7 +212,7 @@ def test_sweep_logs_table_and_figure_to_wandb_offline(tmp_path):
     config = tmp_path / "wandb.yaml"
     config.write_text(f"trainer:\n  logger:\n    class_path: barp.loggers.WandbLogger\n    init_args:\n"
                       f"      project: barp-test\n      save_dir: {tmp_path}\n")
-    main(["sweep", *SMALL, "--config", str(config), "--methods", "[oracle, random, single_models]",
+    main(["sweep", *small_benchmark(), "--config", str(config), "--methods", "[oracle, random, single_models]",
           "--output", str(tmp_path / "out"), "--progress", "false"])
     files = {p.parent.name for p in tmp_path.glob("wandb/offline-run-*/files/media/*/sweep/*")}
     assert files == {"sweep"} and len(list(tmp_path.glob("wandb/offline-run-*/files/media/*/sweep/*"))) == 2

@@ -11,16 +11,26 @@ import signal
 from pathlib import Path
 
 import pytest
-from test_sweep import SMALL
 
 from barp.cli import main
 from barp.errors import ConfigError
 from barp.sweep import harness
 from barp.sweep.harness import OUTPUT_FILES, check_output, inspect_sweep_folder, is_complete_sweep, write_outputs
+from tests.helpers.cli import small_benchmark
 
-CHEAP = [*SMALL, "--bootstrap", "0", "--progress", "false"]
-OLD = [*CHEAP, "--methods", "[oracle, random]", "--w_c", "[0.0, 1.0]"]
-NEW = [*CHEAP, "--methods", "[oracle, cheapest]", "--w_c", "[0.0, 0.5, 1.0]"]
+
+def old_sweep() -> list[str]:
+    """The earlier sweep's options: two methods at two preferences, no bootstrap."""
+    return [*small_benchmark(), "--bootstrap", "0", "--progress", "false", "--methods", "[oracle, random]",
+            "--w_c", "[0.0, 1.0]"]
+
+
+def new_sweep() -> list[str]:
+    """The later sweep's options: other methods at other preferences."""
+    return [*small_benchmark(), "--bootstrap", "0", "--progress", "false", "--methods", "[oracle, cheapest]",
+            "--w_c", "[0.0, 0.5, 1.0]"]
+
+
 KEEP = "notes.txt"  # a user's file beside the sweep: never touched
 
 
@@ -29,7 +39,7 @@ def sweeps(tmp_path_factory):
     """An earlier sweep (``old``, with a user's file beside it), a different later one (``new``), and the later
     one's rows and summary as handed to ``write_outputs``."""
     root = tmp_path_factory.mktemp("sweep_files")
-    main(["sweep", *OLD, "--output", str(root / "old")])
+    main(["sweep", *old_sweep(), "--output", str(root / "old")])
     (root / "old" / KEEP).write_text("mine")
     captured = {}
     real = harness.write_outputs
@@ -40,7 +50,7 @@ def sweeps(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(harness, "write_outputs", capture)
-        main(["sweep", *NEW, "--output", str(root / "new")])
+        main(["sweep", *new_sweep(), "--output", str(root / "new")])
     return root, captured["rows"], captured["summary"]
 
 
@@ -131,13 +141,13 @@ def test_next_run_names_the_incomplete_sweep_and_overwrite_replaces_it(sweeps, t
     assert not is_complete_sweep(folder) and "summary.json" not in _contents(folder)
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
-        main(["sweep", *NEW, "--output", str(folder)])
+        main(["sweep", *new_sweep(), "--output", str(folder)])
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "left incomplete by an interrupted run" in err[0] and "summary.json" in err[0]
     assert "staging folder .sweep-staging-" in err[0] and "--overwrite true" in err[0]
 
-    main(["sweep", *NEW, "--output", str(folder), "--overwrite", "true"])
+    main(["sweep", *new_sweep(), "--output", str(folder), "--overwrite", "true"])
     warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warning) == 1 and "left incomplete by an interrupted run" in warning[0]
     assert _contents(folder) == _contents(root / "new") and is_complete_sweep(folder)

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_cli import RECIPE, ROOT
 
 from barp.data.parts import Split, Synthetic
 from barp.sweep.harness import COLUMNS, DEFAULT_GRID
 from barp.sweep.summary import summarize
+from tests.helpers import ROOT
+from tests.helpers import SYNTHETIC_RECIPE as RECIPE
 
 LLMROUTER = ROOT / "configs" / "experiments" / "llmrouter.yaml"
 
