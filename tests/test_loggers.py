@@ -6,6 +6,7 @@ import pytest
 
 from barp.cli import main
 from barp.loggers import WandbLogger
+from tests.helpers.encoder import fake_encoder_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,7 +15,7 @@ def test_fit_with_wandb_config_writes_offline_run(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cli = main([
         "fit", "--config", str(ROOT / "configs" / "experiments" / "synthetic.yaml"),
-        "--config", str(ROOT / "configs" / "logger" / "wandb.yaml"),
+        "--config", str(ROOT / "configs" / "logger" / "wandb.yaml"), *fake_encoder_args(),
         "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--trainer.default_root_dir", str(tmp_path),
         "--data.init_args.synthetic.num_prompts", "240", "--trainer.max_epochs", "1",
