@@ -1,4 +1,5 @@
-"""Every supported file format trains through `barp fit --data.source.path` and evaluates through `barp test`."""
+"""Every supported file format trains through `barp fit --data.source.path` and evaluates through `barp test` (with
+the tiny fake encoder: these runs check reading, splitting and bookkeeping, not what is learned)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from barp.cli import main
 from tests.helpers import ROOT
+from tests.helpers.encoder import fake_encoder_args
 
 RECIPE = str(ROOT / "configs" / "experiments" / "routerbench.yaml")
 _spec = importlib.util.spec_from_file_location("barp_fixtures_e2e", ROOT / "tests" / "fixtures" / "make_fixtures.py")
@@ -24,7 +26,7 @@ def files(tmp_path_factory):
 
 def args_for(path: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "--config", RECIPE,
+        "--config", RECIPE, *fake_encoder_args(),
         "--data.init_args.source.path", str(path),
         "--data.init_args.split.val_fraction", "0.2",
         "--data.init_args.split.test_fraction", "0.3",
