@@ -1,4 +1,5 @@
-"""Test setup: never touch the network; caches in a temporary folder shared by the session."""
+"""Test setup: never touch the network; caches in a temporary folder shared by the session; fixtures shared by
+several test files (their helpers are in :mod:`tests.helpers`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -17,7 +19,9 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from barp.data.parts import Batches, Split  # noqa: E402
-from barp.data.table import OutcomeTable  # noqa: E402
+from tests.helpers.cli import served_models as _served_models  # noqa: E402
+from tests.helpers.encoder import fake_encoder_spec  # noqa: E402
+from tests.helpers.tables import make_table  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,33 +29,35 @@ def _barp_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = str(tmp_path_factory.mktemp("barp-cache"))
     os.environ["BARP_CACHE"] = path
     os.environ["WANDB_DIR"] = path
+    # where tests.helpers.encoder writes the fake encoder, the first time a test asks for it
+    os.environ["BARP_TEST_ENCODER_DIR"] = str(tmp_path_factory.mktemp("fake-encoder"))
     return path
-
-
-def make_table(n: int = 6, k: int = 3, seed: int = 0, source: str = "test.csv") -> OutcomeTable:
-    """A small valid random table."""
-    rng = np.random.default_rng(seed)
-    return OutcomeTable(
-        prompt_ids=[f"p{i}" for i in range(n)],
-        prompts=[f"prompt number {i}" for i in range(n)],
-        tasks=["a" if i % 2 else "b" for i in range(n)],
-        models=[f"m{j}" for j in range(k)],
-        scores=rng.random((n, k)),
-        costs=rng.random((n, k)) * 1e-3,
-        source=source,
-    )
 
 
 @pytest.fixture(scope="session")
 def tiny_datamodule(_barp_cache):
-    """A RoutingDataModule over a 60-prompt random table, embedded with the real encoder."""
+    """A RoutingDataModule over a 60-prompt random table, embedded with the tiny fake encoder."""
     from barp.data.datamodule import RoutingDataModule
 
-    dm = RoutingDataModule(split=Split(ood_tasks=[]), batches=Batches(batch_size=16))
+    dm = RoutingDataModule(encoder=fake_encoder_spec(), split=Split(ood_tasks=[]), batches=Batches(batch_size=16))
     dm.use_table(make_table(n=60, k=4, seed=1))
     dm.prepare_data()
     dm.setup("fit")
     return dm
+
+
+@pytest.fixture(scope="session")
+def table_checkpoint(tmp_path_factory):
+    """``(table file, checkpoint, folder)``: BaRP fitted by ``barp fit`` (the RouterBench recipe, fake encoder) on a
+    36-prompt table with models [big, mid, small]. Tests only read it."""
+    from barp.cli import main
+    from tests.helpers.cli import run_args
+    from tests.helpers.tables import write_table
+
+    out = tmp_path_factory.mktemp("ckpt")
+    data = write_table(out / "data.csv")
+    cli = main(["fit", *run_args(data, out / "run", "--test_after_fit", "false")])
+    return data, Path(cli.trainer.checkpoint_callback.best_model_path), out
 
 
 @pytest.fixture()
@@ -59,17 +65,3 @@ def served_models():
     """``served_models(ckpt, folder, prompts, w_c)``: the models ``barp serve`` (its service and app, in process)
     answers for ``prompts`` from a checkpoint."""
     return _served_models
-
-
-def _served_models(ckpt, folder, prompts: list[str], w_c: float) -> list[str]:
-    """The models ``barp serve`` (its service and app, in process) answers for ``prompts`` from a checkpoint."""
-    from fastapi.testclient import TestClient
-
-    from barp.service.app import create_app
-    from barp.service.cli import build_service
-
-    service = build_service(str(ckpt), str(folder))
-    with TestClient(create_app(service)) as client:
-        answer = client.post("/route", json={"prompts": prompts, "w_c": w_c})
-    assert answer.status_code == 200, answer.text
-    return [d["model"] for d in answer.json()["decisions"]]
