@@ -84,10 +84,11 @@ def _fit_barp(recipe: dict, data_args: dict, log_path: Path, tau: float, steps: 
 
 
 def _bandit(name: Bandit, dm, tau: float, train_emb: torch.Tensor):
+    from barp.models.parts import Reward, arms_from_data
     from barp.models.registry import METHOD_CLASSES
 
     cls = METHOD_CLASSES[name]
-    module = cls(model_names=dm.model_names, task_names=dm.task_names, embed_dim=dm.embed_dim, tau=tau)
+    module = cls(arms=arms_from_data(dm), reward=Reward(tau=tau))
     module.fit_pca(train_emb)
     return module
 

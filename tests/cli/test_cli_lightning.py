@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from barp.cli import main
-
-RECIPE = "configs/experiments/synthetic.yaml"
+from tests.helpers import ROOT
+from tests.helpers import SYNTHETIC_RECIPE as RECIPE
+from tests.helpers.cli import encoder_args
 
 
 def run_args(out: Path, *extra: str) -> list[str]:
-    return ["--config", RECIPE, "--data.init_args.synthetic.num_prompts", "200", "--trainer.max_epochs", "1",
+    return ["--config", RECIPE, *encoder_args(), "--data.init_args.synthetic.num_prompts", "200",
+            "--trainer.max_epochs", "1",
             "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
             "--trainer.default_root_dir", str(out),
             "--model.init_args.critic.init_args.neighbours", "5", *extra]
@@ -47,7 +49,7 @@ def test_test_builds_the_trained_module_and_evaluates_at_the_operators_preferenc
 
 
 def test_a_checkpoint_of_another_router_class_is_built_as_that_class(tmp_path):
-    fit = main(["fit", *run_args(tmp_path / "fit"), "--config", "configs/model/knn.yaml"])
+    fit = main(["fit", *run_args(tmp_path / "fit"), "--config", str(ROOT / "configs" / "model" / "knn.yaml")])
     ckpt = fit.trainer.checkpoint_callback.best_model_path or fit.trainer.checkpoint_callback.last_model_path
     tested = main(["test", *run_args(tmp_path / "test"), "--ckpt_path", ckpt])  # the recipe names BaRPModule
     assert type(tested.model).__name__ == "KNNRouter"
