@@ -26,7 +26,12 @@ from tests.helpers.tables import make_table  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def _barp_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = str(tmp_path_factory.mktemp("barp-cache"))
+    # one embedding cache for the whole run, shared by pytest-xdist's workers (the cache is safe for concurrent
+    # writers), so a prompt set is embedded once, not once per worker
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    path = str(root / "barp-cache")
+    os.makedirs(path, exist_ok=True)
     os.environ["BARP_CACHE"] = path
     os.environ["WANDB_DIR"] = path
     # where tests.helpers.encoder writes the fake encoder, the first time a test asks for it

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from tests.helpers import ROOT
+from tests.helpers.encoder import fake_encoder_args
 
 
 def test_ddp_two_processes_train_and_test(tmp_path):
@@ -21,16 +21,10 @@ def test_ddp_two_processes_train_and_test(tmp_path):
         "--trainer.accelerator", "cpu", "--trainer.devices", "2",
         "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
         "--trainer.enable_progress_bar", "false",
-        "--data.init_args.synthetic.num_prompts", "240",
+        "--data.init_args.synthetic.num_prompts", "240", *fake_encoder_args(),  # DDP's mechanics, not learning
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
     ]
-    # an empty embedding cache (with the session's remembered encoder dtype, so no probe runs): both processes embed
-    cache = tmp_path / "cache"
-    from barp.encoders import default_dtype_file
-
-    if default_dtype_file().exists():
-        (cache / "embeddings").mkdir(parents=True)
-        shutil.copy(default_dtype_file(), cache / "embeddings" / default_dtype_file().name)
+    cache = tmp_path / "cache"  # an empty embedding cache: both processes embed (float32: no dtype probe runs)
     env = dict(os.environ, OMP_NUM_THREADS="1", BARP_CACHE=str(cache))
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
