@@ -3,7 +3,6 @@ barp sweep checks --output before any work."""
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 
 from barp.data.embedding_cache import EmbeddingCache, text_key
 from barp.errors import ConfigError
-from tests.helpers import ROOT
+from tests.helpers import load_tool
 
 
 def fake(texts: list[str]) -> np.ndarray:
@@ -88,10 +87,7 @@ def _no_compute(texts):
 
 # ------------------------------------------------------------------ prepare_data
 def _prepare_module():
-    spec = importlib.util.spec_from_file_location("barp_prepare_data", ROOT / "tools" / "prepare_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("prepare_data")
 
 
 def test_prepare_data_never_overwrites_its_input(tmp_path, capsys):

@@ -3,20 +3,17 @@ the tiny fake encoder: these runs check reading, splitting and bookkeeping, not 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from barp.cli import main
-from tests.helpers import ROOT
+from tests.helpers import ROOT, load_script
 from tests.helpers.encoder import fake_encoder_args
 
 RECIPE = str(ROOT / "configs" / "experiments" / "routerbench.yaml")
-_spec = importlib.util.spec_from_file_location("barp_fixtures_e2e", ROOT / "tests" / "fixtures" / "make_fixtures.py")
-fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fixtures)
+fixtures = load_script(ROOT / "tests" / "fixtures" / "make_fixtures.py")
 
 
 @pytest.fixture(scope="module")

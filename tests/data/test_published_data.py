@@ -3,7 +3,6 @@ folders and hub datasets, and the shared real development set (LLMRouter's DC ro
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -17,14 +16,10 @@ from barp.data.parts import Source, Split
 from barp.data.sources import load_table
 from barp.data.sources.duplicates import unique_rows
 from barp.errors import ConfigError, DataValidationError
-from tests.helpers import ROOT
+from tests.helpers import ROOT, load_script
 
 DEV = ROOT.parent / "shared" / "data" / "llmrouter-dcrouter"
-_spec = importlib.util.spec_from_file_location(
-    "barp_published_fixtures", ROOT / "tests" / "fixtures" / "make_fixtures.py"
-)
-mf = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mf)
+mf = load_script(ROOT / "tests" / "fixtures" / "make_fixtures.py")
 
 
 @pytest.fixture(scope="module")

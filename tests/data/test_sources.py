@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -17,11 +16,9 @@ import pytest
 from barp.data.sources import load_table, safety
 from barp.data.table import OutcomeTable
 from barp.errors import DataValidationError
-from tests.helpers import ROOT
+from tests.helpers import ROOT, load_script
 
-_spec = importlib.util.spec_from_file_location("barp_test_fixtures", ROOT / "tests" / "fixtures" / "make_fixtures.py")
-mf = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mf)
+mf = load_script(ROOT / "tests" / "fixtures" / "make_fixtures.py")
 
 
 @pytest.fixture(scope="module")

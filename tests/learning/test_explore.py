@@ -11,7 +11,7 @@ from barp.data.parts import Batches, Split
 from barp.errors import ConfigError
 from barp.models.barp import BaRPModule
 from barp.models.parts import Arms, Evaluation, Reward, Training
-from tests.helpers import ROOT
+from tests.helpers import load_tool
 from tests.helpers.tables import routing_problem
 
 
@@ -85,12 +85,7 @@ def test_uniform_pulls_are_counted_saved_and_pooled_by_the_guard(tmp_path):
     assert float(old.module.explore_pulls.abs().sum()) == 0 and old.module.fallback_pulls() is None
 
     # tools/critic_coverage.py reads the critic's memory back: every model pulled somewhere, shares as in the memory
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("critic_coverage",
-                                                  ROOT / "tools" / "critic_coverage.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("critic_coverage")
     report = tool.coverage(str(ckpt))
     memory = torch.load(ckpt, map_location="cpu", weights_only=True)["neighbour_critic"]
     assert report["pulled_share"] == pytest.approx(memory["seen"].double().mean(0).tolist())

@@ -4,7 +4,6 @@ training prompts in an OPE log, outputs that would replace inputs or earlier res
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -19,16 +18,13 @@ from barp.data.table import MAX_COST_USD
 from barp.errors import DataValidationError
 from barp.ope.cli import OUTPUT_FILE, format_table, run_ope_cli
 from barp.ope.estimators import estimate_policy
-from tests.helpers import ROOT
+from tests.helpers import load_tool
 
 MODELS = ["big", "mid", "small"]  # the models of test_checkpoints.write_table
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"barp_tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(name)
 
 
 def write_log(path: Path, rows: list[dict]) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 from collections import defaultdict
@@ -17,7 +16,7 @@ from barp.cli import main
 from barp.models.baselines import KNNRouter, LinUCBRouter
 from barp.sweep.contenders import ModuleContender
 from barp.sweep.harness import DEFAULT_GRID, log_to_wandb
-from tests.helpers import ROOT
+from tests.helpers import ROOT, load_tool
 from tests.helpers import SYNTHETIC_RECIPE as RECIPE
 from tests.helpers.cli import small_benchmark, tiny_args
 
@@ -176,10 +175,7 @@ def test_non_gradient_methods_fit_checkpoint_and_test_through_barp_fit(tmp_path,
 
 
 def _load_paper_tables():
-    spec = importlib.util.spec_from_file_location("paper_tables", ROOT / "tools" / "paper_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("paper_tables")
 
 
 def test_paper_tables_render_mean_and_std_from_sweep_outputs(swept, tmp_path):

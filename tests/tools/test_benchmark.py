@@ -3,22 +3,18 @@ in [-1, 1], targets judged from the ratios, and the GPU section skipped without 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
 import pytest
 import torch
 
-from tests.helpers import ROOT
+from tests.helpers import load_tool
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("barp_benchmark", ROOT / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("benchmark")
 
 
 @pytest.fixture(scope="module")

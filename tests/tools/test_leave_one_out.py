@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,17 +16,14 @@ import torch
 from barp.data.parts import Split, Synthetic
 from barp.sweep.harness import COLUMNS, DEFAULT_GRID
 from barp.sweep.summary import summarize
-from tests.helpers import ROOT
+from tests.helpers import ROOT, load_tool
 from tests.helpers import SYNTHETIC_RECIPE as RECIPE
 
 LLMROUTER = ROOT / "configs" / "experiments" / "llmrouter.yaml"
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("leave_one_out", ROOT / "tools" / "leave_one_out.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("leave_one_out")
 
 
 lofo = _tool()

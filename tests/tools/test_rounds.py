@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("barp_rounds", ROOT / "tools" / "rounds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("rounds")
 
 
 @pytest.mark.slow

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import load_tool
 
-_spec = importlib.util.spec_from_file_location("barp_validation_curve", ROOT / "tools" / "validation_curve.py")
-assert _spec is not None and _spec.loader is not None
-tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tool)
+tool = load_tool("validation_curve")
 
 
 def write_run(folder: Path, values: list[float], metric: str = "val/id/selection") -> Path:
