@@ -11,6 +11,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Head = Literal["mlp", "linear", "bilinear"]
@@ -74,13 +75,17 @@ class BaRPPolicy(nn.Module):
         hidden_dim: Hidden width of the MLP head.
         pref_dim: Width of the preference encoder.
         preference_features: Input features of the preference encoder (see :class:`PreferenceEncoder`).
+        dropout: Share of the prompt embedding's features zeroed in training (0: none).
     """
 
     def __init__(
         self, embed_dim: int, num_models: int, head: Head = "mlp", hidden_dim: int = 256, pref_dim: int = 64,
-        preference_features: PreferenceFeatures = "raw",
+        preference_features: PreferenceFeatures = "raw", dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if isinstance(dropout, bool) or not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
         self.pref = PreferenceEncoder(pref_dim, preference_features)
         in_dim = embed_dim + pref_dim
         if head == "mlp":
@@ -96,6 +101,8 @@ class BaRPPolicy(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Logits of shape (B, K) for embeddings ``x`` (B, D) and preferences ``w`` (B, 2)."""
         p = self.pref(w)
+        if self.dropout and self.training:  # none at all when 0: no random numbers drawn, results as without it
+            x = F.dropout(x, self.dropout, training=True)
         if isinstance(self.head, BilinearHead):
             return self.head(x, p)
         return self.head(torch.cat([x, p], dim=-1))

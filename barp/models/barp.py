@@ -110,8 +110,11 @@ class BaRPModule(RouterModule):
         self.policy_options, self.training_options = policy, check_training(training)
         self.save_hyperparameters()
         self.baseline.check(training.samples_per_prompt)
-        self.policy = BaRPPolicy(self.embed_dim, len(self.model_names), policy.head, policy.hidden_dim,
-                                 policy.pref_dim, policy.features)
+        try:
+            self.policy = BaRPPolicy(self.embed_dim, len(self.model_names), policy.head, policy.hidden_dim,
+                                     policy.pref_dim, policy.features, policy.dropout)
+        except ValueError as err:
+            raise ConfigError(f"model.policy: {err}") from None
         self.register_buffer("baseline_value", torch.tensor(float("nan")))
         # per model: number, summed score and summed normalised cost of the uniform exploration pulls (explore > 0)
         self.register_buffer("explore_pulls", torch.zeros(3, len(self.model_names), dtype=torch.float64))

@@ -138,12 +138,16 @@ class Policy:
         pref_dim: Width of the preference encoder phi.
         features: Inputs of phi: ``raw`` (w_q, w_c) (the paper) or ``log_ratio``, which adds log(w_c / w_q) so that
             the policy resolves small cost weights (see :class:`~barp.learning.policy.PreferenceEncoder`).
+        dropout: Share of the prompt embedding's features zeroed (the rest rescaled) at each training step before
+            the head; 0 (the default): none. A regulariser for small training sets (docs/method.md, "Does
+            validation keep rising?").
     """
 
     head: Head = "mlp"
     hidden_dim: int = 256
     pref_dim: int = 64
     features: PreferenceFeatures = "raw"
+    dropout: float = 0.0
 
 
 @dataclass(frozen=True)
