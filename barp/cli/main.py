@@ -139,12 +139,12 @@ class BarpCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="After fit, test the best checkpoint and print the results table.")
-        from barp.models.parts import arms_from_data
-
-        # what the router chooses between (models, tasks, embedding size, encoder name) comes from the data
-        for field in ("model_names", "task_names", "embed_dim", "encoder"):
-            parser.link_arguments("data", f"model.init_args.arms.{field}", apply_on="instantiate",
-                                  compute_fn=lambda data, field=field: getattr(arms_from_data(data), field))
+        # what the router chooses between (models, tasks, embedding size, encoder name) comes from the data, each
+        # read once
+        for field in ("model_names", "task_names", "embed_dim"):
+            parser.link_arguments(f"data.{field}", f"model.init_args.arms.{field}", apply_on="instantiate")
+        parser.link_arguments("data.encoder_spec", "model.init_args.arms.encoder", apply_on="instantiate",
+                              compute_fn=lambda spec: spec.name)
         if "verbose" in {a.dest for a in parser._actions}:
             # barp prints its own compact table (ResultsTable); Lightning's would list hundreds of metrics
             parser.set_defaults(verbose=False)

@@ -26,7 +26,7 @@ from barp.models.baselines.graphrouter import GraphRouter
 from barp.models.baselines.mf import MFRouter
 from barp.models.baselines.offline import KNNRouter, MLPRouter
 from barp.models.baselines.routerdc import RouterDC
-from barp.models.parts import Arms, Reward, arms_from_data, part, plain
+from barp.models.parts import Arms, Reward, part, plain
 
 #: Method name (as in result files) -> its RouterModule class (as in ``configs/model/<name>.yaml``): BaRP, then the
 #: comparison methods in the order ``barp sweep`` reports them. The one table of names and classes.
@@ -139,8 +139,9 @@ def train_method(method: str, datamodule, tau: float, seed: int, max_epochs: int
         L.seed_everything(seed, workers=True, verbose=False)
         args = dict(init_args or {})
         reward = part(Reward, {**plain(args.pop("reward", None) or {}), "tau": tau}, "model.reward")
-        arms = arms_from_data(datamodule)
-        arms = Arms(arms.model_names, arms.task_names, int(datamodule.embeddings().shape[1]), arms.encoder)
+        # the embedding size of the embeddings at hand (no encoder config to read)
+        arms = Arms(list(datamodule.model_names), list(datamodule.task_names), int(datamodule.embeddings().shape[1]),
+                    datamodule.encoder_spec.name)
         module = METHOD_CLASSES[method](arms=arms, reward=reward, **args)
         trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
