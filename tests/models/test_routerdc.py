@@ -256,6 +256,28 @@ def test_finetune_mode_trains_the_encoder_and_checkpoints_it(tiny_datamodule, tm
     assert torch.allclose(probs, expected, atol=1e-5)
 
 
+def test_finetuned_encoding_in_length_buckets_equals_one_padded_batch(monkeypatch):
+    """Encoding sorted length buckets (each padded to its own longest prompt) gives, in the input order, the same
+    E(x) as one batch padded to the longest prompt: the speed-up changes no number."""
+    import barp.models.baselines.routerdc as rdc
+
+    monkeypatch.setattr(rdc, "LENGTH_BUCKET", 2)
+    tower = rdc.FinetunedTower(384, 8, 3, EncoderSpec().name).eval()
+    texts = ["short", "a much longer prompt " * 30, "mid length prompt about rivers and rain", "x",
+             "another long one " * 12]
+    settings = {"max_length": 64, "truncation_side": "left"}
+    with torch.no_grad():
+        got = tower.encode_texts(texts, settings)
+        tok = tower._tokenizer
+        enc = tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        assert enc["attention_mask"].sum(1).tolist()[:2] != [enc["input_ids"].shape[1]] * 2  # padding differs
+        hidden = tower.text_encoder(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        expected = (hidden * mask).sum(1) / mask.sum(1)
+    assert got.shape == (5, 384)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------- per preference
 def _tradeoff_table(n: int = 60) -> OutcomeTable:
     """Model 0 is best and expensive, model 1 fair and nearly free, models 2 and 3 poor: at w_c = 0 the oracle

@@ -225,6 +225,11 @@ class ProjectionTower(RouterDCTower):
         return self.projection(emb)
 
 
+#: Prompts per encoder call when fine-tuning (:meth:`FinetunedTower.encode_texts`): sorted by length, so each call
+#: pads to its own longest prompt.
+LENGTH_BUCKET = 16
+
+
 class FinetunedTower(RouterDCTower):
     """``encoder_mode: finetune``: E fine-tunes barp's MiniLM (mean pooling over tokens) on the prompt texts."""
 
@@ -255,12 +260,23 @@ class FinetunedTower(RouterDCTower):
             tok = self._tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(self.encoder_name))
         tok.truncation_side = settings["truncation_side"]
         device = self.llm_embeddings.device
-        enc = tok(list(texts), padding=True, truncation=True, max_length=int(settings["max_length"]),
-                  return_tensors="pt").to(device)
+        ids = tok(list(texts), truncation=True, max_length=int(settings["max_length"]))["input_ids"]
+        # Length buckets: the prompts sorted by token count, encoded LENGTH_BUCKET at a time, each padded only to its
+        # own longest. The encoder has no cross-prompt term (LayerNorm, masked attention), so E(x) is the same as in
+        # one padded batch, but a batch of short prompts with one long one no longer pads all of them to the long
+        # one's length (on the development set: median 27 tokens, 9% over 256).
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out: list[torch.Tensor] = [torch.empty(0)] * len(ids)
         assert self.text_encoder is not None
-        hidden = self.text_encoder(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        for start in range(0, len(order), LENGTH_BUCKET):
+            chunk = order[start:start + LENGTH_BUCKET]
+            enc = tok.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt").to(device)
+            hidden = self.text_encoder(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+            for j, i in enumerate(chunk):
+                out[i] = pooled[j]
+        return torch.stack(out)
 
     def training_embedding(self, emb: torch.Tensor, texts: Callable[[], list[str]],
                            settings: dict[str, Any]) -> torch.Tensor:
