@@ -33,6 +33,7 @@ import hashlib
 import importlib
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -200,7 +201,7 @@ def hub_snapshot(repo_id: str, revision: str | None, option: str = "--ckpt_path"
     return Path(str(folder))
 
 
-def router_sha256(path: str | Path) -> str:
+def router_sha256(path: str | os.PathLike) -> str:
     """The identity of a router that calibration.json records: for a checkpoint file the SHA-256 of its bytes; for a
     folder written by ``save_pretrained`` the SHA-256 over the name and SHA-256 of each of :data:`IDENTITY_FILES`
     (config.json, model.safetensors; the model card is left out, so editing it keeps the identity). Hex.
@@ -225,6 +226,19 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+#: The help of ``--ckpt_path`` / ``--router`` in ``barp serve``, ``ope`` and ``calibrate``.
+ROUTER_HELP = ("The router: a checkpoint written by barp fit, a folder written by save_pretrained, or a Hugging Face "
+               "Hub repository id (owner/name; pin --revision to a commit sha). --router is an alias.")
+
+
+def add_router_argument(parser):
+    """Add ``--ckpt_path`` with its alias ``--router`` (required; :data:`ROUTER_HELP`) to a command's parser built
+    without it (``function_parser(..., skip={"ckpt_path"})``), and return the parser. The command function still
+    receives it as ``ckpt_path``."""
+    parser.add_argument("--ckpt_path", "--router", type=str, required=True, help=ROUTER_HELP)
+    return parser
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -336,7 +350,7 @@ def write_pretrained(ckpt: dict[str, Any], folder: str | Path, overwrite: bool =
     config, tensors = pretrained_files(ckpt, test_metrics)
     files = {
         CONFIG_FILE: (json.dumps(config, indent=1, allow_nan=False) + "\n").encode(),
-        WEIGHTS_FILE: save(tensors, metadata={"format": "pt", "barp_format_version": str(FORMAT_VERSION)}),
+        WEIGHTS_FILE: save(tensors, metadata={"format": "pt"}),  # one entry: the header's bytes stay the same
         CARD_FILE: model_card(config, out.resolve().name).encode(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
