@@ -501,8 +501,8 @@ def read_pretrained(folder: str | Path, where: str) -> dict[str, Any]:
     path = Path(folder)
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not config_path.is_file():
-        raise ConfigError(f"{where} holds no {CONFIG_FILE}: not a router folder written by save_pretrained (or name "
-                          "a .ckpt checkpoint file)")
+        raise ConfigError(f"{where} is a folder without {CONFIG_FILE}: neither a checkpoint file written by barp fit "
+                          "nor a router folder written by save_pretrained")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:

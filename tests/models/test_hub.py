@@ -237,7 +237,8 @@ _DELETE = object()
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("no-config", r"holds no config\.json: not a router folder written by save_pretrained"),
+    ("no-config", r"is a folder without config\.json: neither a checkpoint file written by barp fit nor a router "
+                  r"folder written by save_pretrained"),
     ("no-weights", r"holds no model\.safetensors: the folder is incomplete"),
     ("truncated-weights", r"model\.safetensors is not a readable safetensors file \(truncated or damaged"),
     ("bad-json", r"config\.json is not readable JSON"),
@@ -304,7 +305,7 @@ def test_a_bad_folder_on_the_command_line_is_one_line_and_exit_code_2(barp_folde
         main(["ope", "--log", "x.csv", "--router", str(folder), "--output", str(tmp_path / "o")])
     assert info.value.code == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("barp ope")]
-    assert len(err) == 1 and "--ckpt_path" in err[0] and "holds no config.json" in err[0], err
+    assert len(err) == 1 and "--ckpt_path" in err[0] and "is a folder without config.json" in err[0], err
 
 
 # ---------------------------------------------------------------------- the Hub, offline
