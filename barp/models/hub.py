@@ -545,6 +545,11 @@ def read_pretrained(folder: str | Path, where: str) -> dict[str, Any]:
     guard = cfg.get("shift_guard", dict, optional=True)
     training = _Fields(cfg.get("training", dict), f"{where}: {CONFIG_FILE} field 'training'")
     global_step = training.get("global_step", int)
+    validation = training.get("validation", dict, optional=True)
+    if validation is not None:
+        checked = _Fields(validation, f"{where}: {CONFIG_FILE} field 'training.validation'")
+        for key, kind in (("monitor", str), ("score", float)):
+            checked.get(key, kind)
     test_metrics = cfg.get("test_metrics", dict, optional=True) or {}
 
     if not weights_path.is_file():

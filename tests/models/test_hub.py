@@ -254,6 +254,8 @@ _DELETE = object()
     (_edit(("hyper_parameters", "_instantiator"), "os.system"),
      r"field 'hyper_parameters' holds \['_instantiator'\]"),
     (_edit(("models",), ["a", "a"]), r"field 'models' must list at least 2 distinct model names"),
+    (_edit(("training", "validation", "score"), "high"),
+     r"field 'training.validation': field 'score' must be a number, got 'high'"),
     (_edit(("encoder", "truncation_side"), "middle"), r"truncation_side left or right, got 64 and 'middle'"),
     (_edit(("hyper_parameters", "policy", "hidden_dim"), 8),
      r"its weights and hyperparameters do not build a BaRPModule \(Error\(s\) in loading state_dict"),
