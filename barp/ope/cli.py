@@ -164,6 +164,7 @@ def ope(
     tau: float | None = None,
     cache_dir: str | None = None,
     overwrite: bool = False,
+    revision: str | None = None,
 ) -> list[Estimate]:
     """Off-policy evaluation of a trained router on a served-request log.
 
@@ -171,7 +172,8 @@ def ope(
         log: The log file (CSV, TSV, JSON lines or parquet; columns prompt, model, propensity, score, cost and
             optionally w_c, timestamp, prompt_id, decision_id, note; see docs/off_policy.md). A row repeating an
             earlier one, and prompts the checkpoint was trained on, are refused.
-        ckpt_path: Checkpoint of the router to evaluate (written by ``barp fit``).
+        ckpt_path: The router to evaluate (alias ``--router``): a checkpoint written by ``barp fit``, a folder
+            written by ``save_pretrained``, or a Hugging Face Hub repository id (owner/name; pin ``--revision``).
         output: Folder to write ``ope.csv`` into (created if needed; the file is written atomically). Checked
             before any work: not a file, writable, and its ``ope.csv`` none of the inputs.
         w_c: Evaluation cost weights (default [0.2, 0.5, 0.8]).
@@ -187,13 +189,14 @@ def ope(
         cache_dir: barp's cache folder for the prompt embeddings (default $BARP_CACHE or ~/.cache/barp).
         overwrite: Replace an ``ope.csv`` already in ``output`` (by default an existing result stops the run before
             any work).
+        revision: The Hub revision (commit sha, tag or branch) of a repository id in ``--ckpt_path``.
 
     Returns:
         The estimates, also written to ``<output>/ope.csv``.
     """
     from barp.data.sources.logs import read_log
     from barp.learning.rl import check_w_c
-    from barp.models.checkpoints import load_checkpoint
+    from barp.models.hub import load_router
     from barp.models.trained import TrainedRouter
 
     w_c = [0.2, 0.5, 0.8] if w_c is None else list(w_c)
@@ -205,8 +208,8 @@ def ope(
     if tau is not None and not tau > 0:
         raise ConfigError(f"--tau must be > 0 (USD), got {tau!r}")
     check_output(output, overwrite, {"--log": log, "--ckpt_path": ckpt_path})
-    ckpt = load_checkpoint(ckpt_path)
-    router = TrainedRouter.from_checkpoint(ckpt_path)
+    ckpt, _ = load_router(ckpt_path, "--ckpt_path", revision)
+    router = TrainedRouter.from_loaded(ckpt, f"--ckpt_path {ckpt_path!r}")
     logged = read_log(log, models=router.models)
     check_unseen_prompts(ckpt, logged, ckpt_path)
     del ckpt
@@ -274,10 +277,15 @@ def format_table(results: Sequence[Estimate], level: float = 0.95) -> str:
 
 
 def ope_parser() -> ArgumentParser:
-    """The ``barp ope`` argument parser (help text comes from :func:`ope`'s docstring)."""
-    return function_parser(ope, "barp ope", "Estimate a trained router's mean score, cost and reward at each "
-                           "preference from a log of served requests (IPS, self-normalised IPS, doubly robust), with "
-                           "bootstrap intervals and effective sample sizes; write ope.csv into --output.")
+    """The ``barp ope`` argument parser (help text comes from :func:`ope`'s docstring; ``--ckpt_path`` with its alias
+    ``--router``)."""
+    from barp.models.hub import add_router_argument
+
+    parser = function_parser(ope, "barp ope", "Estimate a trained router's mean score, cost and reward at each "
+                             "preference from a log of served requests (IPS, self-normalised IPS, doubly robust), "
+                             "with bootstrap intervals and effective sample sizes; write ope.csv into --output.",
+                             skip={"ckpt_path"})
+    return add_router_argument(parser)
 
 
 def run_ope(cfg) -> list[Estimate]:

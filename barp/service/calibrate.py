@@ -9,8 +9,10 @@ queries, score and traffic share per model (:mod:`barp.service.curve`), with boo
 the smallest that meets every constraint (the most weight on quality the budget allows), or, for a score target, the
 largest (the most weight on cost that keeps the score). Picking the highest estimated score instead would chase the
 noise of a flat stretch of the curve and leave budget unspent. Writes ``curve.csv``, ``curve.png`` and
-``calibration.json`` (the target, the chosen w_c, its estimates, the whole curve, and the checkpoint's identity, the
-SHA-256 of its file, which ``barp serve --calibration`` compares with ``--ckpt_path``) atomically into ``--output``.
+``calibration.json`` (the target, the chosen w_c, its estimates, the whole curve, and the router's identity, the
+SHA-256 of its checkpoint file or of its folder's config.json and model.safetensors, which ``barp serve
+--calibration`` compares with ``--ckpt_path``) atomically into ``--output``. ``--ckpt_path`` (alias ``--router``)
+takes a checkpoint, a folder written by ``save_pretrained`` or a Hub repository id (with ``--revision``).
 An ``--output`` that already holds any of these files is refused before any work unless ``--overwrite true``.
 """
 
@@ -111,19 +113,34 @@ def choose(curve: Curve, target: Target, criterion: Literal["estimate", "interva
     return int(idx[-1] if target.score_fraction is not None else idx[0])
 
 
-def checkpoint_split(ckpt_path: str, split: Literal["val", "test", "ood"], router) -> tuple[np.ndarray, ...]:
+def checkpoint_split(ckpt_path: str, split: Literal["val", "test", "ood"], router,
+                     ckpt: dict[str, Any] | None = None) -> tuple[np.ndarray, ...]:
     """Embeddings, scores and costs (columns in the router's model order) of a split of the checkpoint's data.
 
     The data module is rebuilt from the settings saved in the checkpoint (relative paths are read from the current
     folder), its prompts are embedded through barp's embedding cache, and the split is checked to hold no training
     prompt of the checkpoint.
-    """
-    from barp.models.checkpoints import check_unseen, datamodule_from_checkpoint, load_checkpoint, model_order
 
-    ckpt = load_checkpoint(ckpt_path)
+    Args:
+        ckpt_path: The router as ``--ckpt_path`` names it: a checkpoint file, a router folder or a Hub repository id.
+        split: The split.
+        router: The :class:`~barp.models.trained.TrainedRouter`.
+        ckpt: The checkpoint dictionary, when already read (:func:`barp.models.hub.load_router`).
+
+    Raises:
+        ConfigError: The router records no data settings (a folder saved from a module without them), the split is
+            empty or holds training prompts.
+    """
+    from barp.models.checkpoints import check_unseen, datamodule_from_checkpoint, model_order
+    from barp.models.hub import load_router
+
+    ckpt = load_router(ckpt_path)[0] if ckpt is None else ckpt
+    where = f"--ckpt_path {ckpt_path!r}"
+    if not ckpt.get("datamodule_hyper_parameters"):
+        raise ConfigError(f"{where} records no data settings, so its {split} split cannot be rebuilt: calibrate on a "
+                          "served-request log (--log)")
     dm = datamodule_from_checkpoint(ckpt, "validate")
     rows = getattr(dm.splits, split)
-    where = f"--ckpt_path {ckpt_path!r}"
     if not len(rows):
         raise ConfigError(f"{where}: the checkpoint's data has no {split} split")
     check_unseen(ckpt, dm, {split: rows}, where)
@@ -147,11 +164,13 @@ def calibrate(
     seed: int = 0,
     cache_dir: str | None = None,
     overwrite: bool = False,
+    revision: str | None = None,
 ) -> dict[str, Any]:
     """Compute the w_c curve of a trained router and the w_c that meets a target.
 
     Args:
-        ckpt_path: Checkpoint written by ``barp fit``.
+        ckpt_path: The router (alias ``--router``): a checkpoint written by ``barp fit``, a folder written by
+            ``save_pretrained``, or a Hugging Face Hub repository id (owner/name; pin ``--revision``).
         output: Folder for curve.csv, curve.png and calibration.json (created; each file written atomically). It is
             checked before any work: a file, or a folder that cannot be made or written, is refused, and so is a
             folder that already holds any of these files unless ``overwrite``.
@@ -167,10 +186,12 @@ def calibrate(
         seed: Bootstrap seed.
         cache_dir: barp's cache folder for prompt embeddings of a log (default $BARP_CACHE or ~/.cache/barp).
         overwrite: Replace an earlier calibration in ``output`` (by default one stops the run before any work).
+        revision: The Hub revision (commit sha, tag or branch) of a repository id in ``--ckpt_path``.
 
     Returns:
         The content of calibration.json.
     """
+    from barp.models.hub import load_router
     from barp.models.trained import TrainedRouter
 
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
@@ -178,8 +199,9 @@ def calibrate(
     if not 0 < level < 1:
         raise ConfigError(f"--level must be in (0, 1), got {level!r}")
     check_output(output, overwrite)
-    router = TrainedRouter.from_checkpoint(ckpt_path)
-    identity = checkpoint_sha256(ckpt_path)
+    ckpt, local = load_router(ckpt_path, "--ckpt_path", revision)
+    router = TrainedRouter.from_loaded(ckpt, f"--ckpt_path {ckpt_path!r}")
+    identity = checkpoint_sha256(local)
     if target is not None:
         target.check(router.models, "--target")
     w_grid = np.linspace(0.0, 1.0, grid)
@@ -193,7 +215,7 @@ def calibrate(
         curve = curve_from_log(w_grid, choices, logged.actions, logged.propensity, logged.score, logged.cost,
                                router.models, f"log {logged.source} ({logged.num_rows} rows)", **boot)
     else:
-        emb, scores, costs, source = checkpoint_split(ckpt_path, split, router)
+        emb, scores, costs, source = checkpoint_split(ckpt_path, split, router, ckpt)
         curve = curve_from_table(w_grid, greedy_choices(router.module, emb, w_grid), scores, costs, router.models,
                                  f"the {split} split of {source} ({len(emb)} prompts)", **boot)
     result: dict[str, Any] = {"checkpoint": str(ckpt_path), "checkpoint_sha256": identity, "source": curve.source,
@@ -202,7 +224,7 @@ def calibrate(
     if target is not None:
         result["chosen"] = curve.at(choose(curve, target, criterion))
         if check_split is not None:
-            emb, scores, costs, source = checkpoint_split(ckpt_path, check_split, router)
+            emb, scores, costs, source = checkpoint_split(ckpt_path, check_split, router, ckpt)
             w_c = np.array([result["chosen"]["w_c"]])
             check = curve_from_table(w_c, greedy_choices(router.module, emb, w_c), scores, costs, router.models,
                                      f"the {check_split} split of {source} ({len(emb)} prompts)", **boot)
@@ -251,13 +273,17 @@ def load_calibration(path: str | Path) -> tuple[dict[str, Any], Curve]:
                           f"({type(err).__name__}: {err})") from None
 
 
-def check_calibration_checkpoint(record: dict[str, Any], calibration: str, ckpt_path: str) -> None:
-    """Refuse a calibration.json made for another checkpoint than ``ckpt_path``.
+def check_calibration_checkpoint(record: dict[str, Any], calibration: str, ckpt_path: str,
+                                 local: str | Path | None = None) -> None:
+    """Refuse a calibration.json made for another router than ``ckpt_path``.
 
-    calibration.json records ``checkpoint_sha256``, the SHA-256 of the calibrated checkpoint's file
-    (:func:`~barp.service.calibration_files.checkpoint_sha256`): a moved or copied checkpoint still matches, any other
-    one (another router over the same models, another training run) does not. A calibration.json from before this
-    field was recorded cannot be checked: it is still read, with a UserWarning saying to re-run ``barp calibrate``.
+    calibration.json records ``checkpoint_sha256``, the identity of the calibrated router
+    (:func:`~barp.service.calibration_files.checkpoint_sha256`: the SHA-256 of a checkpoint file, or of a router
+    folder's config.json and model.safetensors): a moved or copied checkpoint or folder still matches, any other
+    one (another router over the same models, another training run) does not. ``local`` is the file or folder
+    ``ckpt_path`` resolved to (a Hub repository's snapshot folder; default ``ckpt_path`` itself). A calibration.json
+    from before this field was recorded cannot be checked: it is still read, with a UserWarning saying to re-run
+    ``barp calibrate``.
 
     Raises:
         ConfigError: The identities differ (names both checkpoints), or the recorded one is not a SHA-256.
@@ -272,7 +298,7 @@ def check_calibration_checkpoint(record: dict[str, Any], calibration: str, ckpt_
     if not isinstance(recorded, str) or not re.fullmatch(r"[0-9a-f]{64}", recorded):
         raise ConfigError(f"--calibration {calibration!r} is not a calibration.json written by barp calibrate "
                           f"(checkpoint_sha256 {recorded!r} is not a SHA-256)")
-    actual = checkpoint_sha256(ckpt_path)
+    actual = checkpoint_sha256(ckpt_path if local is None else local)
     if actual != recorded:
         raise ConfigError(f"--calibration {calibration!r} was made for checkpoint {named!r} (sha256 "
                           f"{recorded[:12]}...), not for --ckpt_path {ckpt_path!r} (sha256 {actual[:12]}...): its "

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -22,14 +21,14 @@ OUTPUT_FILES = (CALIBRATION_JSON, CURVE_CSV, CURVE_PNG)
 
 
 def checkpoint_sha256(path: str | os.PathLike) -> str:
-    """The identity of a checkpoint that calibration.json records (``checkpoint_sha256``): the SHA-256 of the
-    checkpoint file's bytes, hex. It follows the file when it is moved or copied, and differs for any other
-    checkpoint (another router, another training run, even one over the same models)."""
-    digest = hashlib.sha256()
-    with open(Path(path).expanduser(), "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The identity of a router that calibration.json records (``checkpoint_sha256``): for a checkpoint file the
+    SHA-256 of its bytes; for a folder written by ``save_pretrained`` (or a Hub repository's snapshot of one) the
+    SHA-256 over its config.json and model.safetensors (:func:`barp.models.hub.router_sha256`; the model card is left
+    out). Hex. It follows the file or folder when it is moved or copied, and differs for any other router (another
+    training run, even one over the same models)."""
+    from barp.models.hub import router_sha256
+
+    return router_sha256(path)
 
 
 def check_output(output: str, overwrite: bool = False) -> Path:

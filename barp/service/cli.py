@@ -2,6 +2,11 @@
 
     barp calibrate --ckpt_path best.ckpt --output runs/calibration --target.cost_per_1k 0.5
     barp serve --ckpt_path best.ckpt --calibration runs/calibration/calibration.json --port 8000
+    barp serve --router routers/synthetic-barp            # a folder written by save_pretrained
+    barp serve --router owner/synthetic-barp --revision 3f2c...   # a Hugging Face Hub repository, pinned
+
+``--router`` is ``--ckpt_path``'s alias: both take a checkpoint file, a router folder or a Hub repository id
+(:func:`barp.models.hub.load_router`).
 """
 
 from __future__ import annotations
@@ -46,9 +51,11 @@ def build_service(
     max_cost_usd: float | None = None,
     decision_ttl_s: float | None = 86400.0,
     compact_after: int = 10_000,
+    revision: str | None = None,
 ):
     """Load the router and its encoder once and open (or resume) the request log; see :func:`serve` for the
     arguments."""
+    from barp.models.hub import load_router
     from barp.models.trained import TrainedRouter
     from barp.service.budget import BudgetController
     from barp.service.calibrate import check_calibration_checkpoint, choose, load_calibration
@@ -68,11 +75,13 @@ def build_service(
         raise ConfigError(f"--max_cost_usd must be at most MAX_COST_USD = {MAX_COST_USD:g}, got {max_cost_usd!r}")
     if isinstance(compact_after, bool) or not isinstance(compact_after, int) or compact_after < 1:
         raise ConfigError(f"--compact_after must be an integer >= 1, got {compact_after!r}")
-    router = TrainedRouter.from_checkpoint(ckpt_path)
+    ckpt, local = load_router(ckpt_path, "--ckpt_path", revision)
+    router = TrainedRouter.from_loaded(ckpt, f"--ckpt_path {ckpt_path!r}")
+    del ckpt
     curve, default = None, 0.5 if w_c is None else float(w_c)
     if calibration is not None:
         record, curve = load_calibration(calibration)
-        check_calibration_checkpoint(record, calibration, ckpt_path)
+        check_calibration_checkpoint(record, calibration, ckpt_path, local)
         if list(curve.models) != router.models:
             raise ConfigError(f"--calibration: the curve's models {curve.models} are not the checkpoint's "
                               f"{router.models}: calibrate this checkpoint")
@@ -123,11 +132,13 @@ def serve(
     decision_ttl_s: float | None = 86400.0,
     compact_after: int = 10_000,
     docs: bool = False,
+    revision: str | None = None,
 ) -> None:
     """Serve a trained router over HTTP: POST /route, POST /feedback, POST /budget/reset, GET /health, GET /models.
 
     Args:
-        ckpt_path: Checkpoint written by ``barp fit``.
+        ckpt_path: The router (alias ``--router``): a checkpoint written by ``barp fit``, a folder written by
+            ``save_pretrained``, or a Hugging Face Hub repository id (owner/name; pin ``--revision``).
         log_dir: Folder of the request log (``log.jsonl``, readable by ``barp ope``) and the pending decisions
             (``decisions.jsonl``); an existing log is checked (every row complete, costs in [0, MAX_COST_USD]) and
             resumed.
@@ -167,6 +178,7 @@ def serve(
         compact_after: Rewrite decisions.jsonl with only the pending decisions once it holds more than this many
             answered or expired lines (and more of them than pending ones).
         docs: Serve /docs, /redoc and /openapi.json (their pages load scripts from a CDN, cdn.jsdelivr.net).
+        revision: The Hub revision (commit sha, tag or branch) of a repository id in ``--ckpt_path``.
     """
     import uvicorn
 
@@ -196,7 +208,7 @@ def serve(
             service = build_service(ckpt_path, log_dir, w_c, calibration, target, budget_per_1k, budget_step, fsync,
                                     budget_max_move=budget_max_move, budget_reset=budget_reset,
                                     max_cost_usd=max_cost_usd, decision_ttl_s=decision_ttl_s,
-                                    compact_after=compact_after)
+                                    compact_after=compact_after, revision=revision)
     finally:  # a torn log line set aside, an unverifiable calibration: one line each, also before an error
         for item in caught:
             if issubclass(item.category, UserWarning):
@@ -219,15 +231,23 @@ def serve(
 
 
 def serve_parser() -> ArgumentParser:
-    """The ``barp serve`` parser (help from :func:`serve`'s docstring)."""
-    return function_parser(serve, "barp serve", "Serve a trained router over HTTP, with a crash-safe feedback log.")
+    """The ``barp serve`` parser (help from :func:`serve`'s docstring; ``--ckpt_path`` with its alias ``--router``)."""
+    from barp.models.hub import add_router_argument
+
+    parser = function_parser(serve, "barp serve", "Serve a trained router over HTTP, with a crash-safe feedback log.",
+                             skip={"ckpt_path"})
+    return add_router_argument(parser)
 
 
 def calibrate_parser() -> ArgumentParser:
-    """The ``barp calibrate`` parser (help from :func:`~barp.service.calibrate.calibrate`'s docstring)."""
-    return function_parser(calibrate, "barp calibrate", "Curve of cost per 1k queries, score and traffic shares "
-                           "against w_c, and the w_c that meets a target; writes curve.csv, curve.png, "
-                           "calibration.json.")
+    """The ``barp calibrate`` parser (help from :func:`~barp.service.calibrate.calibrate`'s docstring; ``--ckpt_path``
+    with its alias ``--router``)."""
+    from barp.models.hub import add_router_argument
+
+    parser = function_parser(calibrate, "barp calibrate", "Curve of cost per 1k queries, score and traffic shares "
+                             "against w_c, and the w_c that meets a target; writes curve.csv, curve.png, "
+                             "calibration.json.", skip={"ckpt_path"})
+    return add_router_argument(parser)
 
 
 def _kwargs(cfg) -> dict[str, Any]:
