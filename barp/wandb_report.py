@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,13 @@ def table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]] | Sequence[S
     return wandb.Table(columns=names, data=data)
 
 
+def bar(pairs: Sequence[tuple[str, float]], label: str, value: str, title: str):
+    """A W&B bar chart (``wandb.plot.bar``) of ``(label, value)`` pairs, e.g. each model's share of the traffic."""
+    import wandb
+
+    return wandb.plot.bar(table([label, value], [list(p) for p in pairs]), label, value, title=title)
+
+
 def _plain(value: Any) -> Any:
     """A table cell W&B stores: numbers as float/int (NaN as None), everything else as given."""
     if hasattr(value, "item"):
@@ -106,8 +113,9 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def report(what: str, section: Mapping | None, save_dir: str | Path, items: Mapping[str, Any],
-           summary: Mapping[str, Any] | None = None, name: str | None = None) -> bool:
+def report(what: str, section: Mapping | None, save_dir: str | Path,
+           items: Mapping[str, Any] | Callable[[], Mapping[str, Any]], summary: Mapping[str, Any] | None = None,
+           name: str | None = None) -> bool:
     """Open a run from a logger section (:func:`open_logger`), log ``items`` and ``summary`` (:func:`log_items`),
     and finish the run. Never raises: the command's files are already written, so a failure only warns.
 
@@ -115,7 +123,8 @@ def report(what: str, section: Mapping | None, save_dir: str | Path, items: Mapp
         what: The command, for the warning (``barp sweep``...).
         section: The ``trainer.logger`` section (None: a run in project ``barp``).
         save_dir: Where the offline run folder goes unless the section says (``<save_dir>/wandb/offline-run-*``).
-        items: What to log (see :func:`log_items`).
+        items: What to log (see :func:`log_items`), or a function building it (called inside the guard, so a
+            failure to build a W&B object warns too).
         summary: Summary values (e.g. AIQs).
         name: The run's name.
 
@@ -123,9 +132,10 @@ def report(what: str, section: Mapping | None, save_dir: str | Path, items: Mapp
         Whether the run was logged.
     """
     try:
+        built = items() if callable(items) else items
         run = open_logger(section, save_dir, name).experiment
         try:
-            log_items(run, items, summary)
+            log_items(run, built, summary)
         finally:
             run.finish()
         return True
@@ -186,8 +196,6 @@ def test_items(rows: Sequence[Mapping[str, Any]], traffic: Sequence[Mapping[str,
     """The W&B objects of a test's story: ``{stage}/results`` (the results table), ``{stage}/pareto`` (the figure),
     ``{stage}/traffic`` (the shares table), ``{stage}/traffic_plot`` (the stacked bars over the preferences) and,
     per split, ``{stage}/traffic/<split>`` (a W&B bar chart of the shares at the primary preference)."""
-    import wandb
-
     items: dict[str, Any] = {f"{stage}/results": table(RESULT_COLUMNS, rows)}
     if pareto is not None:
         items[f"{stage}/pareto"] = pareto
@@ -196,11 +204,10 @@ def test_items(rows: Sequence[Mapping[str, Any]], traffic: Sequence[Mapping[str,
         if traffic_png is not None:
             items[f"{stage}/traffic_plot"] = traffic_png
         for split in dict.fromkeys(r["split"] for r in traffic):
-            at = [[r["model"], r["share"]] for r in traffic if r["split"] == split and r["w_c"] == primary_w_c]
+            at = [(r["model"], r["share"]) for r in traffic if r["split"] == split and r["w_c"] == primary_w_c]
             if at:
-                shares = wandb.Table(columns=["model", "share"], data=at)
-                items[f"{stage}/traffic/{split}"] = wandb.plot.bar(
-                    shares, "model", "share", title=f"{split.upper()} traffic at w_c={primary_w_c:g}")
+                items[f"{stage}/traffic/{split}"] = bar(at, "model", "share",
+                                                        f"{split.upper()} traffic at w_c={primary_w_c:g}")
     return items
 
 

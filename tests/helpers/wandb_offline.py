@@ -9,7 +9,9 @@ ships no Python reader of it any more, so these few lines read it with wandb's o
 from __future__ import annotations
 
 import json
+import re
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +19,16 @@ BLOCK = 32768
 HEADER = 7
 
 
-def offline_run(root: Path) -> Path:
-    """The one offline run folder under ``root`` (``<root>/**/wandb/offline-run-*``)."""
+def offline_run(root: Path, timeout: float = 60.0) -> Path:
+    """The one offline run folder under ``root`` (``<root>/**/wandb/offline-run-*``), once its transaction log is
+    complete: ``run.finish()`` can return before W&B's service process has written the last records, so this waits
+    (up to ``timeout`` seconds) for the log's ``exit`` record."""
     runs = sorted(root.rglob("offline-run-*"))
     assert len(runs) == 1, f"expected one offline run under {root}, found {runs}"
+    deadline = time.monotonic() + timeout
+    while not any(r.WhichOneof("record_type") == "exit" for r in records(runs[0])):
+        assert time.monotonic() < deadline, f"{runs[0]}: the run's log has no exit record after {timeout} s"
+        time.sleep(0.1)
     return runs[0]
 
 
@@ -81,4 +89,5 @@ def artifacts(run_dir: Path) -> list:
 def media(run_dir: Path, kind: str, key: str) -> list[Path]:
     """The media files of a logged key: ``kind`` is ``table`` or ``images``; ``key`` e.g. ``test/results``."""
     folder = run_dir / "files" / "media" / kind / Path(key).parent
-    return sorted(folder.glob(f"{Path(key).name}_*"))
+    name = re.compile(re.escape(Path(key).name) + r"_\d+_[0-9a-f]+\..+")  # <name>_<step>_<hash>.<suffix>
+    return sorted(p for p in folder.glob("*") if name.fullmatch(p.name))
