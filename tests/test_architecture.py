@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "barp"
 LAYERS = {
     "errors": 0,
     "atomic": 1, "paths": 1, "loggers": 1, "metrics": 1, "commands": 1,
-    "encoders": 2, "learning": 2,
+    "encoders": 2, "learning": 2, "wandb_report": 2,
     "data": 3,
     "models": 4,
     "sweep": 5, "ope": 5,

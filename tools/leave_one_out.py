@@ -82,8 +82,9 @@ def holdable_families(cfg: dict, num_prompts: int | None = None) -> list[str]:
 
 
 def _uses_wandb(cfg: dict) -> bool:
-    logger = (cfg.get("trainer") or {}).get("logger")
-    return isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger")
+    from barp.wandb_report import is_wandb_section
+
+    return is_wandb_section((cfg.get("trainer") or {}).get("logger"))
 
 
 # ------------------------------------------------------------------------------------------------ the runs
@@ -263,32 +264,26 @@ def plot(results: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def log_to_wandb(cfg: dict, results: dict[str, dict], text: str, figure: Path, output: Path) -> None:
-    """Log the overview table, the report and the plot to one W&B run (offline unless WANDB_MODE=online).
-    Never raises: the files are already written."""
-    try:
-        import wandb
+def log_to_wandb(cfg: dict, results: dict[str, dict], text: str, figure: Path, output: Path) -> bool:
+    """Log the overview table, the report and the plot to one W&B run (:func:`barp.wandb_report.report`: offline
+    unless WANDB_MODE=online, the recipe's W&B logger settings if it has one). Never raises: the files are written."""
+    from barp.wandb_report import report, table, wandb_section
 
-        from barp.loggers import WandbLogger
+    columns = ["family", "seeds", "barp_id_aiq", *(f"{m}_ood_aiq" for m in METHODS),
+               *(f"{m}_ood_aiq_std" for m in METHODS), "barp_ge_best_fixed", "barp_ge_linear_ts"]
+    data = [[f, e["seeds"], e["id_aiq"]["barp"]["mean"], *(e["ood_aiq"][m]["mean"] for m in METHODS),
+             *(e["ood_aiq"][m]["std"] for m in METHODS), e["barp_ge_best_fixed"], e["barp_ge_linear_ts"]]
+            for f, e in results.items()]
+    points = [[f, m, w, e["points"][m][str(w)]["score"]["mean"], e["points"][m][str(w)]["cost"]["mean"]]
+              for f, e in results.items() for m in POINT_METHODS for w in POINTS]
 
-        logger = (cfg.get("trainer") or {}).get("logger")
-        init_args = dict(logger.get("init_args") or {}) if _uses_wandb(cfg) else {"project": "barp"}
-        init_args["save_dir"] = str(output)
-        init_args["name"] = f"lofo-{output.name}"
-        run = WandbLogger(**init_args).experiment
-        columns = ["family", "seeds", "barp_id_aiq", *(f"{m}_ood_aiq" for m in METHODS),
-                   *(f"{m}_ood_aiq_std" for m in METHODS), "barp_ge_best_fixed", "barp_ge_linear_ts"]
-        data = [[f, e["seeds"], e["id_aiq"]["barp"]["mean"], *(e["ood_aiq"][m]["mean"] for m in METHODS),
-                 *(e["ood_aiq"][m]["std"] for m in METHODS), e["barp_ge_best_fixed"], e["barp_ge_linear_ts"]]
-                for f, e in results.items()]
-        points = [[f, m, w, e["points"][m][str(w)]["score"]["mean"], e["points"][m][str(w)]["cost"]["mean"]]
-                  for f, e in results.items() for m in POINT_METHODS for w in POINTS]
-        run.log({"lofo/overview": wandb.Table(columns=columns, data=data),
-                 "lofo/points": wandb.Table(columns=["family", "method", "w_c", "score", "cost"], data=points),
-                 "lofo/report": wandb.Html(f"<pre>{text}</pre>"), "lofo/plot": wandb.Image(str(figure))})
-        run.finish()
-    except Exception as err:  # noqa: BLE001 - W&B must never break a run whose files are written
-        warnings.warn(f"leave_one_out: W&B logging skipped ({type(err).__name__}: {err})", stacklevel=2)
+    def items() -> dict:
+        return {"lofo/overview": table(columns, data),
+                "lofo/points": table(["family", "method", "w_c", "score", "cost"], points),
+                "lofo/report": text, "lofo/plot": figure}
+
+    section = wandb_section((cfg.get("trainer") or {}).get("logger"))
+    return report("leave_one_out", section, output, items, name=f"lofo-{output.name}")
 
 
 # ------------------------------------------------------------------------------------------------ the command

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -257,6 +258,7 @@ def paper_tables(
     methods: list[str] | None = None,
     summary_points: list[float] | None = None,
     headline_points: list[float] | None = None,
+    wandb: bool = False,
 ) -> str:
     """Train, sweep and render the paper's tables as Markdown (printed and written to ``<output>/paper_tables.md``).
 
@@ -279,6 +281,8 @@ def paper_tables(
         headline_points: Preferences of ``headline``, the paper's comparison (BaRP vs RouterDC, GraphRouter, the
             largest and the best single LLM, per task and averaged, with relative improvements). The paper does not
             say at which preference it compares; default w_c = 0 (quality only) and 0.5.
+        wandb: Log every table (as a W&B table) and the whole text to one W&B run (offline unless
+            WANDB_MODE=online, :func:`log_to_wandb`); also on when the recipe's ``trainer.logger`` is a WandbLogger.
 
     Returns:
         The Markdown text.
@@ -326,7 +330,62 @@ def paper_tables(
     text = "\n".join(parts)
     atomic_write_text(out / "paper_tables.md", text)
     print(text)
+    section = _wandb_section(recipe)
+    if wandb or section is not None:
+        log_to_wandb(text, out, section)
     return text
+
+
+def _wandb_section(recipe: str) -> dict | None:
+    """The recipe's W&B logger section (``trainer.logger``), if it has one."""
+    import yaml
+
+    from barp.wandb_report import wandb_section
+
+    cfg = yaml.safe_load(Path(recipe).read_text()) if Path(recipe).is_file() else None
+    return wandb_section(((cfg or {}).get("trainer") or {}).get("logger")) if isinstance(cfg, dict) else None
+
+
+def markdown_tables(text: str) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """The Markdown tables of ``text`` by their section title (``## ...``; numbered when a title repeats): the header
+    cells and the body rows' cells, as rendered (``mean ± std`` strings)."""
+    found: dict[str, tuple[list[str], list[list[str]]]] = {}
+    title, lines = "tables", text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("## "):
+            title = line[3:].strip()
+        rule = lines[i + 1] if i + 1 < len(lines) else ""
+        is_head = line.startswith("|") and rule.startswith("|") and "-" in rule and set(rule) <= set("|-: ")
+        if not is_head or (i > 0 and lines[i - 1].startswith("|")):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        body = []
+        for row in lines[i + 2:]:
+            if not row.startswith("|"):
+                break
+            body.append([c.strip() for c in row.strip().strip("|").split("|")])
+        key = title if title not in found else f"{title} ({sum(k.startswith(title) for k in found) + 1})"
+        found[key] = (cells, body)
+    return found
+
+
+def _slug(title: str) -> str:
+    """A W&B key (and media file name) for a section title: lower case, runs of other characters as ``_``."""
+    return re.sub(r"[^a-z0-9.=]+", "_", title.lower()).strip("_")
+
+
+def log_to_wandb(text: str, output: Path, section: dict | None = None) -> bool:
+    """Log each table of ``text`` (:func:`markdown_tables`) as ``paper_tables/<title>`` and the whole text as
+    ``paper_tables/report`` to one W&B run (:func:`barp.wandb_report.report`: the recipe's W&B logger settings, else
+    project ``barp``; its folder under ``output``). Never raises: ``paper_tables.md`` is written."""
+    from barp.wandb_report import report, table
+
+    def items() -> dict:
+        built: dict = {f"paper_tables/{_slug(title)}": table(columns, rows)
+                       for title, (columns, rows) in markdown_tables(text).items()}
+        return {**built, "paper_tables/report": text}
+
+    return report("paper_tables", section, output, items, name=f"paper-tables-{output.name}")
 
 
 if __name__ == "__main__":

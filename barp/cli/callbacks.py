@@ -14,8 +14,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 
 from barp.atomic import atomic_write_text
 from barp.data.datamodule import SPLIT_ORDER
+from barp.loggers import WandbLogger
 from barp.metrics.evaluation import REFERENCES, SPLITS, metric_name
 from barp.models.base import RouterModule
+from barp.sweep.summary import SINGLE_PREFIX
 
 
 def _log_dir(trainer: L.Trainer) -> Path:
@@ -98,7 +100,14 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
 
 class ResultsTable(L.Callback):
-    """After ``test``: print the router beside the reference policies and write ``test_results.json``/``.csv``.
+    """After ``test``: print the router beside the reference policies, write ``test_results.json`` and log the same
+    story to every :class:`barp.loggers.WandbLogger` of the trainer (:func:`log_to_wandb`).
+
+    The W&B report hangs here rather than on the logger or the module: this callback is the one place the results
+    rows are built (from the logged test metrics, after every rank's are reduced), it runs on every ``barp fit``
+    with ``--test_after_fit`` and every ``barp test``, and it already holds what the report needs (the rows, the
+    metrics, the module's models and preferences). A logger method would need the rows built a second time (the
+    logger sees only metrics, one key at a time) and the module would need to know about W&B.
 
     Args:
         filename: Base name of the result files in the run's log folder.
@@ -117,6 +126,35 @@ class ResultsTable(L.Callback):
             return
         print("\n" + format_table(rows, metrics) + "\n" + format_headline(metrics) + "\n", flush=True)
         atomic_write_text(out / f"{self.filename}.json", json.dumps({"rows": rows, "metrics": metrics}, indent=2))
+        log_to_wandb(trainer, pl_module, rows, metrics)
+
+
+def log_to_wandb(trainer: L.Trainer, module: RouterModule, rows: list[dict[str, Any]],
+                 metrics: dict[str, float]) -> None:
+    """Log the results table, the Pareto figure and the traffic shares (:func:`barp.wandb_report.log_test_results`)
+    to the run of every :class:`barp.loggers.WandbLogger` of ``trainer``; a W&B failure only warns."""
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+    if not loggers:
+        return
+    from barp.sweep.pareto import plot_pareto
+    from barp.wandb_report import log_test_results
+
+    def pareto(result_rows: list[dict[str, Any]], path: Path) -> Path:
+        return plot_pareto(pareto_rows(result_rows), path)
+
+    for logger in loggers:
+        log_test_results(logger.experiment, rows, metrics, module.model_names, module.eval_preferences, pareto)
+
+
+def pareto_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results rows in the form :func:`barp.sweep.pareto.plot_pareto` draws: the router as ``barp`` (BaRP) or
+    its own name, the cheapest and most expensive single models as labelled single-model points."""
+    out = []
+    for r in rows:
+        method = {"BaRP": "barp", "cheapest": f"{SINGLE_PREFIX}cheapest model",
+                  "most_expensive": f"{SINGLE_PREFIX}most expensive model"}.get(r["policy"], r["policy"])
+        out.append({**r, "method": method, "task": "all"})
+    return out
 
 
 class PredictionWriter(BasePredictionWriter):

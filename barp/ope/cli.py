@@ -278,20 +278,40 @@ def format_table(results: Sequence[Estimate], level: float = 0.95) -> str:
 
 def ope_parser() -> ArgumentParser:
     """The ``barp ope`` argument parser (help text comes from :func:`ope`'s docstring; ``--ckpt_path`` with its alias
-    ``--router``)."""
+    ``--router``), with ``--wandb``."""
     from barp.models.hub import add_router_argument
 
     parser = function_parser(ope, "barp ope", "Estimate a trained router's mean score, cost and reward at each "
                              "preference from a log of served requests (IPS, self-normalised IPS, doubly robust), "
                              "with bootstrap intervals and effective sample sizes; write ope.csv into --output.",
                              skip={"ckpt_path"})
+    parser.add_argument("--wandb", type=bool, default=False,
+                        help="Also log the estimates table to a W&B run (project barp, folder <output>/wandb; offline "
+                             "unless WANDB_MODE=online and an API key is set; a W&B failure only warns).")
     return add_router_argument(parser)
 
 
 def run_ope(cfg) -> list[Estimate]:
-    """Run ``barp ope`` from a config parsed by :func:`ope_parser`; returns the estimates written to ``ope.csv``."""
+    """Run ``barp ope`` from a config parsed by :func:`ope_parser`; returns the estimates written to ``ope.csv``
+    (and logged to W&B with ``--wandb true``: :func:`log_to_wandb`)."""
+    kwargs = {k: v for k, v in cfg.as_dict().items() if k != "__path__"}
+    wandb = bool(kwargs.pop("wandb", False))
     with exit_on_user_error("barp ope"):
-        return ope(**{k: v for k, v in cfg.as_dict().items() if k != "__path__"})
+        results = ope(**kwargs)
+    if wandb:
+        log_to_wandb(results, Path(kwargs["output"]).expanduser())
+    return results
+
+
+def log_to_wandb(results: Sequence[Estimate], output: Path) -> bool:
+    """Log the estimates (``ope/estimates``: the rows of ``ope.csv``) and each point estimate as a summary value
+    (``ope/<estimator>/wc=<w_c>/<quantity>``) to a W&B run in ``output`` (:func:`barp.wandb_report.report`)."""
+    from barp.wandb_report import report, table
+
+    columns = [f.name for f in fields(Estimate)]
+    summary = {f"ope/{r.estimator}/wc={r.w_c:g}/{r.quantity}": r.estimate for r in results}
+    return report("barp ope", None, output, lambda: {"ope/estimates": table(columns, [asdict(r) for r in results])},
+                  summary, name=f"ope-{output.name}")
 
 
 def run_ope_cli(argv: list[str]) -> list[Estimate]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentParser
@@ -241,12 +242,16 @@ def serve_parser() -> ArgumentParser:
 
 def calibrate_parser() -> ArgumentParser:
     """The ``barp calibrate`` parser (help from :func:`~barp.service.calibrate.calibrate`'s docstring; ``--ckpt_path``
-    with its alias ``--router``)."""
+    with its alias ``--router``), with ``--wandb``."""
     from barp.models.hub import add_router_argument
 
     parser = function_parser(calibrate, "barp calibrate", "Curve of cost per 1k queries, score and traffic shares "
                              "against w_c, and the w_c that meets a target; writes curve.csv, curve.png, "
                              "calibration.json.", skip={"ckpt_path"})
+    parser.add_argument("--wandb", type=bool, default=False,
+                        help="Also log the curve (table and figure) and the traffic shares to a W&B run (project "
+                             "barp, folder <output>/wandb; offline unless WANDB_MODE=online and an API key is set; a "
+                             "W&B failure only warns).")
     return add_router_argument(parser)
 
 
@@ -266,7 +271,42 @@ def run_serve(cfg) -> None:
 
 
 def run_calibrate(cfg) -> dict[str, Any]:
-    """Run ``barp calibrate`` from a config parsed by :func:`calibrate_parser`; a bad input exits with code 2."""
+    """Run ``barp calibrate`` from a config parsed by :func:`calibrate_parser`; a bad input exits with code 2. With
+    ``--wandb true`` the result is also logged to W&B (:func:`log_calibration_to_wandb`)."""
     kwargs = _kwargs(cfg)
+    wandb = bool(kwargs.pop("wandb", False))
     with exit_on_user_error("barp calibrate"):
-        return calibrate(**kwargs)
+        result = calibrate(**kwargs)
+    if wandb:
+        log_calibration_to_wandb(result, Path(kwargs["output"]).expanduser())
+    return result
+
+
+def log_calibration_to_wandb(result: dict[str, Any], output: Path) -> bool:
+    """Log a calibration (calibration.json's content, its folder ``output``) to a W&B run in ``output``
+    (:func:`barp.wandb_report.report`): ``calibrate/curve`` (per w_c: cost per 1k queries, score, each with its
+    interval), ``calibrate/curve_plot`` (curve.png), ``calibrate/traffic`` (per w_c and model: the share), a W&B bar
+    chart of the shares at the chosen w_c (``calibrate/traffic_at_chosen``) and the chosen w_c as a summary value."""
+    from barp.wandb_report import bar, report, table
+
+    curve = result["curve"]
+    models, grid = curve["models"], curve["w_c"]
+    rows = [[w, c, c_ci[0], c_ci[1], s, s_ci[0], s_ci[1]] for w, c, c_ci, s, s_ci in
+            zip(grid, curve["cost_per_1k"], curve["cost_per_1k_ci"], curve["score"], curve["score_ci"])]
+    traffic = [[w, m, share] for w, shares in zip(grid, curve["shares"]) for m, share in zip(models, shares)]
+    chosen = result.get("chosen")
+    summary = {"calibrate/chosen_w_c": chosen["w_c"]} if chosen else {}
+
+    def items() -> dict[str, Any]:
+        built: dict[str, Any] = {
+            "calibrate/curve": table(["w_c", "cost_per_1k", "cost_low", "cost_high", "score", "score_low",
+                                      "score_high"], rows),
+            "calibrate/traffic": table(["w_c", "model", "share"], traffic)}
+        if (output / "curve.png").is_file():
+            built["calibrate/curve_plot"] = output / "curve.png"
+        if chosen:
+            built["calibrate/traffic_at_chosen"] = bar([(m, v[0]) for m, v in chosen["shares"].items()], "model",
+                                                       "share", f"traffic at the chosen w_c={chosen['w_c']:.3g}")
+        return built
+
+    return report("barp calibrate", None, output, items, summary, name=f"calibrate-{output.name}")

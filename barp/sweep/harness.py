@@ -50,6 +50,7 @@ from barp.sweep.contenders import (
 )
 from barp.sweep.pareto import plot_pareto
 from barp.sweep.summary import SINGLE_PREFIX, summarize
+from barp.wandb_report import is_wandb_section, report, table
 
 #: The reference policies a sweep compares with (computed from the full outcomes, not trained; ``sweep/contenders``).
 REFERENCE_METHODS = ("single_models", "cheapest", "most_expensive", "best_fixed", "random", "oracle")
@@ -387,8 +388,8 @@ def sweep(datamodule, ckpt_path: str | None, output: str, methods: list[Method] 
     model_costs = {s.name: s.costs.double().numpy() for s in splits}
     summary = summarize(rows, meta, per_prompt if bootstrap else None, bootstrap, seed, reference, model_costs)
     summary = write_outputs(rows, summary, out, stale)
-    if wandb_logger and str(wandb_logger.get("class_path", "")).endswith("WandbLogger"):
-        log_to_wandb(wandb_logger, rows, summary, out / "pareto.png")
+    if is_wandb_section(wandb_logger):
+        log_to_wandb(dict(wandb_logger or {}), rows, summary, out / "pareto.png")
     return summary
 
 
@@ -431,22 +432,10 @@ def write_outputs(rows: list[dict], summary: dict, output: Path, stale: list[str
     return written
 
 
-def log_to_wandb(logger_config: dict, rows: list[dict], summary: dict, figure: Path) -> None:
-    """Log the sweep table, figure and AIQs to a W&B run (barp's WandbLogger: offline by default). Never raises."""
-    try:
-        import wandb
-
-        from barp.loggers import WandbLogger
-
-        init_args = dict(logger_config.get("init_args") or {})
-        init_args["save_dir"] = init_args.get("save_dir") or str(figure.parent)  # beside the sweep's files
-        logger = WandbLogger(**init_args)
-        run = logger.experiment
-        columns: list[str | int] = list(COLUMNS)  # wandb's annotation: a list of str or int
-        run.log({"sweep/table": wandb.Table(columns=columns, data=[[r[c] for c in COLUMNS] for r in rows]),
-                 "sweep/pareto": wandb.Image(str(figure))})
-        run.summary.update({f"sweep/{split}/{m}/aiq": e.get("aiq")
-                            for m, by_split in summary["results"].items() for split, e in by_split.items()})
-        run.finish()
-    except Exception as err:  # noqa: BLE001 - W&B must never break a sweep whose files are already written
-        warnings.warn(f"barp sweep: W&B logging skipped ({type(err).__name__}: {err})", stacklevel=2)
+def log_to_wandb(logger_config: dict, rows: list[dict], summary: dict, figure: Path) -> bool:
+    """Log the sweep table, figure and AIQs to a W&B run (:func:`barp.wandb_report.report`: barp's WandbLogger,
+    offline by default, its folder beside the sweep's files unless the section names one). Never raises."""
+    aiqs = {f"sweep/{split}/{m}/aiq": e.get("aiq") for m, by_split in summary["results"].items()
+            for split, e in by_split.items()}
+    return report("barp sweep", logger_config, figure.parent,
+                  lambda: {"sweep/table": table(COLUMNS, rows), "sweep/pareto": figure}, aiqs)
