@@ -321,12 +321,13 @@ class BarpRoutingStrategy(CustomRoutingStrategyBase):
             barp.errors.DataValidationError, KeyError: see :meth:`RoutingService.feedback` (score or cost out of
                 range, unknown, expired or already answered decision).
         """
-        with self._lock:
-            known = self._costs.get(decision_id)
-        if cost is None and known is None:
-            raise ConfigError(f"decision {decision_id!r}: no cost is known for it (LiteLLM computed none, or its call "
-                              "has not finished): give cost=")
-        answer = self.service.feedback(decision_id, score, known if cost is None else cost)
+        if cost is None:
+            with self._lock:
+                cost = self._costs.get(decision_id)
+            if cost is None:
+                raise ConfigError(f"decision {decision_id!r}: no cost is known for it (LiteLLM computed none, or its "
+                                  "call has not finished): give cost=")
+        answer = self.service.feedback(decision_id, score, cost)
         with self._lock:
             self._costs.pop(decision_id, None)
         return answer
