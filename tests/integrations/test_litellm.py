@@ -150,7 +150,8 @@ def test_exploring_async_calls_log_the_served_models_propensity_and_wait_for_the
         assert row["propensity"] == pytest.approx(0.8 * policy + 0.2 / len(models), rel=1e-5)
         assert row["propensity"] < 1 and decisions[row["decision_id"]]["note"].startswith("barp serve: explore")
     main(["ope", "--log", str(tmp_path / "log" / LOG_FILE), "--ckpt_path", ckpt, "--output", str(tmp_path / "ope"),
-          "--w_c", "[0.5]", "--bootstrap", "50", "--estimators", "[ips,snips]"])
+          "--w_c", "[0.5]", "--bootstrap", "50", "--estimators", "[ips,snips]",
+          "--temperature", "1.0"])  # the router's softmax: every logged row has a weight, whatever was sampled
     assert (tmp_path / "ope" / "ope.csv").is_file()
 
 
