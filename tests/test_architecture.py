@@ -19,7 +19,7 @@ LAYERS = {
     "models": 4,
     "sweep": 5, "ope": 5,
     "service": 6,
-    "cli": 7,
+    "cli": 7, "integrations": 7,
     "__main__": 8,
 }
 
