@@ -113,6 +113,14 @@ def test_requests_go_to_barps_choice_and_the_log_is_what_barp_ope_reads(trained,
         assert ips[w_c] == pytest.approx(by_hand)
     assert (tmp_path / "ope" / "ope.csv").is_file()
 
+    # ... and the reader behind ``barp fit --data.init_args.train_log`` takes it as training data, row for row
+    from barp.data.sources.logs import read_log
+
+    logged = read_log(tmp_path / "log" / LOG_FILE, models=barp_router.models)
+    assert len(logged) == len(rows)
+    assert [barp_router.models[a] for a in logged.actions] == [r["model"] for r in rows]
+    assert logged.propensity.tolist() == [1.0] * len(rows)
+
 
 def test_exploring_async_calls_log_the_served_models_propensity_and_wait_for_their_score(trained, tmp_path):
     from barp.cli import main
