@@ -267,7 +267,7 @@ class BarpRoutingStrategy(CustomRoutingStrategyBase):
         if prompt_id is not None and (not isinstance(prompt_id, str) or not prompt_id):
             raise ConfigError(f"metadata[{PROMPT_ID_KEY!r}]: must be a non-empty string, got {prompt_id!r}")
         routed = self.service.route([prompt], w_c=w_c, target=target, explore=self.explore,
-                                    prompt_ids=None if prompt_id is None else [prompt_id])
+                                    prompt_ids=None if prompt_id is None else [prompt_id], origin="barp litellm")
         decision = routed["decisions"][0]
         with self._lock:
             self._in_flight[decision["decision_id"]] = prompt

@@ -123,12 +123,13 @@ class RoutingService:
     def route(self, prompts: Sequence[str], w_c: float | None = None, target: Target | None = None,
               explore: Explore | None = None, seed: int | None = None,
               prompt_ids: Sequence[str] | None = None, deadline: float | None = None,
-              key_id: str | None = None) -> dict[str, Any]:
+              key_id: str | None = None, origin: str = "barp serve") -> dict[str, Any]:
         """Route a batch, persist the decisions (one fsync'd write), and return them.
 
         Args:
             deadline: ``time.monotonic()`` after which the decisions are not recorded (:class:`RequestTimeout`).
             key_id: Public id of the API key that asked (recorded as ``route_key_id``).
+            origin: Who routed, recorded at the start of each decision's ``note`` (e.g. ``barp litellm``).
 
         Returns:
             ``{"w_c", "preference", "mode", "seed", "decisions": [{"decision_id", "model", "probability",
@@ -140,7 +141,7 @@ class RoutingService:
             probs, greedy = self.router.route_prompts(list(prompts), pref)
             chosen = greedy.cpu().numpy()
             policy = probs.double().numpy()[rows, chosen]
-            propensity, mode, note = np.ones(len(rows)), "greedy", "barp serve: greedy"
+            propensity, mode, note = np.ones(len(rows)), "greedy", f"{origin}: greedy"
         else:
             seed = secrets.randbits(63) if seed is None else int(seed)
             try:
@@ -150,7 +151,7 @@ class RoutingService:
             chosen = np.array([self.models.index(d.model) for d in served], dtype=np.int64)
             policy = np.array([d.probability for d in served])
             propensity, mode = np.array([d.propensity for d in served]), "explore"
-            note = f"barp serve: explore temperature={explore.temperature:g} epsilon={explore.epsilon:g}"
+            note = f"{origin}: explore temperature={explore.temperature:g} epsilon={explore.epsilon:g}"
         if deadline is not None and time.monotonic() > deadline:
             raise RequestTimeout("routing")
         stamp, models, when = now(), self.models, time.time()

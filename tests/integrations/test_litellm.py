@@ -100,6 +100,7 @@ def test_requests_go_to_barps_choice_and_the_log_is_what_barp_ope_reads(trained,
     assert [r["w_c"] for r in main_rows] == [w for w in W_C for _ in PROMPTS]
     assert [r["w_c"] for r in rows[-2:]] == [0.9, 0.5]
     assert all(r["propensity"] == 1.0 for r in rows)  # greedy: a deterministic policy
+    assert {r["note"] for r in rows} == {"barp litellm: greedy"}  # the log says who routed
     assert [r["cost"] for r in main_rows] == pytest.approx(costs) and min(costs) > 0  # LiteLLM's own costs
     assert [r["score"] for r in main_rows] == [(len(p) % 5) / 4 for _ in W_C for p in PROMPTS]
     assert graded[0] == (PROMPTS[0], f"mocked reply to: {PROMPTS[0]}")  # the score callback saw the reply
@@ -156,7 +157,7 @@ def test_exploring_async_calls_log_the_served_models_propensity_and_wait_for_the
     for row in rows:  # p = (1 - epsilon) softmax(logits) + epsilon / K at temperature 1
         policy = barp_router.probabilities([row["prompt"]], 0.5)[0, models.index(row["model"])].item()
         assert row["propensity"] == pytest.approx(0.8 * policy + 0.2 / len(models), rel=1e-5)
-        assert row["propensity"] < 1 and decisions[row["decision_id"]]["note"].startswith("barp serve: explore")
+        assert row["propensity"] < 1 and decisions[row["decision_id"]]["note"].startswith("barp litellm: explore")
     main(["ope", "--log", str(tmp_path / "log" / LOG_FILE), "--ckpt_path", ckpt, "--output", str(tmp_path / "ope"),
           "--w_c", "[0.5]", "--bootstrap", "50", "--estimators", "[ips,snips]",
           "--temperature", "1.0"])  # the router's softmax: every logged row has a weight, whatever was sampled
