@@ -28,6 +28,7 @@ such a row would count one request twice and narrow every interval computed from
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ import pandas as pd
 
 from barp.atomic import atomic_path
 from barp.data.sources.assemble import NA_TEXT, describe, is_missing, prompt_text
-from barp.data.sources.files import read_file
+from barp.data.sources.chunks import CHUNK_ROWS, Chunk, iter_chunks
 from barp.data.sources.generic import require
 from barp.data.table import MAX_COST_USD
 from barp.errors import DataValidationError
@@ -112,32 +113,8 @@ class LoggedFeedback:
                 self._fail(f"column {name!r}: expected {n} values (one per request), got {len(getattr(self, name))}")
         if self.timestamps is not None and len(self.timestamps) != n:
             self._fail(f"column 'timestamp': expected {n} values (one per request), got {len(self.timestamps)}")
-        for i, text in enumerate(self.prompts):
-            if not isinstance(text, str) or not text.strip():
-                self._fail(f"column 'prompt', row {i}: the prompt is empty or not text: {describe(text)}")
-        bad = (self.actions < 0) | (self.actions >= k)
-        self._first_bad("model", bad, self.actions, f"a model index in [0, {k})")
-        checks = (
-            ("propensity", self.propensity, lambda p: ~np.isfinite(p) | (p <= 0) | (p > 1),
-             "a probability in (0, 1] (the logging policy's probability of the served model)"),
-            ("score", self.score, lambda s: ~np.isfinite(s) | (s < 0) | (s > 1), "a score in [0, 1]"),
-            ("cost", self.cost, lambda c: ~np.isfinite(c) | (c < 0) | (c > MAX_COST_USD),
-             f"a finite cost in [0, {MAX_COST_USD:g}] (USD per request)"),
-            ("w_c", self.w_c, lambda w: ~np.isnan(w) & (~np.isfinite(w) | (w < 0) | (w > 1)),
-             "a cost weight in [0, 1] (or empty)"),
-        )
-        for name, values, is_bad, rule in checks:
-            self._first_bad(name, is_bad(values), values, rule)
-
-    def _first_bad(self, column: str, bad: np.ndarray, values: np.ndarray, rule: str) -> None:
-        if not bad.any():
-            return
-        assert self.prompt_ids is not None  # __post_init__ fills it in
-        i = int(np.flatnonzero(bad)[0])
-        more = int(bad.sum()) - 1
-        tail = f" ({more} more bad rows)" if more else ""
-        self._fail(f"column {column!r}, row {i} (prompt id {self.prompt_ids[i]!r}): value {values[i].item()!r} "
-                   f"is not {rule}{tail}")
+        check_values(self.source, self.prompts, self.models, self.actions, self.propensity, self.score, self.cost,
+                     self.w_c, self.prompt_ids)
 
     # ------------------------------------------------------------------ views
     @property
@@ -211,6 +188,46 @@ class LoggedFeedback:
         return path
 
 
+def check_values(source: str, prompts: Sequence[str], models: Sequence[str], actions: np.ndarray,
+                 propensity: np.ndarray, score: np.ndarray, cost: np.ndarray, w_c: np.ndarray,
+                 prompt_ids: Sequence[str], first_row: int = 0, whole: bool = True) -> None:
+    """The per-request checks of :class:`LoggedFeedback`, on the rows ``first_row, first_row + 1, ...`` of
+    ``source`` (a chunk of a file when not ``whole``).
+
+    Raises:
+        DataValidationError: Naming the source, the column, the first bad row and its value, and how many more rows
+            are bad (in the chunk, when not ``whole``).
+    """
+    for i, text in enumerate(prompts):
+        if not isinstance(text, str) or not text.strip():
+            raise DataValidationError(f"{source}: column 'prompt', row {first_row + i}: the prompt is empty or not "
+                                      f"text: {describe(text)}")
+    k = len(models)
+
+    def first_bad(column: str, bad: np.ndarray, values: np.ndarray, rule: str) -> None:
+        if not bad.any():
+            return
+        i = int(np.flatnonzero(bad)[0])
+        more = int(bad.sum()) - 1
+        where = "" if whole else f" among rows {first_row}-{first_row + len(bad) - 1}; later rows not checked yet"
+        tail = f" ({more} more bad rows{where})" if more else ""
+        raise DataValidationError(f"{source}: column {column!r}, row {first_row + i} (prompt id {prompt_ids[i]!r}): "
+                                  f"value {values[i].item()!r} is not {rule}{tail}")
+
+    first_bad("model", (actions < 0) | (actions >= k), actions, f"a model index in [0, {k})")
+    checks = (
+        ("propensity", propensity, lambda p: ~np.isfinite(p) | (p <= 0) | (p > 1),
+         "a probability in (0, 1] (the logging policy's probability of the served model)"),
+        ("score", score, lambda s: ~np.isfinite(s) | (s < 0) | (s > 1), "a score in [0, 1]"),
+        ("cost", cost, lambda c: ~np.isfinite(c) | (c < 0) | (c > MAX_COST_USD),
+         f"a finite cost in [0, {MAX_COST_USD:g}] (USD per request)"),
+        ("w_c", w_c, lambda w: ~np.isnan(w) & (~np.isfinite(w) | (w < 0) | (w > 1)),
+         "a cost weight in [0, 1] (or empty)"),
+    )
+    for name, values, is_bad, rule in checks:
+        first_bad(name, is_bad(values), values, rule)
+
+
 # ---------------------------------------------------------------------- reading
 def _number(value: object) -> float:
     """One numeric cell as a float (NaN when missing); ValueError when it is not a number (booleans included)."""
@@ -225,29 +242,38 @@ def _number(value: object) -> float:
     raise ValueError(value)
 
 
-def _numbers(frame: pd.DataFrame, column: str, source: str, required: bool) -> np.ndarray:
+def _numbers(frame: pd.DataFrame, column: str, source: str, required: bool, first_row: int = 0) -> np.ndarray:
     """A numeric column as floats; a non-number (or, when ``required``, a missing cell) is an error."""
+    series = frame[column]
+    if pd.api.types.is_float_dtype(series.dtype) or (pd.api.types.is_integer_dtype(series.dtype)
+                                                      and not pd.api.types.is_bool_dtype(series.dtype)):
+        out = series.to_numpy(dtype=np.float64, na_value=np.nan)  # numbers already: no cell to parse
+        missing = np.flatnonzero(np.isnan(out)) if required else np.empty(0, dtype=np.int64)
+        if len(missing):
+            raise DataValidationError(f"{source}: column {column!r}, row {first_row + int(missing[0])}: the value is "
+                                      "missing (NaN or empty); every logged request needs its " + column)
+        return out
     out = np.full(len(frame), np.nan)
-    for i, value in enumerate(frame[column].tolist()):
+    for i, value in enumerate(series.tolist()):
         try:
             out[i] = _number(value)
         except (TypeError, ValueError):
-            raise DataValidationError(f"{source}: column {column!r}, row {i}: value {describe(value)} is not a "
-                                      "number") from None
+            raise DataValidationError(f"{source}: column {column!r}, row {first_row + i}: value {describe(value)} is "
+                                      "not a number") from None
         if required and np.isnan(out[i]):
-            raise DataValidationError(f"{source}: column {column!r}, row {i}: the value is missing (NaN or empty); "
-                                      "every logged request needs its " + column)
+            raise DataValidationError(f"{source}: column {column!r}, row {first_row + i}: the value is missing (NaN "
+                                      "or empty); every logged request needs its " + column)
     return out
 
 
-def _texts(frame: pd.DataFrame, column: str, source: str) -> list[str]:
+def _texts(frame: pd.DataFrame, column: str, source: str, first_row: int = 0) -> list[str]:
     """A required text column; a missing, empty or non-text cell is an error."""
     out: list[str] = []
     for i, value in enumerate(frame[column].tolist()):
         text = prompt_text(value) if column == "prompt" else (None if is_missing(value) else str(value))
         if text is None or not text.strip():
             what = "missing" if is_missing(value) or text is not None else f"not text: {describe(value)}"
-            raise DataValidationError(f"{source}: column {column!r}, row {i}: the value is {what}")
+            raise DataValidationError(f"{source}: column {column!r}, row {first_row + i}: the value is {what}")
         out.append(text)
     return out
 
@@ -258,71 +284,176 @@ def _optional_texts(frame: pd.DataFrame, column: str) -> list[str] | None:
     return ["" if is_missing(v) else str(v) for v in frame[column].tolist()]
 
 
-def _actions(names: list[str], models: Sequence[str] | None, source: str) -> tuple[list[str], np.ndarray]:
-    """The model list (given, or the sorted names seen) and each row's index in it; unknown names are errors."""
-    known = sorted(set(names)) if models is None else [str(m) for m in models]
-    if models is None and len(known) < 2:
-        raise DataValidationError(f"{source}: column 'model': every row names {known[0]!r}; a log of one model "
-                                  "cannot evaluate a router: pass the router's models (read_log(models=...))")
-    index = {m: j for j, m in enumerate(known)}
-    actions = np.empty(len(names), dtype=np.int64)
-    for i, name in enumerate(names):
-        if name not in index:
-            shown = ", ".join(map(repr, known[:12])) + (", ..." if len(known) > 12 else "")
-            raise DataValidationError(f"{source}: column 'model', row {i}: unknown model {name!r}; the router's "
-                                      f"models are {shown}")
-        actions[i] = index[name]
-    return known, actions
-
-
 def _check_columns(frame: pd.DataFrame, source: str) -> None:
     require(frame, REQUIRED_COLUMNS, source, f"served-request log (optional columns: {list(OPTIONAL_COLUMNS)})")
 
 
+def _one_model_error(source: str, name: str) -> DataValidationError:
+    return DataValidationError(f"{source}: column 'model': every row names {name!r}; a log of one model cannot "
+                               "evaluate a router: pass the router's models (read_log(models=...))")
+
+
 def read_log(
-    path: str | os.PathLike, models: Sequence[str] | None = None, trust_pickle: bool = False
+    path: str | os.PathLike, models: Sequence[str] | None = None, trust_pickle: bool = False,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> LoggedFeedback:
-    """Read and validate one served-request log file (CSV, TSV, JSON, JSON lines or parquet).
+    """Read and validate a served-request log, ``chunk_rows`` rows at a time (it never has to fit in pandas whole).
+
+    The log is a file (CSV, TSV, JSON, JSON lines or parquet), a folder of such files (one per day, say: read in
+    name order, as one log) or a ``datasets`` folder (``save_to_disk``; ``DIR#SPLIT`` for one split of a
+    ``DatasetDict``). Each chunk is checked as it is read, with the messages a whole-file check gives: the file, the
+    column, the row within that file (0-based, header excluded) and the value. Rows are kept as columns of numbers,
+    and each distinct prompt (and prompt id) text once.
 
     Args:
-        path: The log file.
+        path: The log file or folder.
         models: The candidate models, in the router's order (a model the log names outside this list is an error);
             None: the sorted names the log uses (then at least two must occur).
         trust_pickle: Read a pickled DataFrame whose hash is not pinned (pickles can run code).
+        chunk_rows: Rows read and checked at a time (:data:`~barp.data.sources.chunks.CHUNK_ROWS`).
 
     Returns:
-        The validated log; its ``source`` is the file.
+        The validated log; its ``source`` is the path.
 
     Raises:
-        DataValidationError: The file is unreadable, a column is missing, a value is missing or out of range, or a
+        DataValidationError: A file is unreadable, a column is missing, a value is missing or out of range, or a
             row repeats an earlier one (see :func:`check_repeats`); the message names the file, the column, the row
             and the value.
     """
-    raw = read_file(Path(path).expanduser(), trust_pickle)
-    frame, source = raw.table(), raw.source
-    frame.columns = [str(c) for c in frame.columns]
-    _check_columns(frame, source)
-    names, actions = _actions(_texts(frame, "model", source), models, source)
-    notes = _optional_texts(frame, "note")
-    timestamps = _optional_texts(frame, "timestamp")
-    raw_ids = _optional_texts(frame, "prompt_id")
-    ids = None if raw_ids is None else [pid if pid.strip() else str(i) for i, pid in enumerate(raw_ids)]
-    log = LoggedFeedback(
-        prompts=_texts(frame, "prompt", source),
-        models=names,
-        actions=actions,
-        propensity=_numbers(frame, "propensity", source, required=True),
-        score=_numbers(frame, "score", source, required=True),
-        cost=_numbers(frame, "cost", source, required=True),
-        w_c=_numbers(frame, "w_c", source, required=False) if "w_c" in frame.columns else None,
-        prompt_ids=ids,
-        timestamps=timestamps,
-        notes=sorted({n for n in notes or [] if n.strip()}),
-        source=source,
-    )
-    decisions = _optional_texts(frame, "decision_id")
-    check_repeats(log, raw_ids, decisions)
-    return log
+    reader = _ChunkedLog(models)
+    source = str(Path(path).expanduser()) if "#" not in str(path) else str(path)
+    for chunk in iter_chunks(str(path), chunk_rows, trust_pickle):
+        reader.add(chunk)
+    return reader.finish(source)
+
+
+class _ChunkedLog:
+    """A log gathered chunk by chunk: each chunk validated as it comes, repeats looked for across all of them."""
+
+    def __init__(self, models: Sequence[str] | None) -> None:
+        self.given = models is not None
+        self.names: list[str] = [str(m) for m in models] if models is not None else []
+        self.code = {m: j for j, m in enumerate(self.names)}
+        self.rows = 0
+        self.prompts: list[str] = []
+        self.ids: list[str] = []
+        self.timestamps: list[str] | None = None
+        self.columns: dict[str, list[np.ndarray]] = {c: [] for c in ("actions", "propensity", "score", "cost", "w_c")}
+        self.notes: set[str] = set()
+        self._texts: dict[str, str] = {}  # one string object per distinct prompt (and prompt id) text
+        self._seen: dict[bytes, tuple[str, int, int]] = {}  # digest of a row -> (file, row in file, log row)
+        self._decisions: dict[str, tuple[str, int]] = {}
+        self._repeats: list[tuple[str, int, str, int, int]] = []  # (file, row, earlier file, earlier row, log row)
+        self._decision_repeat: str | None = None
+        self.sources: list[str] = []
+
+    def _shared(self, text: str) -> str:
+        return self._texts.setdefault(text, text)
+
+    def add(self, chunk: Chunk) -> None:
+        """Validate ``chunk`` and keep its rows (raising on its first bad value, named by file and row)."""
+        frame, source, first = chunk.frame, chunk.source, chunk.start
+        frame.columns = [str(c) for c in frame.columns]
+        if chunk.start == 0:
+            _check_columns(frame, source)
+            self.sources.append(source)
+        for column in REQUIRED_COLUMNS:  # a later chunk of JSON lines may lack a key every row of it leaves out
+            if column not in frame.columns:
+                frame[column] = None
+        names = _texts(frame, "model", source, first)
+        actions = np.empty(len(names), dtype=np.int64)
+        for i, name in enumerate(names):
+            j = self.code.get(name)
+            if j is None:
+                if self.given:
+                    shown = ", ".join(map(repr, self.names[:12])) + (", ..." if len(self.names) > 12 else "")
+                    raise DataValidationError(f"{source}: column 'model', row {first + i}: unknown model {name!r}; "
+                                              f"the router's models are {shown}")
+                j = self.code[name] = len(self.names)
+                self.names.append(name)
+            actions[i] = j
+        prompts = [self._shared(t) for t in _texts(frame, "prompt", source, first)]
+        numbers = {c: _numbers(frame, c, source, required=True, first_row=first)
+                   for c in ("propensity", "score", "cost")}
+        w_c = (_numbers(frame, "w_c", source, required=False, first_row=first) if "w_c" in frame.columns
+               else np.full(len(frame), np.nan))
+        raw_ids = _optional_texts(frame, "prompt_id")
+        ids = ([str(self.rows + i) for i in range(len(frame))] if raw_ids is None
+               else [self._shared(pid) if pid.strip() else str(self.rows + i) for i, pid in enumerate(raw_ids)])
+        check_values(source, prompts, self.names, actions, numbers["propensity"], numbers["score"], numbers["cost"],
+                     w_c, ids, first_row=first, whole=chunk.whole)
+        timestamps = _optional_texts(frame, "timestamp")
+        if timestamps is not None and self.timestamps is None:
+            self.timestamps = [""] * self.rows
+        if self.timestamps is not None:
+            self.timestamps.extend(timestamps if timestamps is not None else [""] * len(frame))
+        self.notes.update(n for n in _optional_texts(frame, "note") or [] if n.strip())
+        decisions = _optional_texts(frame, "decision_id")
+        self._look_for_repeats(source, first, raw_ids, prompts, names, numbers, w_c, timestamps, decisions)
+        self.prompts.extend(prompts)
+        self.ids.extend(ids)
+        for name, values in (("actions", actions), ("w_c", w_c), *numbers.items()):
+            self.columns[name].append(values)
+        self.rows += len(frame)
+
+    def _look_for_repeats(self, source, first, raw_ids, prompts, names, numbers, w_c, timestamps, decisions) -> None:
+        """Note repeated decision ids and rows equal to an earlier one (raised by :meth:`finish`, after every value
+        is checked, as :func:`check_repeats` does)."""
+        n = len(prompts)
+        if decisions is not None:
+            for i, did in enumerate(decisions):
+                if not did.strip():
+                    continue
+                if did in self._decisions:
+                    if self._decision_repeat is None:
+                        at, row = self._decisions[did]
+                        rows = (f"rows {row} and {first + i}" if at == source
+                                else f"row {first + i} (and {at} row {row})")
+                        self._decision_repeat = (
+                            f"{source}: column 'decision_id', {rows}: decision id {did!r} is logged twice; one "
+                            "decision has one outcome (a copied row, or two servers writing one log)")
+                else:
+                    self._decisions[did] = (source, first + i)
+        column = lambda values: [None] * n if values is None else values  # noqa: E731
+        keys = zip(column(raw_ids), prompts, names, (numbers["propensity"] + 0.0).tolist(),
+                   (numbers["score"] + 0.0).tolist(), (numbers["cost"] + 0.0).tolist(),
+                   [None if np.isnan(w) else float(w) + 0.0 for w in w_c], column(timestamps), column(decisions))
+        for i, key in enumerate(keys):
+            digest = hashlib.blake2b(repr(key).encode(), digest_size=16).digest()
+            earlier = self._seen.setdefault(digest, (source, first + i, self.rows + i))
+            if earlier[2] != self.rows + i:
+                self._repeats.append((source, first + i, earlier[0], earlier[1], self.rows + i))
+
+    def finish(self, source: str) -> LoggedFeedback:
+        """The whole log, once every chunk is in; raises on a repeated request (see :func:`check_repeats`)."""
+        names, actions = self.names, np.concatenate(self.columns["actions"])
+        if not self.given:
+            if len(names) < 2:
+                raise _one_model_error(source, names[0])
+            order = sorted(range(len(names)), key=names.__getitem__)
+            remap = np.empty(len(names), dtype=np.int64)
+            remap[order] = np.arange(len(names))
+            names, actions = [names[j] for j in order], remap[actions]
+        self._seen.clear()
+        log = LoggedFeedback(
+            prompts=self.prompts, models=names, actions=actions,
+            propensity=np.concatenate(self.columns["propensity"]), score=np.concatenate(self.columns["score"]),
+            cost=np.concatenate(self.columns["cost"]), w_c=np.concatenate(self.columns["w_c"]), prompt_ids=self.ids,
+            timestamps=self.timestamps, notes=sorted(self.notes), source=source,
+        )
+        if self._decision_repeat is not None:
+            raise DataValidationError(self._decision_repeat)
+        if self._repeats:
+            at, row, earlier_at, earlier, log_row = self._repeats[0]
+            more = f" ({len(self._repeats) - 1} more repeated rows)" if len(self._repeats) > 1 else ""
+            earlier_text = f"row {earlier}" if earlier_at == at else f"{earlier_at} row {earlier}"
+            assert log.prompt_ids is not None  # LoggedFeedback.__post_init__ fills it in
+            raise DataValidationError(
+                f"{at}: row {row} repeats {earlier_text} exactly (prompt id {log.prompt_ids[log_row]!r}, model "
+                f"{log.models[log.actions[log_row]]!r}, same prompt, propensity, score, cost, w_c and timestamp)"
+                f"{more}: a copied row counts one request twice; remove the copies (distinct requests need distinct "
+                "timestamp, prompt_id or decision_id values)")
+        return log
 
 
 def check_repeats(log: LoggedFeedback, prompt_ids: list[str] | None = None,
