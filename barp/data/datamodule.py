@@ -81,6 +81,30 @@ class _Rows(Dataset):
         return {k: v[index] for k, v in self.tensors.items()}
 
 
+class _LogRows(Dataset):
+    """Batches of log rows: ``row`` (the log row) and ``emb``, gathered per batch from one embedding per distinct
+    prompt (memory-mapped on the CPU), so a log of R requests over P prompts holds P embeddings, not R."""
+
+    def __init__(self, rows: torch.Tensor, prompt: torch.Tensor, table: np.ndarray | torch.Tensor) -> None:
+        self.rows, self.prompt, self.table = rows, prompt, table
+        self.n = len(rows)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([i])
+
+    def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(idx, dtype=torch.long).to(self.rows.device)
+        prompts = self.prompt[index]
+        if isinstance(self.table, torch.Tensor):
+            emb = self.table[prompts]
+        else:  # a memory-mapped file: read the batch's rows (a copy), in the order asked
+            emb = torch.from_numpy(np.ascontiguousarray(self.table[prompts.cpu().numpy()]))
+        return {"emb": emb, "row": self.rows[index]}
+
+
 def _identity_collate(batch: Any) -> Any:
     """The batch as :meth:`_Rows.__getitems__` gathered it (a dict of tensors; torch types a collate function's
     input as a list of samples)."""
@@ -406,13 +430,39 @@ class RoutingDataModule(L.LightningDataModule):
         repeats = self.batches.train_repeats
         if self.train_log is not None:
             log_rows = torch.arange(len(self.train_log)).repeat(repeats)
-            emb = torch.as_tensor(self._log_embeddings)[torch.as_tensor(self._log_prompt_index)[log_rows]]
-            return self._loader(self._on_train_device({"emb": emb, "row": log_rows}), self.batches.batch_size,
-                                shuffle=True)
+            prompt = torch.as_tensor(self._log_prompt_index)[log_rows]
+            table: np.ndarray | torch.Tensor = self._log_embedding_file()
+            on_device = self._on_train_device({"row": log_rows, "prompt": prompt})
+            if on_device["row"].device.type != "cpu":  # batches gathered on the accelerator: the table goes there
+                table = torch.as_tensor(np.asarray(table)).to(on_device["row"].device)
+            log_data = _LogRows(on_device["row"], on_device["prompt"], table)
+            return DataLoader(log_data, batch_size=self.batches.batch_size, shuffle=True, collate_fn=_identity_collate,
+                              num_workers=self.batches.num_workers)
         rows = np.tile(self.splits.train, self.batches.train_repeats)
         tensors = self._tensors(rows, outcomes=False)
         tensors["row"] = torch.arange(len(self.splits.train)).repeat(self.batches.train_repeats)  # env positions
         return self._loader(self._on_train_device(tensors), self.batches.batch_size, shuffle=True)
+
+    def _log_embedding_file(self) -> np.ndarray:
+        """The training log's distinct-prompt embeddings, memory-mapped from ``log-<prompts hash>.npy`` in the
+        embedding cache's folder (written once, atomically, the first time a log with these prompts trains)."""
+        import hashlib
+
+        from barp.atomic import atomic_path
+        from barp.data.embedding_cache import text_key
+
+        assert self._log_embeddings is not None, "call setup() first"
+        digest = hashlib.sha1(b"".join(text_key(t) for t in self._distinct_log_prompts())).hexdigest()[:16]
+        path = self._cache().folder / f"log-{digest}.npy"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, np.asarray(self._log_embeddings, dtype=np.float32))
+        table = np.load(path, mmap_mode="r")
+        if table.shape != self._log_embeddings.shape:  # a damaged or foreign file: write it again
+            path.unlink()
+            return self._log_embedding_file()
+        return table
 
     def _on_train_device(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The training tensors on the trainer's accelerator, once, when batches are gathered in this process

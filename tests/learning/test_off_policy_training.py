@@ -76,6 +76,23 @@ def test_a_log_answers_no_pulls_and_serves_exactly_its_rows(tmp_path):
     assert [dm._log_prompts[i] for i in got.prompt.tolist()] == [log.prompts[i] for i in rows.tolist()]
 
 
+def test_log_batches_gather_each_rows_prompt_embedding_from_a_memory_mapped_file(tmp_path):
+    dm, log = _log_data(tmp_path, passes=3)
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    table = loader.dataset.table
+    assert isinstance(table, np.memmap) and table.shape == (len(dm._log_prompts), dm.embed_dim) < (len(log), 1)
+    assert str(table.filename).endswith(".npy") and str(table.filename).startswith(str(dm._cache().folder))
+    np.testing.assert_array_equal(table, dm.train_embeddings())
+    seen = []
+    for batch in loader:
+        rows = batch["row"].numpy()
+        np.testing.assert_array_equal(batch["emb"].numpy(), dm.train_embeddings()[dm._log_prompt_index[rows]])
+        seen.extend(rows.tolist())
+    assert sorted(seen) == list(range(len(log)))  # every log row once per epoch (train_repeats 1)
+
+
 @pytest.mark.parametrize("learner", ["reinforce", "critic"])
 def test_policy_learns_to_route_from_a_uniform_log(tmp_path, learner):
     """Same thresholds as the online learning test (tests/test_learning.py), from logged requests only."""
