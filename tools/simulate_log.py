@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
 
 from barp.data.parts import merge_options
@@ -41,6 +42,8 @@ def simulate_log(
     model: str | None = None,
     epsilon: float = 0.1,
     data: dict | None = None,
+    prompts: int | None = None,
+    requests: int | None = None,
 ) -> dict:
     """Write a simulated log of ``split`` served by ``policy`` and print its size and per-model counts.
 
@@ -55,6 +58,10 @@ def simulate_log(
         epsilon: Exploration share of ``epsilon_greedy``.
         data: Overrides of the recipe's ``data.init_args``, a part's options one by one (e.g.
             ``{"synthetic": {"num_prompts": 600}}``).
+        prompts: Serve only the split's first ``prompts`` prompts (None: all of them).
+        requests: Write exactly this many requests: the prompts are served in passes (as many as it takes; the
+            last one partly) instead of ``passes``. A million requests over 100,000 prompts:
+            ``--data '{"synthetic": {"num_prompts": 200000}}' --prompts 100000 --requests 1000000``.
 
     Returns:
         A summary: rows, prompts and requests per model.
@@ -63,6 +70,12 @@ def simulate_log(
     from barp.ope.simulate import simulate
 
     check_not_input(output, {"--recipe": recipe}, option=f"--output {output!r}")
+    for name, value in (("--prompts", prompts), ("--requests", requests)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be an integer >= 1 (or left out), got {value!r}")
+    if requests is not None and passes != 1:
+        raise ConfigError(f"give --passes ({passes}) or --requests ({requests}), not both: --requests serves the "
+                          "prompts in as many passes as it takes")
     try:
         section = yaml.safe_load(Path(recipe).read_text())["data"]
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
@@ -77,11 +90,22 @@ def simulate_log(
     rows = getattr(dm.splits, split)
     if len(rows) == 0:
         raise ConfigError(f"--split {split}: the recipe's {split} split is empty")
+    if prompts is not None:
+        if prompts > len(rows):
+            raise ConfigError(f"--prompts {prompts}: the recipe's {split} split has only {len(rows)} prompts; "
+                              "make the table larger (--data '{\"synthetic\": {\"num_prompts\": ...}}') or ask "
+                              "for fewer")
+        rows = rows[:prompts]
     table = dm.table.subset(rows)
+    if requests is not None:
+        passes = -(-requests // len(rows))
     log = simulate(table, policy, model=model, epsilon=epsilon, seed=seed, passes=passes)
+    if requests is not None and requests < len(log):
+        log = log.subset(np.arange(requests))  # rows come pass by pass: the last pass is cut short
     log.write(output)
     counts = dict(zip(log.models, map(int, log.model_counts())))
-    print(f"{log.num_rows} requests on {len(rows)} prompts of the {split} split ({policy}, {passes} per prompt; "
+    per_prompt = f"{passes} per prompt" if requests is None else f"{requests} requests in {passes} passes"
+    print(f"{log.num_rows} requests on {len(rows)} prompts of the {split} split ({policy}, {per_prompt}; "
           f"SIMULATED from {dm.table.source}); per model: {counts}\nwrote {output}")
     return {"rows": log.num_rows, "prompts": len(rows), "per_model": counts, "output": output}
 
