@@ -20,6 +20,12 @@ Writes ``OUTPUT/benchmark.json`` and prints a table. Sections (docs/performance.
 - ``growth``: at each size, the embedding pipeline (cache, dedup, sort, tokenise, forward, pool, shards), one
   training epoch, and the time and peak memory of the critic's neighbour search.
 - ``gpu``: the encoder in fp16/bf16 and training on the device, when CUDA is available; otherwise ``skipped``.
+- ``scale`` (only with ``--scale`` or ``--sections scale``): simulated logs of 10k, 100k and 1M requests (a tenth as
+  many distinct prompts) end to end through ``tools/simulate_log.py``, the chunked log reader, ``barp fit
+  --data.init_args.train_log`` and ``barp ope``, each stage a fresh process: its time, its peak memory and each
+  stage's growth exponent from one size to the next, against N log N::
+
+      OMP_NUM_THREADS=1 python tools/benchmark.py --output runs/scale --scale
 
 Every ratio is stored with the two figures it divides (``numerator`` / ``denominator``, dotted paths inside its
 section); ``targets`` compares them with the speed targets barp holds itself to (docs/performance.md). Nothing here
@@ -634,6 +640,126 @@ def growth_section(sizes: list[int], device: str = "cpu") -> dict:
     return section
 
 
+# ---------------------------------------------------------------------------------------------------- scale
+#: Requests of the scale section's logs (the issue's 10k, 100k and 1M), each over a tenth as many distinct prompts.
+SCALE_SIZES = (10_000, 100_000, 1_000_000)
+SCALE_STAGES = ("simulate", "read_log", "fit", "ope")
+
+
+def save_standin_encoder(folder: Path) -> Path:
+    """:func:`standin_encoder`'s network and the real tokenizer, saved as a local encoder folder for ``barp fit`` and
+    ``barp ope`` (``--data.init_args.encoder.name FOLDER``)."""
+    encoder = standin_encoder()
+    encoder.model.save_pretrained(folder)
+    encoder.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run_stage(cmd: list[str], log_file: Path) -> dict:
+    """Run ``cmd`` as a child process; its wall time and peak resident memory (``wait4``'s ``ru_maxrss``)."""
+    start = time.perf_counter()
+    with open(log_file, "w") as out:
+        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+        _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    child.returncode = code
+    if code != 0:
+        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"scale stage failed (exit {code}): {' '.join(cmd)}\n{tail}")
+    return {"s": seconds, "peak_mib": usage.ru_maxrss / 1024}
+
+
+def scale_section(sizes: list[int], folder: Path, passes: int = 10, bootstrap: int = 200,
+                  batch_size: int = 512) -> dict:
+    """A simulated log of each size, end to end through ``barp fit --data.init_args.train_log`` and ``barp ope``.
+
+    Per size N (requests): the built-in benchmark (seed 1) with ``2 N / passes`` prompts (the recipe's splits); a
+    training log of N requests over its training split's first ``N / passes`` prompts and an evaluation log of N
+    requests over its (unseen) test split (``tools/simulate_log.py``, uniform logging policy); then, each stage a
+    fresh process whose wall time and peak resident memory are measured: ``simulate`` (both logs), ``read_log`` (the
+    chunked reader alone, on the training log), ``fit`` (the synthetic recipe's model on that table for one epoch
+    over the log, batches of ``batch_size``: reads the log, embeds the table's prompts with the stand-in encoder,
+    trains, validates, tests) and ``ope`` (``barp ope`` of the fitted router on the evaluation log, ``bootstrap``
+    resamples). Growth from each size to the next: the time and memory ratios, the exponent
+    ``log(ratio) / log(size ratio)`` and the N log N bound ``(N2 log N2) / (N1 log N1)``.
+    """
+    tools = Path(__file__).resolve().parent
+    encoder = save_standin_encoder(folder / "encoder")
+    cache = folder / "cache"
+    section: dict = {"sizes": {}, "passes": passes, "bootstrap": bootstrap, "batch_size": batch_size,
+                     "encoder": "barp's SentenceEncoder with the stand-in network (1 layer, 32 wide), saved locally",
+                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    for n in sizes:
+        prompts = max(n // passes, 16)
+        work = folder / str(n)
+        work.mkdir(parents=True, exist_ok=True)
+        train_log, eval_log = work / "train.parquet", work / "eval.parquet"
+        table_prompts = max(2 * prompts, 64)
+        data = json.dumps({"synthetic": {"num_prompts": table_prompts, "seed": 1}})
+        simulate = [sys.executable, str(tools / "simulate_log.py"), "--recipe", str(RECIPE), "--data", data]
+        row: dict = {"requests": n, "train_prompts": prompts, "table_prompts": table_prompts}
+        stages = row.setdefault("stages", {})
+        first = run_stage([*simulate, "--output", str(train_log), "--prompts", str(prompts), "--requests", str(n)],
+                          work / "simulate_train.txt")
+        second = run_stage([*simulate, "--output", str(eval_log), "--split", "test", "--requests", str(n), "--seed",
+                            "1"], work / "simulate_eval.txt")
+        stages["simulate"] = {"s": first["s"] + second["s"], "peak_mib": max(first["peak_mib"], second["peak_mib"])}
+        read = ("from barp.data.sources.logs import read_log; import sys; log = read_log(sys.argv[1]); "
+                "print(len(log), len(set(log.prompts)))")
+        stages["read_log"] = run_stage([sys.executable, "-c", read, str(train_log)], work / "read_log.txt")
+        row["train_rows"], row["train_distinct_prompts"] = map(int, (work / "read_log.txt").read_text().split()[-2:])
+        fit = [*_barp_command(), "fit", "--config", str(RECIPE), "--data.init_args.train_log", str(train_log),
+               "--data.init_args.synthetic.num_prompts", str(table_prompts), "--data.init_args.synthetic.seed", "1",
+               "--data.init_args.encoder.name", str(encoder), "--data.init_args.encoder.dtype", "float32",
+               "--data.init_args.cache_dir", str(cache), "--data.init_args.batches.batch_size", str(batch_size),
+               "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
+               "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(work / "runs")]
+        stages["fit"] = run_stage(fit, work / "fit.txt")
+        ckpt = sorted((work / "runs").rglob("best-*.ckpt"))[-1]
+        ope = [*_barp_command(), "ope", "--log", str(eval_log), "--ckpt_path", str(ckpt), "--output",
+               str(work / "ope"), "--cache_dir", str(cache), "--bootstrap", str(bootstrap)]
+        stages["ope"] = run_stage(ope, work / "ope.txt")
+        row["total_s"] = sum(st["s"] for st in stages.values())
+        row["peak_mib"] = max(st["peak_mib"] for st in stages.values())
+        section["sizes"][str(n)] = row
+        print(f"[benchmark] scale {n}: " + ", ".join(f"{k} {v['s']:.1f} s / {v['peak_mib']:.0f} MiB"
+                                                   for k, v in stages.items()), file=sys.stderr, flush=True)
+    growth = section.setdefault("growth", {})
+    for a, b in zip(sizes, sizes[1:]):
+        size_ratio = b / a
+        bound = b * np.log(b) / (a * np.log(a))
+        for stage in (*SCALE_STAGES, "total"):
+            for figure in ("s", "peak_mib"):
+                path_a = f"sizes.{a}.stages.{stage}.{figure}" if stage != "total" else f"sizes.{a}.total_s"
+                path_b = path_a.replace(f"sizes.{a}.", f"sizes.{b}.")
+                if stage == "total" and figure == "peak_mib":
+                    path_a, path_b = f"sizes.{a}.peak_mib", f"sizes.{b}.peak_mib"
+                ratio = add_ratio(section, f"{stage}_{figure}_{b}_vs_{a}", path_b, path_a)
+                growth[f"{stage}_{figure}_{b}_vs_{a}"] = {
+                    "ratio": ratio, "exponent": float(np.log(ratio) / np.log(size_ratio)),
+                    "n_log_n_bound": float(bound), "within_n_log_n": bool(ratio <= bound)}
+    return section
+
+
+def scale_report(section: dict) -> list[str]:
+    """The scale section's table: time and peak memory per stage and size, then each growth step."""
+    lines = [f"\nscale (end to end: simulate_log, read_log, barp fit --data.init_args.train_log, barp ope; "
+             f"{section['encoder']}; one epoch, batches of {section['batch_size']}; "
+             f"ope with {section['bootstrap']} bootstrap resamples):",
+             "  requests  prompts  " + "  ".join(f"{s + '_s':>11} {s + '_MiB':>12}" for s in SCALE_STAGES)
+             + "  total_s  peak_MiB"]
+    for row in section["sizes"].values():
+        cells = "  ".join(f"{row['stages'][s]['s']:11.1f} {row['stages'][s]['peak_mib']:12.0f}" for s in SCALE_STAGES)
+        lines.append(f"  {row['requests']:8d}  {row['train_distinct_prompts']:7d}  {cells}  {row['total_s']:7.1f}  "
+                     f"{row['peak_mib']:8.0f}")
+    lines.append("  growth                              ratio  exponent  N log N bound  within")
+    for name, g in section["growth"].items():
+        lines.append(f"  {name:<34} {g['ratio']:7.2f}  {g['exponent']:8.2f}  {g['n_log_n_bound']:13.2f}  "
+                     f"{'yes' if g['within_n_log_n'] else 'NO'}")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------------- gpu
 def gpu_section(prompts: list[str], rounds: int, steps: int, warmup: int) -> dict:
     """The encoder in fp32/fp16/bf16 and training on the CUDA device; ``skipped`` without one."""
@@ -684,6 +810,18 @@ def targets(results: dict) -> list[dict]:
             step = ratios[f"prompts_{last}_vs_{sizes[-2]}"]["value"]
             found.append(_target(results, "growth", f"neighbour_search_peak_mib_{last}_vs_{sizes[-2]}", "<=",
                                  1.25 * step, f"not quadratic: <= 1.25 x the size ratio {step:g} (last step)"))
+    scale = results["sections"].get("scale", {})
+    scale_sizes = [int(n) for n in scale.get("sizes", {})]
+    if len(scale_sizes) > 1:  # the issue's: each stage's time and memory grow at most N log N over the last step
+        a, b = scale_sizes[-2], scale_sizes[-1]
+        for name, g in scale["growth"].items():
+            if name.endswith(f"_{b}_vs_{a}"):
+                found.append(_target(results, "scale", name, "<=", g["n_log_n_bound"],
+                                     f"at most N log N from {a} to {b} requests"))
+    if scale_sizes:
+        peak = scale["sizes"][str(scale_sizes[-1])]["peak_mib"]
+        found.append({"section": "scale", "ratio": f"peak_mib_{scale_sizes[-1]}", "value": peak,
+                      "target": "< 8192", "met": bool(peak < 8192), "note": "peak memory (MiB) of every stage"})
     return [t for t in found if t is not None]
 
 
@@ -759,6 +897,8 @@ def report(results: dict) -> str:
                          f"{row['cache_reload_s']:8.2f}  {row['train_prompts']:13d}  {row['epoch_s']:7.2f}  "
                          f"{row['epoch_steps']:5d}  {row['neighbour_search_s']:4.2f}  "
                          f"{peak if peak is None else round(peak, 1)!s:>11}  {row['full_similarity_matrix_mib']:12.1f}")
+    if "scale" in s:
+        lines.extend(scale_report(s["scale"]))
     for name, part in s.items():
         if "skipped" in part:
             lines.append(f"\n{name}: skipped ({part['skipped']})")
@@ -773,7 +913,9 @@ def report(results: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- main
-SECTIONS = ("encoder", "training", "routing", "startup", "growth", "gpu")
+SECTIONS = ("encoder", "training", "routing", "startup", "growth", "gpu", "scale")
+#: What runs without --sections: every section but ``scale`` (tens of minutes at a million requests; --scale).
+DEFAULT_SECTIONS = SECTIONS[:-1]
 
 
 def _machine() -> dict:
@@ -797,24 +939,26 @@ def _machine() -> dict:
 
 def run_benchmark(output: str, quick: bool = False, sections: list[str] | None = None,
                   growth_sizes: list[int] | None = None, training_steps: int | None = None,
-                  threads: int | None = 1) -> dict:
+                  threads: int | None = 1, scale_sizes: list[int] | None = None) -> dict:
     """Run the benchmark; write ``OUTPUT/benchmark.json`` and print the table.
 
     Args:
         output: Folder for ``benchmark.json`` (created if needed).
         quick: Tiny inputs and no start-up probes: checks the machinery in seconds; its figures mean little.
-        sections: Sections to run (default all): encoder, training, routing, startup, growth, gpu.
+        sections: Sections to run (default all but scale): encoder, training, routing, startup, growth, gpu, scale.
         growth_sizes: Synthetic table sizes of the growth section (default 1000, 4000, 16000; quick 100, 200, 400).
         training_steps: Steps per training run (default 300; quick 12), of which a tenth are warm-up.
         threads: torch intra-op threads for every in-process figure (None: torch's default, one per core). The
             default 1 keeps ratios stable on a shared machine: with one thread per core, a step waits for
             whichever thread another process has preempted (the training section also times its bare loop at the
             default thread count, to show the effect).
+        scale_sizes: Requests per log of the scale section (default 10,000, 100,000 and 1,000,000; quick 1,000 and
+            4,000).
 
     Returns:
         The results written to the JSON file.
     """
-    chosen = list(sections or SECTIONS)
+    chosen = list(sections or DEFAULT_SECTIONS)
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"--sections: unknown {unknown}; choose from {list(SECTIONS)}")
@@ -835,6 +979,8 @@ def run_benchmark(output: str, quick: bool = False, sections: list[str] | None =
         else startup_section(2),
         "growth": lambda: growth_section(sizes),
         "gpu": lambda: gpu_section(mix, 1 if quick else 2, steps, warmup),
+        "scale": lambda: scale_section(scale_sizes or ([1000, 4000] if quick else list(SCALE_SIZES)),
+                                       Path(output) / "scale", bootstrap=50 if quick else 200),
     }
     for name in SECTIONS:
         if name not in chosen:
@@ -864,14 +1010,19 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, help="folder for benchmark.json")
     parser.add_argument("--quick", action="store_true", help="tiny inputs, no start-up probes (seconds)")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, help="sections to run (default all)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, help="sections to run (default all but scale)")
+    parser.add_argument("--scale", action="store_true",
+                        help="run the scale section alone: logs of 10k, 100k and 1M requests end to end through "
+                             "barp fit and barp ope (about an hour on 2 cores; work files under OUTPUT/scale)")
+    parser.add_argument("--scale_sizes", nargs="+", type=int, help="requests per log of the scale section")
     parser.add_argument("--growth_sizes", nargs="+", type=int, help="growth table sizes (default 1000 4000 16000)")
     parser.add_argument("--training_steps", type=int, help="steps per training run (default 300)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: stable on a shared machine; 0: torch's default)")
     args = parser.parse_args(argv)
-    return run_benchmark(args.output, args.quick, args.sections, args.growth_sizes, args.training_steps,
-                         args.threads or None)
+    sections = args.sections or (["scale"] if args.scale else None)
+    return run_benchmark(args.output, args.quick, sections, args.growth_sizes, args.training_steps,
+                         args.threads or None, args.scale_sizes)
 
 
 if __name__ == "__main__":
