@@ -164,3 +164,27 @@ def test_startup_section_reports_barp_help_and_import_of_the_cli(bench, monkeypa
     assert s["barp_help_beyond_import_lightning"] == pytest.approx(1.0)
     assert "barp.cli.main" in section["commands"]["import_barp_cli"]
     assert section["ratios"]["import_lightning_vs_barp_help"]["value"] == pytest.approx(8.0 / 9.0)
+
+
+@pytest.mark.slow  # two small logs end to end through simulate_log, read_log, barp fit and barp ope (~2 min)
+def test_scale_section_measures_every_stage_and_its_growth(bench, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        returned = bench.main(["--output", str(tmp_path), "--scale", "--quick"])
+    finally:
+        torch.set_num_threads(threads)
+    section = returned["sections"]["scale"]
+    assert set(returned["sections"]) == {"scale"} and list(section["sizes"]) == ["1000", "4000"]
+    for n, row in section["sizes"].items():
+        assert row["train_rows"] == int(n) and row["train_distinct_prompts"] <= row["train_prompts"] == int(n) // 10
+        assert set(row["stages"]) == {"simulate", "read_log", "fit", "ope"}
+        assert all(st["s"] > 0 and st["peak_mib"] > 0 for st in row["stages"].values())
+        assert (tmp_path / "scale" / n / "ope" / "ope.csv").is_file()
+    for name, g in section["growth"].items():
+        ratio = section["ratios"][name]
+        assert g["ratio"] == ratio["value"] == pytest.approx(_figure(section, ratio["numerator"])
+                                                             / _figure(section, ratio["denominator"]))
+        assert g["exponent"] == pytest.approx(math.log(g["ratio"]) / math.log(4))
+        assert g["n_log_n_bound"] == pytest.approx(4000 * math.log(4000) / (1000 * math.log(1000)))
+    peak = [t for t in returned["targets"] if t["ratio"] == "peak_mib_4000"]
+    assert peak and peak[0]["value"] == section["sizes"]["4000"]["peak_mib"]
