@@ -41,6 +41,10 @@ if TYPE_CHECKING:  # annotations only
 OUTPUT_FILE = "ope.csv"
 
 
+#: Log rows routed at a time by :func:`target_probabilities` (bounds the network's activations on a large log).
+ROUTE_ROWS = 65_536
+
+
 def target_probabilities(
     module: Router, embeddings: np.ndarray, w_c: float, temperature: float | None = None
 ) -> np.ndarray:
@@ -53,15 +57,20 @@ def target_probabilities(
         temperature: None: greedy (one-hot on the argmax, how barp evaluates and serves by default); a number > 0:
             ``softmax(route / temperature)``.
     """
-    emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32), device=module.device)
-    w = torch.tensor([1.0 - w_c, w_c], dtype=torch.float32, device=module.device).expand(len(emb), 2)
-    with torch.inference_mode():
-        scores = module.route(emb, w).double().cpu()
-        if temperature is None:
-            return torch.nn.functional.one_hot(module.greedy(emb, w).cpu(), scores.shape[1]).double().numpy()
-    if not temperature > 0:
+    if temperature is not None and not temperature > 0:
         raise ConfigError(f"--temperature must be > 0 (or null for the greedy policy), got {temperature!r}")
-    return torch.softmax(scores / temperature, dim=-1).numpy()
+    parts = []
+    for start in range(0, max(len(embeddings), 1), ROUTE_ROWS):  # a log of millions: the network's activations
+        chunk = np.asarray(embeddings[start:start + ROUTE_ROWS], dtype=np.float32)  # for one slice at a time
+        emb = torch.as_tensor(chunk, device=module.device)
+        w = torch.tensor([1.0 - w_c, w_c], dtype=torch.float32, device=module.device).expand(len(emb), 2)
+        with torch.inference_mode():
+            scores = module.route(emb, w).double().cpu()
+            if temperature is None:
+                parts.append(torch.nn.functional.one_hot(module.greedy(emb, w).cpu(), scores.shape[1]).double())
+            else:
+                parts.append(torch.softmax(scores / temperature, dim=-1))
+    return torch.cat(parts).numpy()
 
 
 def embed_prompts(router, prompts: Sequence[str], cache_dir: str | None = None) -> np.ndarray:

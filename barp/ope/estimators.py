@@ -126,7 +126,10 @@ def _ridge_fit(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> tuple[n
 
 def fold_of_rows(groups: Sequence[str], folds: int, seed: int) -> np.ndarray:
     """Fold index per row: groups (e.g. prompt texts) shuffled with ``seed`` and dealt round-robin to folds."""
-    names, inverse = np.unique(np.asarray(list(groups), dtype=object).astype(str), return_inverse=True)
+    texts = [str(g) for g in groups]
+    names = sorted(set(texts))  # the order np.unique gives, without a fixed-width copy of every text (a long
+    index = {name: i for i, name in enumerate(names)}  # prompt x a million rows would take gigabytes)
+    inverse = np.fromiter((index[t] for t in texts), dtype=np.int64, count=len(texts))
     order = np.random.default_rng(seed).permutation(len(names))
     fold_of_group = np.empty(len(names), dtype=np.int64)
     fold_of_group[order] = np.arange(len(names)) % folds
