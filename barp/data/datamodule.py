@@ -195,6 +195,7 @@ class RoutingDataModule(L.LightningDataModule):
         self._log_embeddings: np.ndarray | None = None
         self._splits: Splits | None = None
         self._embeddings: np.ndarray | None = None
+        self._encoder: tuple[dict, SentenceEncoder] | None = None  # (spec, encoder) of the last embedding
 
     @property
     def encoder_spec(self) -> EncoderSpec:
@@ -360,8 +361,10 @@ class RoutingDataModule(L.LightningDataModule):
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         self._resolve_dtype()
-        encoder = SentenceEncoder(**dataclasses.asdict(self._encoder_spec))
-        return encoder.encode(texts, progress=True)
+        spec = dataclasses.asdict(self._encoder_spec)
+        if self._encoder is None or self._encoder[0] != spec:  # loaded once, not once per cache chunk
+            self._encoder = (spec, SentenceEncoder(**spec))
+        return self._encoder[1].encode(texts, progress=True)
 
     def _distributed(self) -> DistributedGroup | None:
         """The DDP processes sharing the embedding work: set when a trainer runs this module on several."""
@@ -382,6 +385,7 @@ class RoutingDataModule(L.LightningDataModule):
         self._embeddings, _ = self._cache().get_or_compute(self.table.prompts, self._encode)
         if self.train_log is not None:
             self._log_embeddings, _ = self._cache().get_or_compute(self._distinct_log_prompts(), self._encode)
+        self._encoder = None  # every prompt is embedded: let the weights go
 
     def setup(self, stage: str | None = None) -> None:
         """Load embeddings (from the cache that ``prepare_data`` filled; under DDP each process embeds its share of
@@ -395,6 +399,7 @@ class RoutingDataModule(L.LightningDataModule):
         if self.train_log is not None and self._log_embeddings is None:
             self._log_embeddings, _ = self._cache().get_or_compute(self._distinct_log_prompts(), self._encode,
                                                                    group=group)
+        self._encoder = None
         if len(self.splits.train) == 0:
             raise ConfigError(f"{self.table.source}: the training split is empty; lower val/test fractions")
 
