@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from barp.data.sources.chunks import iter_chunks
-from barp.data.sources.logs import LoggedFeedback, read_log
+from barp.data.sources.logs import LoggedFeedback, check_repeats, read_log
 from barp.errors import DataValidationError
 
 WHOLE = 10**6  # rows per chunk that hold any test log in one chunk
@@ -108,7 +108,7 @@ def test_json_lines_errors_name_the_line_in_a_later_chunk(tmp_path):
 def test_a_row_repeated_across_chunks_is_refused_as_by_the_whole_reader(tmp_path):
     log = sample_log(12)
     frame = log.to_frame()
-    frame = pd.concat([frame, frame.iloc[[2]]], ignore_index=True)  # row 12 copies row 2
+    frame = pd.concat([frame, frame.iloc[[2, 7, 2]]], ignore_index=True)  # rows 12 and 14 copy row 2, 13 row 7
     path = tmp_path / "log.csv"
     frame.to_csv(path, index=False)
     messages = []
@@ -117,6 +117,14 @@ def test_a_row_repeated_across_chunks_is_refused_as_by_the_whole_reader(tmp_path
             read_log(path, chunk_rows=rows)
         messages.append(str(err.value))
     assert messages[0] == messages[1] and messages[0].startswith(f"{path}: row 12 repeats row 2 exactly")
+    assert "(2 more repeated rows)" in messages[0]
+    copied = LoggedFeedback(**{**log.__dict__, **{k: getattr(log, k)[np.r_[0:12, 2, 7, 2]] for k in (
+        "actions", "propensity", "score", "cost", "w_c")}, "prompts": [log.prompts[i] for i in [*range(12), 2, 7, 2]],
+        "prompt_ids": [log.prompt_ids[i] for i in [*range(12), 2, 7, 2]],
+        "timestamps": [log.timestamps[i] for i in [*range(12), 2, 7, 2]], "source": str(path)})
+    with pytest.raises(DataValidationError) as err:  # the whole-log check of LoggedFeedback users
+        check_repeats(copied, copied.prompt_ids)
+    assert str(err.value) == messages[0]
 
 
 def test_a_folder_of_daily_files_is_one_log(tmp_path):

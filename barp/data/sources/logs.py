@@ -28,7 +28,7 @@ such a row would count one request twice and narrow every interval computed from
 
 from __future__ import annotations
 
-import hashlib
+import bisect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,6 +48,8 @@ REQUIRED_COLUMNS = ("prompt", "model", "propensity", "score", "cost")
 OPTIONAL_COLUMNS = ("w_c", "timestamp", "prompt_id", "decision_id", "note")
 #: Prefix of the ``note`` the simulator writes, so a simulated log says so wherever it goes.
 SIMULATED = "simulated"
+#: Two pandas hash keys (16 characters each): the row hashes of the repeat check are 2 x 64 bits.
+HASH_KEYS = ("barp-log-repeat1", "barp-log-repeat2")
 
 
 @dataclass(frozen=True, eq=False)
@@ -269,8 +271,9 @@ def _numbers(frame: pd.DataFrame, column: str, source: str, required: bool, firs
 def _texts(frame: pd.DataFrame, column: str, source: str, first_row: int = 0) -> list[str]:
     """A required text column; a missing, empty or non-text cell is an error."""
     out: list[str] = []
-    for i, value in enumerate(frame[column].tolist()):
-        text = prompt_text(value) if column == "prompt" else (None if is_missing(value) else str(value))
+    series = frame[column]
+    for i, (value, missing) in enumerate(zip(series.tolist(), series.isna().tolist())):
+        text = prompt_text(value) if column == "prompt" else (None if missing else str(value))
         if text is None or not text.strip():
             what = "missing" if is_missing(value) or text is not None else f"not text: {describe(value)}"
             raise DataValidationError(f"{source}: column {column!r}, row {first_row + i}: the value is {what}")
@@ -281,7 +284,8 @@ def _texts(frame: pd.DataFrame, column: str, source: str, first_row: int = 0) ->
 def _optional_texts(frame: pd.DataFrame, column: str) -> list[str] | None:
     if column not in frame.columns:
         return None
-    return ["" if is_missing(v) else str(v) for v in frame[column].tolist()]
+    series = frame[column]
+    return ["" if missing else str(v) for v, missing in zip(series.tolist(), series.isna().tolist())]
 
 
 def _check_columns(frame: pd.DataFrame, source: str) -> None:
@@ -341,9 +345,9 @@ class _ChunkedLog:
         self.columns: dict[str, list[np.ndarray]] = {c: [] for c in ("actions", "propensity", "score", "cost", "w_c")}
         self.notes: set[str] = set()
         self._texts: dict[str, str] = {}  # one string object per distinct prompt (and prompt id) text
-        self._seen: dict[bytes, tuple[str, int, int]] = {}  # digest of a row -> (file, row in file, log row)
+        self._hashes: list[np.ndarray] = []  # per chunk, a 128-bit hash of each row's check_repeats key, (n, 2)
+        self._chunks: list[tuple[str, int, int]] = []  # per chunk: file, its first row there, its first log row
         self._decisions: dict[str, tuple[str, int]] = {}
-        self._repeats: list[tuple[str, int, str, int, int]] = []  # (file, row, earlier file, earlier row, log row)
         self._decision_repeat: str | None = None
         self.sources: list[str] = []
 
@@ -414,15 +418,39 @@ class _ChunkedLog:
                             "decision has one outcome (a copied row, or two servers writing one log)")
                 else:
                     self._decisions[did] = (source, first + i)
-        column = lambda values: [None] * n if values is None else values  # noqa: E731
-        keys = zip(column(raw_ids), prompts, names, (numbers["propensity"] + 0.0).tolist(),
-                   (numbers["score"] + 0.0).tolist(), (numbers["cost"] + 0.0).tolist(),
-                   [None if np.isnan(w) else float(w) + 0.0 for w in w_c], column(timestamps), column(decisions))
-        for i, key in enumerate(keys):
-            digest = hashlib.blake2b(repr(key).encode(), digest_size=16).digest()
-            earlier = self._seen.setdefault(digest, (source, first + i, self.rows + i))
-            if earlier[2] != self.rows + i:
-                self._repeats.append((source, first + i, earlier[0], earlier[1], self.rows + i))
+        absent = "\x00absent"  # a column the file lacks (None in check_repeats' keys): no cell text equals it
+        cell = lambda values: [absent] * n if values is None else values  # noqa: E731
+        w = np.where(np.isnan(w_c), -1.0, w_c + 0.0)  # +0.0: -0.0 and 0.0 are one value, as in check_repeats
+        key = pd.DataFrame({"id": cell(raw_ids), "prompt": prompts, "model": names,
+                            "propensity": numbers["propensity"] + 0.0, "score": numbers["score"] + 0.0,
+                            "cost": numbers["cost"] + 0.0, "w_c": w, "timestamp": cell(timestamps),
+                            "decision": cell(decisions)})
+        halves = [pd.util.hash_pandas_object(key, index=False, hash_key=k).to_numpy() for k in HASH_KEYS]
+        self._hashes.append(np.stack(halves, axis=1))  # 128 bits per row: equal rows, equal hashes
+        self._chunks.append((source, first, self.rows))
+
+    def _where(self, log_row: int) -> tuple[str, int]:
+        """The file and the row within it of log row ``log_row``."""
+        starts = [log_start for _, _, log_start in self._chunks]
+        source, first, log_start = self._chunks[bisect.bisect_right(starts, log_row) - 1]
+        return source, first + log_row - log_start
+
+    def _repeated_rows(self) -> tuple[tuple[str, int], tuple[str, int], int, int] | None:
+        """The first row equal to an earlier one (where, where the earlier is, its log row) and how many rows repeat
+        an earlier one; None when none does. Sorting the rows' hashes finds them in O(N log N)."""
+        hashes = np.concatenate(self._hashes) if self._hashes else np.empty((0, 2), dtype=np.uint64)
+        self._hashes = []
+        order = np.lexsort((np.arange(len(hashes)), hashes[:, 1], hashes[:, 0]))  # equal rows together, in row order
+        ordered = hashes[order]
+        same = np.zeros(len(order), dtype=bool)
+        same[1:] = (ordered[1:] == ordered[:-1]).all(axis=1)
+        if not same.any():
+            return None
+        group_first = order[np.maximum.accumulate(np.where(same, 0, np.arange(len(order))))]
+        repeated = order[same]
+        i = int(np.argmin(repeated))
+        row = int(repeated[i])
+        return self._where(row), self._where(int(group_first[same][i])), row, len(repeated)
 
     def finish(self, source: str) -> LoggedFeedback:
         """The whole log, once every chunk is in; raises on a repeated request (see :func:`check_repeats`)."""
@@ -434,7 +462,6 @@ class _ChunkedLog:
             remap = np.empty(len(names), dtype=np.int64)
             remap[order] = np.arange(len(names))
             names, actions = [names[j] for j in order], remap[actions]
-        self._seen.clear()
         log = LoggedFeedback(
             prompts=self.prompts, models=names, actions=actions,
             propensity=np.concatenate(self.columns["propensity"]), score=np.concatenate(self.columns["score"]),
@@ -443,9 +470,10 @@ class _ChunkedLog:
         )
         if self._decision_repeat is not None:
             raise DataValidationError(self._decision_repeat)
-        if self._repeats:
-            at, row, earlier_at, earlier, log_row = self._repeats[0]
-            more = f" ({len(self._repeats) - 1} more repeated rows)" if len(self._repeats) > 1 else ""
+        repeats = self._repeated_rows()
+        if repeats is not None:
+            (at, row), (earlier_at, earlier), log_row, count = repeats
+            more = f" ({count - 1} more repeated rows)" if count > 1 else ""
             earlier_text = f"row {earlier}" if earlier_at == at else f"{earlier_at} row {earlier}"
             assert log.prompt_ids is not None  # LoggedFeedback.__post_init__ fills it in
             raise DataValidationError(
