@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tests.helpers import ROOT
@@ -42,11 +43,18 @@ def shards(cache: Path) -> dict[str, np.ndarray]:
     return {p.name: np.load(p)["vectors"] if p.suffix == ".npz" else np.zeros(0) for p in folder.iterdir()}
 
 
-def test_two_nodes_of_one_process_give_the_single_process_result(tmp_path, monkeypatch):
+@pytest.mark.parametrize("launcher", ["lightning", pytest.param("torchrun", marks=pytest.mark.slow)])
+def test_two_nodes_of_one_process_give_the_single_process_result(tmp_path, monkeypatch, launcher):
+    """``lightning``: each node runs ``barp fit`` with MASTER_ADDR, MASTER_PORT and NODE_RANK set, and Lightning
+    starts its process; ``torchrun`` (slow: the same run, another launcher): torchrun starts it."""
     port = free_port()
     procs, logs = [], []
     for node in (0, 1):
-        args = [sys.executable, "-m", "barp", "fit", *tiny_args(tmp_path / f"node{node}"),
+        launch = [sys.executable, "-m"]
+        if launcher == "torchrun":
+            launch += ["torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(node),
+                       "--master-addr", "127.0.0.1", "--master-port", str(port), "-m"]
+        args = [*launch, "barp", "fit", *tiny_args(tmp_path / f"node{node}"),
                 "--config", str(ROOT / "configs" / "trainer" / "multinode.yaml"),
                 "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.max_epochs", "1"]
         logs.append(tmp_path / f"node{node}.log")
