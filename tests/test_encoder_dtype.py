@@ -244,7 +244,7 @@ def test_node_leaders_on_a_shared_file_system_write_the_cache_once(tmp_path):
         def write(keys, vectors, tag="", r=r, original=cache._write_shard):
             writes[r].append(tag)
             return original(keys, vectors, tag)
-        cache._write_shard = write  # type: ignore[method-assign]
+        cache._write_shard = write
     seen, out = run_ranks(caches, [True, True], texts)  # two nodes, one process each, one shared folder
     assert len(seen[0]) == len(seen[1]) == 6
     assert writes[0] == ["-r0"] * 2 + [""] * 3 and writes[1] == ["-r1"] * 2  # the merged shards: by rank 0 only

@@ -62,6 +62,8 @@ def test_two_nodes_of_one_process_give_the_single_process_result(tmp_path, monke
             procs.append(subprocess.Popen(args, cwd=tmp_path, env=node_env(node, port, tmp_path / f"cache{node}"),
                                           stdout=out, stderr=subprocess.STDOUT))
     try:
+        from barp.cli import main  # the single-process run's imports, while the nodes start and wait for each other
+
         codes = [p.wait(timeout=300) for p in procs]
     finally:
         for p in procs:
@@ -88,8 +90,6 @@ def test_two_nodes_of_one_process_give_the_single_process_result(tmp_path, monke
 
     # One process (in this one), a fresh cache: it embeds the same vectors and tests the two nodes' best checkpoint
     # to the same metrics that the two nodes (each testing half of every split) reported
-    from barp.cli import main
-
     monkeypatch.setenv("BARP_CACHE", str(tmp_path / "single-cache"))
     main(["test", *tiny_args(tmp_path / "single"), "--ckpt_path", str(best)])
     single = shards(tmp_path / "single-cache")
