@@ -75,7 +75,8 @@ class NeighbourIndex:
 
     @classmethod
     def build(cls, keys: torch.Tensor, method: str = "auto", threshold: int = EXACT_BELOW, seed: int = 0,
-              lists: int | None = None, probes: int | None = None, option: str = "search") -> NeighbourIndex:
+              lists: int | None = None, probes: int | None = None, option: str = "search",
+              normalise: bool = True) -> NeighbourIndex:
         """Index ``keys`` (N, D) for cosine search.
 
         Args:
@@ -86,6 +87,7 @@ class NeighbourIndex:
             lists: IVF lists (default ``round(sqrt(N))``, at most N).
             probes: Lists probed per query (default :data:`DEFAULT_PROBES`, at most ``lists``).
             option: The configuration option named in errors (e.g. ``model.critic.search``).
+            normalise: L2-normalise the keys; False: they already are (kept as they are, no copy).
 
         Raises:
             ConfigError: An unknown method or a bad threshold, lists or probes.
@@ -94,7 +96,7 @@ class NeighbourIndex:
         _positive_int(threshold, f"{option} threshold")
         if keys.ndim != 2:
             raise ConfigError(f"{option}: keys must be a (N, D) matrix, got shape {tuple(keys.shape)}")
-        x = F.normalize(keys.float(), dim=-1)
+        x = F.normalize(keys.float(), dim=-1) if normalise else keys.float()
         n = len(x)
         if method == "exact" or (method == "auto" and n < threshold) or n == 0:
             return cls(x, "exact")
