@@ -72,6 +72,7 @@ class NeighbourIndex:
                  order: torch.Tensor | None = None, bounds: torch.Tensor | None = None, probes: int = 1) -> None:
         self.keys, self.method = keys, method
         self.centroids, self.order, self.bounds, self.probes = centroids, order, bounds, probes
+        self._sorted: torch.Tensor | None = None
 
     @classmethod
     def build(cls, keys: torch.Tensor, method: str = "auto", threshold: int = EXACT_BELOW, seed: int = 0,
@@ -158,22 +159,27 @@ class NeighbourIndex:
         by_list = torch.argsort(flat, stable=True)
         qbounds = torch.searchsorted(flat[by_list], torch.arange(lists + 1, device=q.device)).tolist()
         kbounds = self.bounds.tolist()
+        if self._sorted is None:  # the keys list by list, contiguous: each list's keys are a slice, not a gather
+            self._sorted = self.keys[self.order]
+        position = torch.empty_like(self.order)
+        position[self.order] = torch.arange(len(self.order), device=q.device)  # key row -> row in _sorted
         part_sims = torch.full((nq, p, k), -float("inf"), device=q.device)
         part_idx = torch.full((nq, p, k), -1, dtype=torch.long, device=q.device)
         for lst in range(lists):
-            members = self.order[kbounds[lst]:kbounds[lst + 1]]
+            lo, hi = kbounds[lst], kbounds[lst + 1]
             slots = by_list[qbounds[lst]:qbounds[lst + 1]]
-            if len(members) == 0 or len(slots) == 0:
+            if hi == lo or len(slots) == 0:
                 continue
             rows, col = slots // p, slots % p
-            sim = q[rows] @ self.keys[members].T
+            sim = q[rows] @ self._sorted[lo:hi].T
             if exclude_self:  # a query's own row lies in its own list only
-                hit = (rows[:, None] == members[None, :]).nonzero()
-                sim[hit[:, 0], hit[:, 1]] = -float("inf")
-            kk = min(k, len(members))
+                own = position[rows]
+                inside = ((own >= lo) & (own < hi)).nonzero().flatten()
+                sim[inside, own[inside] - lo] = -float("inf")
+            kk = min(k, hi - lo)
             top = sim.topk(kk, dim=-1)
             part_sims[rows, col, :kk] = top.values
-            part_idx[rows, col, :kk] = members[top.indices]
+            part_idx[rows, col, :kk] = self.order[lo + top.indices]
         top = part_sims.view(nq, p * k).topk(k, dim=-1)
         sims, idx = top.values, part_idx.view(nq, p * k).gather(1, top.indices)
         short = torch.isinf(sims).any(dim=-1).nonzero().flatten()  # probed lists held fewer than k keys
