@@ -672,10 +672,10 @@ def neighbours_section(sizes: list[int], exact_up_to: int, k: int = 10, dim: int
                        sample: int = 2000) -> dict:
     """Exact against approximate (IVF) neighbour search, side by side at each size: every key's ``k`` nearest other
     keys (what the neighbour critic computes at fit start), build + search time, peak memory, recall@k."""
-    from barp.learning.neighbours import DEFAULT_PROBES, NeighbourIndex
+    from barp.learning.neighbours import NeighbourIndex
 
     section: dict = {"data": f"clustered_unit_vectors(n, dim={dim}) (seeded stand-in embeddings)", "k": k,
-                     "recall_sample": sample, "probes": DEFAULT_PROBES, "lists": "round(sqrt(N))",
+                     "recall_sample": sample, "probes": "max(12, ceil(sqrt(lists)) + 1)", "lists": "round(sqrt(N))",
                      "exact_up_to": exact_up_to, "sizes": {}}
     for n in sizes:
         keys = clustered_unit_vectors(n, dim)

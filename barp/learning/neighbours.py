@@ -12,8 +12,8 @@ One interface for every neighbour search in barp (the neighbour critic, the shif
   time grows with N x Q (N^2 for the critic's neighbour lists of its own training prompts).
 - ``approximate``: a torch IVF index. A seeded spherical k-means (``lists`` ~ sqrt(N) centroids, fitted on a sample
   of at most 64 keys per list) cuts the keys into lists; a query is compared with the keys of its ``probes`` nearest
-  lists only (one matmul per list over the queries that probe it), so the time grows about as N^1.5 and the memory
-  linearly. Deterministic for a given seed and configuration (own generator; the global RNG is untouched).
+  lists only (``max(12, ceil(sqrt(lists)) + 1)`` by default; one matmul per list over the queries that probe it), so the
+  time grows about as N^1.75 and the memory linearly. Deterministic for a given seed and configuration (own generator; the global RNG is untouched).
 - ``auto`` (the default): ``exact`` below ``threshold`` keys (:data:`EXACT_BELOW`), else ``approximate``.
 
 Why a torch IVF and not FAISS: measured on this project's 2-core machine (one thread, 16k keys of dimension 384),
@@ -39,8 +39,14 @@ METHODS: tuple[str, ...] = ("auto", "exact", "approximate")
 #: is several times faster at recall@10 >= 0.95; below a few thousand keys the exact search takes well under a second
 #: and the gain does not pay for the approximation).
 EXACT_BELOW = 20_000
-#: Lists probed per query by default: recall@10 >= 0.95 on the development set's MiniLM embeddings.
-DEFAULT_PROBES = 12
+
+
+def default_probes(lists: int) -> int:
+    """Lists probed per query by default: ``max(12, ceil(sqrt(lists)) + 1)`` (12 of 108 lists on the development set's 11,571
+    MiniLM embeddings: recall@10 0.968). Probing a fixed number lost recall as N grew (0.95 at 16k keys, 0.86 at 64k,
+    0.73 at 256k with 12 probes, docs/performance.md); with sqrt(lists) probes the scanned share of the keys falls as
+    N^-0.25, so the search grows as about N^1.75 instead of N^2."""
+    return max(12, math.ceil(math.sqrt(lists)) + 1)
 #: k-means iterations of the coarse quantiser.
 KMEANS_ITERATIONS = 10
 #: At most this many keys per list train the coarse quantiser (a seeded sample).
@@ -86,7 +92,7 @@ class NeighbourIndex:
             threshold: ``auto`` is exact below this many keys.
             seed: Seed of the coarse quantiser's sample and initial centroids (approximate only).
             lists: IVF lists (default ``round(sqrt(N))``, at most N).
-            probes: Lists probed per query (default :data:`DEFAULT_PROBES`, at most ``lists``).
+            probes: Lists probed per query (default :func:`default_probes`, at most ``lists``).
             option: The configuration option named in errors (e.g. ``model.critic.search``).
             normalise: L2-normalise the keys; False: they already are (kept as they are, no copy).
 
@@ -102,8 +108,8 @@ class NeighbourIndex:
         if method == "exact" or (method == "auto" and n < threshold) or n == 0:
             return cls(x, "exact")
         lists = _positive_int(lists, f"{option} lists") if lists is not None else max(1, round(math.sqrt(n)))
-        probes = _positive_int(probes, f"{option} probes") if probes is not None else DEFAULT_PROBES
         lists = min(lists, n)
+        probes = _positive_int(probes, f"{option} probes") if probes is not None else default_probes(lists)
         centroids = _spherical_kmeans(x, lists, seed)
         assign = _nearest_centroid(x, centroids)
         order = torch.argsort(assign, stable=True)
