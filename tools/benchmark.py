@@ -841,10 +841,11 @@ def report(results: dict) -> str:
         lines.append("     keys  exact_s  exact_MiB  approx_s  approx_MiB  speed-up  recall@k")
         for row in nb["sizes"].values():
             ex = row.get("exact_s")
-            cells = (f"{ex:7.2f}  {row['exact_peak_mib']!s:>9.9}" if ex is not None else f"{'not run':>7}  {'':>9}")
+            mib = lambda v, w: f"{v:{w}.1f}" if v is not None else f"{'?':>{w}}"  # noqa: E731 (None: unmeasurable)
+            cells = (f"{ex:7.2f}  {mib(row['exact_peak_mib'], 9)}" if ex is not None else f"{'not run':>7}  {'':>9}")
             speed = f"{ex / row['approximate_s']:8.2f}" if ex is not None else f"{'':>8}"
             lines.append(f"  {row['keys']:7d}  {cells}  {row['approximate_s']:8.2f}  "
-                         f"{row['approximate_peak_mib']!s:>10.10}  {speed}  {row['recall_at_k']:8.3f}")
+                         f"{mib(row['approximate_peak_mib'], 10)}  {speed}  {row['recall_at_k']:8.3f}")
     for name, part in s.items():
         if "skipped" in part:
             lines.append(f"\n{name}: skipped ({part['skipped']})")

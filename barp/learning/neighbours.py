@@ -12,15 +12,16 @@ One interface for every neighbour search in barp (the neighbour critic, the shif
   time grows with N x Q (N^2 for the critic's neighbour lists of its own training prompts).
 - ``approximate``: a torch IVF index. A seeded spherical k-means (``lists`` ~ sqrt(N) centroids, fitted on a sample
   of at most 64 keys per list) cuts the keys into lists; a query is compared with the keys of its ``probes`` nearest
-  lists only (``max(12, ceil(sqrt(lists)) + 1)`` by default; one matmul per list over the queries that probe it), so the
-  time grows about as N^1.75 and the memory linearly. Deterministic for a given seed and configuration (own generator; the global RNG is untouched).
+  lists only (``max(12, ceil(sqrt(lists)) + 1)`` by default; one matmul per list over the queries that probe it):
+  measured 6-8x the time per 4x keys against exact search's 15-16x, memory linear. Deterministic for a given seed
+  and configuration (own generator; the global RNG is untouched).
 - ``auto`` (the default): ``exact`` below ``threshold`` keys (:data:`EXACT_BELOW`), else ``approximate``.
 
 Why a torch IVF and not FAISS: measured on this project's 2-core machine (one thread, 16k keys of dimension 384),
-FAISS's IVF-Flat (``faiss-cpu`` 1.15, build + search of every key's neighbours) was slower than this index, whose
-per-list matmuls run through BLAS, and FAISS would be a new compiled dependency; on a GPU the same torch code runs
-on the device. docs/performance.md ("Neighbour search") has the measured table and how :data:`EXACT_BELOW` was
-picked.
+FAISS's IVF-Flat (``faiss-cpu`` 1.15, build + search of every key's neighbours) was slower than this index at equal
+recall, whose per-list matmuls run through BLAS, and FAISS would be a new compiled dependency; on a GPU the same
+torch code runs on the device. docs/performance.md ("Neighbour search") has the measured table and how
+:data:`EXACT_BELOW` was picked.
 """
 
 from __future__ import annotations
@@ -35,17 +36,18 @@ from barp.errors import ConfigError
 
 SearchMethod = Literal["auto", "exact", "approximate"]
 METHODS: tuple[str, ...] = ("auto", "exact", "approximate")
-#: ``auto`` searches exactly below this many keys (docs/performance.md, "Neighbour search": at 16k keys the IVF index
-#: is several times faster at recall@10 >= 0.95; below a few thousand keys the exact search takes well under a second
-#: and the gain does not pay for the approximation).
+#: ``auto`` searches exactly below this many keys (docs/performance.md, "Neighbour search"): below ~5k keys the index
+#: is no faster; at 16k it was 2.4x faster at recall@10 0.948 (one thread), at 64k 5.1x at 0.871 on the stand-in
+#: embeddings. 20,000 keeps the recipes' training sets (synthetic, development set) on exact search, seconds each.
 EXACT_BELOW = 20_000
 
 
 def default_probes(lists: int) -> int:
-    """Lists probed per query by default: ``max(12, ceil(sqrt(lists)) + 1)`` (12 of 108 lists on the development set's 11,571
-    MiniLM embeddings: recall@10 0.968). Probing a fixed number lost recall as N grew (0.95 at 16k keys, 0.86 at 64k,
-    0.73 at 256k with 12 probes, docs/performance.md); with sqrt(lists) probes the scanned share of the keys falls as
-    N^-0.25, so the search grows as about N^1.75 instead of N^2."""
+    """Lists probed per query by default: ``max(12, ceil(sqrt(lists)) + 1)`` (12 of 108 lists on the development
+    set's 11,571 MiniLM embeddings: recall@10 0.968). Probing a fixed number lost recall as N grew (0.95 at 16k
+    keys, 0.86 at 64k, 0.73 at 256k with 12 probes); growing them as sqrt(lists) recovers some (0.87 at 64k, 0.77 at
+    256k on the stand-in embeddings, docs/performance.md) while the scanned share of the keys still falls as
+    N^-0.25."""
     return max(12, math.ceil(math.sqrt(lists)) + 1)
 #: k-means iterations of the coarse quantiser.
 KMEANS_ITERATIONS = 10
