@@ -253,6 +253,7 @@ def plot(curve: list[dict], methods: list[str], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     measure = curve[0]["measure"] if curve else "aiq"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -268,6 +269,9 @@ def plot(curve: list[dict], methods: list[str], path: Path, title: str) -> None:
             ax.errorbar(x, [p[1]["mean"] * scale for p in pts], yerr=[p[1]["std"] * scale for p in pts],
                         marker="o", capsize=3, label=LABELS.get(m, m), linewidth=2.2 if m == "barp" else 1.4)
         ax.set_xscale("log")
+        ticks = sorted({float(np.mean(e["n_train"])) if e["n_train"] else float(e["size"]) for e in curve})
+        ax.set_xticks(ticks, [f"{t:.0f}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel="training rows", ylabel=ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
