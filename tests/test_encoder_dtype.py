@@ -128,9 +128,9 @@ def test_datamodule_keys_cache_and_checkpoint_record_by_resolved_dtype(tmp_path)
 class ThreadGroup:
     """A process group of threads (for the sharded path without torch.distributed)."""
 
-    def __init__(self, rank: int, world_size: int, shared: dict) -> None:
+    def __init__(self, rank: int, world_size: int, shared: dict, local_leader: bool | None = None) -> None:
         self.rank, self.world_size, self.shared = rank, world_size, shared
-        self.local_leader = rank == 0
+        self.local_leader = rank == 0 if local_leader is None else local_leader
 
     def _exchange(self, value):
         self.shared["barrier"].wait()
@@ -186,6 +186,71 @@ def test_sharded_fill_equals_single_process_fill(tmp_path):
     names = sorted(p.name for p in sharded.folder.iterdir())
     assert names == sorted(p.name for p in reference.folder.iterdir()) and len(names) == 1 + 1 + 4
     assert np.array_equal(sharded.get_or_compute(texts, _no_probe)[0], expected)
+
+
+def run_ranks(caches: list[EmbeddingCache], leaders: list[bool], texts: list[str], chunk_size: int = 5):
+    """``get_or_compute`` on one thread per rank (rank r uses ``caches[r]``); the texts each rank embedded, and each
+    rank's result."""
+    shared = {"barrier": threading.Barrier(len(caches))}
+    seen: dict[int, list[str]] = {r: [] for r in range(len(caches))}
+    out: dict[int, tuple] = {}
+
+    def rank(r):
+        def compute(chunk):
+            seen[r].extend(chunk)
+            return fake(chunk)
+        group = ThreadGroup(r, len(caches), shared, local_leader=leaders[r])
+        out[r] = caches[r].get_or_compute(texts, compute, chunk_size=chunk_size, group=group)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(len(caches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(out) == len(caches), "a rank did not finish"
+    return seen, out
+
+
+def test_nodes_with_their_own_caches_embed_each_prompt_once_and_fill_both(tmp_path):
+    """Two nodes on local disks (node A: ranks 0-1, node B: rank 2) whose caches hold different prompts: a prompt
+    cached nowhere is embedded by one process of the three, one cached on a single node is sent from there, and each
+    node's cache ends as a single process would have left it."""
+    texts = [f"prompt {i}" * (1 + i % 5) for i in range(24)] + ["prompt 0"]
+    expected, _ = EmbeddingCache(tmp_path / "single", "enc", 8, "left", "float32").get_or_compute(texts, fake, 5)
+    node_a = EmbeddingCache(tmp_path / "node-a", "enc", 8, "left", "float32")
+    node_b = EmbeddingCache(tmp_path / "node-b", "enc", 8, "left", "float32")
+    node_a.get_or_compute(texts[:6], fake, chunk_size=5)
+    node_b.get_or_compute(texts[4:10], fake, chunk_size=5)
+    seen, out = run_ranks([node_a, node_a, node_b], [True, False, True], texts)
+    embedded = seen[0] + seen[1] + seen[2]
+    assert sorted(embedded) == sorted(set(texts) - set(texts[:10]))  # each uncached prompt once, by one process
+    assert all(seen.values())  # ... shared among all three, across both nodes
+    for r in range(3):
+        assert np.array_equal(out[r][0], expected) and out[r][1] == len(set(texts)) - 10
+    for node, cached in ((node_a, texts[:6]), (node_b, texts[4:10])):
+        reference = EmbeddingCache(tmp_path / f"reference-{node.folder.parent.name}", "enc", 8, "left", "float32")
+        reference.get_or_compute(cached, fake, chunk_size=5)
+        reference.get_or_compute(texts, fake, chunk_size=5)
+        names = sorted(p.name for p in node.folder.iterdir())  # no part shards, no writer marks left
+        assert names == sorted(p.name for p in reference.folder.iterdir())
+        assert np.array_equal(node.get_or_compute(texts, _no_probe)[0], expected)
+
+
+def test_node_leaders_on_a_shared_file_system_write_the_cache_once(tmp_path):
+    texts = [f"prompt {i}" for i in range(12)]
+    caches = [EmbeddingCache(tmp_path / "shared", "enc", 8, "left", "float32") for _ in range(2)]
+    writes: dict[int, list[str]] = {0: [], 1: []}
+    for r, cache in enumerate(caches):
+        def write(keys, vectors, tag="", r=r, original=cache._write_shard):
+            writes[r].append(tag)
+            return original(keys, vectors, tag)
+        cache._write_shard = write
+    seen, out = run_ranks(caches, [True, True], texts)  # two nodes, one process each, one shared folder
+    assert len(seen[0]) == len(seen[1]) == 6
+    assert writes[0] == ["-r0"] * 2 + [""] * 3 and writes[1] == ["-r1"] * 2  # the merged shards: by rank 0 only
+    reference = EmbeddingCache(tmp_path / "reference", "enc", 8, "left", "float32")
+    reference.get_or_compute(texts, fake, chunk_size=5)
+    assert sorted(p.name for p in caches[0].folder.iterdir()) == sorted(p.name for p in reference.folder.iterdir())
 
 
 FILL = """

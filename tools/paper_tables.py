@@ -50,8 +50,11 @@ def _covers(sweep_dir: Path, methods: list[str]) -> bool:
 
 
 def _fit_and_sweep(recipe: str, out: Path, seed: int, head: str, methods: list[str], grid: list[float],
-                   num_prompts: int | None, max_epochs: int | None, reuse: bool) -> Path:
-    """Train BaRP with ``head`` for ``seed`` and sweep it; returns the sweep folder."""
+                   num_prompts: int | None, max_epochs: int | None, reuse: bool,
+                   extra: list[str] | None = None) -> Path:
+    """Train BaRP with ``head`` for ``seed`` and sweep it; returns the sweep folder. ``extra``: more ``barp``
+    options (after the recipe's) given to both the fit and the sweep, e.g. another data file or encoder
+    (``tools/learning_curve.py``)."""
     from barp.cli.main import fit_checkpoint, main
 
     sweep_dir = out / f"seed{seed}" / f"head_{head}" / "sweep"
@@ -61,6 +64,7 @@ def _fit_and_sweep(recipe: str, out: Path, seed: int, head: str, methods: list[s
     common = ["--config", recipe]
     if num_prompts is not None:
         common += ["--data.init_args.synthetic.num_prompts", str(num_prompts)]
+    common += list(extra or [])
     fit = [*common, "--model.init_args.policy.head", head, "--seed_everything", str(seed),
            "--test_after_fit", "false", "--trainer.enable_progress_bar", "false",
            "--trainer.default_root_dir", str(run_dir), "--trainer.logger.init_args.save_dir", str(run_dir)]

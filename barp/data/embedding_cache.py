@@ -9,9 +9,11 @@ set aside as ``*.damaged`` and its texts are embedded again.
 Several processes may fill one cache at once. Shards are named by the hash of their text keys and only ever appear
 by an atomic rename, so two runs embedding the same texts write the same shard names and the last rename wins with an
 equally valid file; a reader that finds a shard gone (merged away by another run) reads the folder again. Under DDP
-(``group``, see :class:`DistributedGroup`) each process embeds its share of the missing texts into its own part
-shards (``shard-*-r<rank>.npz``); the processes then exchange their vectors, one process per node writes them as the
-shards a single process would have written, and each process removes its parts.
+(``group``, see :class:`DistributedGroup`), on one machine or several, the texts missing from any process's cache
+are shared among all processes of all nodes: each embeds its share into its own part shards
+(``shard-*-r<rank>.npz``); the processes then exchange their vectors, and for each cache folder one process (the
+lowest-ranked node leader that sees it: once per node on local disks, once in all on a shared file system) writes the
+shards a single process would have written there; each process then removes its parts.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -184,38 +187,62 @@ class EmbeddingCache:
             computed, _ = self._compute([(keys[i], texts[i]) for i in missing], compute, chunk_size)
             store.update(computed)
             return np.stack([store[k] for k in keys]).astype(np.float32), len(missing)
-        # rank 0's view of the cache decides the work (another run may add shards while the ranks read it)
-        missing = group.broadcast(self._missing(keys, store))
+        # Each node may have its own cache (local disks), so the processes' views may differ: a text cached by no
+        # process is embedded once, by one process of all; one cached somewhere but missing elsewhere is sent by
+        # the lowest rank that has it. The token (rank 0's) names this fill's writer marks.
+        views = group.all_gather((self._missing(keys, store), secrets.token_hex(8)))
+        lacking = [set(v) for v, _ in views]
+        mine, token = views[group.rank][0], views[0][1]
+        missing = sorted(set().union(*lacking))  # first-occurrence indices: in order
+        nowhere = [i for i in missing if all(i in v for v in lacking)]
         if missing:
-            pending = [(keys[i], texts[i]) for i in missing]
-            share = pending[group.rank::group.world_size]
+            mark = self._mark(token, group.rank) if group.local_leader else None
+            share = [(keys[i], texts[i]) for i in nowhere[group.rank::group.world_size]]
             log.info("embedding cache: process %d of %d embeds %d of the %d uncached prompts", group.rank,
-                     group.world_size, len(share), len(pending))
-            mine, parts = self._compute(share, compute, chunk_size, tag=f"-r{group.rank}")
-            blob = (b"".join(mine), np.stack(list(mine.values())) if mine else None)
-            for joined, vectors in group.all_gather(blob):
+                     group.world_size, len(share), len(nowhere))
+            computed, parts = self._compute(share, compute, chunk_size, tag=f"-r{group.rank}")
+            computed.update((keys[i], store[keys[i]]) for i in missing  # cached here, first here, lacking elsewhere
+                            if i not in lacking[group.rank] and all(i in v for v in lacking[:group.rank]))
+            blob = (b"".join(computed), np.stack(list(computed.values())) if computed else None)
+            for joined, vectors in group.all_gather(blob):  # after this, every leader has left its mark
                 if vectors is not None:
                     store.update(zip((joined[j:j + 20] for j in range(0, len(joined), 20)), vectors))
-            if group.local_leader:  # the shards one process would have written, in its order
-                ordered = [k for k, _ in pending]
-                for start in range(0, len(ordered), max(int(chunk_size), 1)):
-                    chunk = ordered[start:start + max(int(chunk_size), 1)]
+            if mark is not None and self._writer(token) == mark:
+                # the shards one process would have written into this folder (its own view), in its order
+                ordered = [keys[i] for i in mine]
+                step = max(int(chunk_size), 1)
+                for start in range(0, len(ordered), step):
+                    chunk = ordered[start:start + step]
                     self._write_shard(chunk, np.stack([store[k] for k in chunk]))
             group.barrier()
             for part in parts:
                 part.unlink(missing_ok=True)
-        if any(k not in store for k in keys):  # read by rank 0 only: load it (or, if gone, embed it) here
-            store.update(self._load())
-            rest = self._missing(keys, store)
-            store.update(self._compute([(keys[i], texts[i]) for i in rest], compute, chunk_size)[0])
-        return np.stack([store[k] for k in keys]).astype(np.float32), len(missing)
+            if mark is not None:
+                mark.unlink(missing_ok=True)
+        # every text was either in this process's view or missing from it (then embedded and exchanged)
+        return np.stack([store[k] for k in keys]).astype(np.float32), len(nowhere)
+
+    def _mark(self, token: str, rank: int) -> Path:
+        """Leave a node leader's mark for fill ``token`` in this folder (see :meth:`_writer`)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        mark = self.folder / f".writer-{token}-r{rank}"
+        mark.touch()
+        return mark
+
+    def _writer(self, token: str) -> Path | None:
+        """The mark of the lowest-ranked node leader whose mark this folder holds: the one process that writes it
+        (leaders on one shared file system see each other's marks; leaders on local disks see only their own)."""
+        marks = list(self.folder.glob(f".writer-{token}-r*"))
+        return min(marks, key=lambda m: int(m.name.rsplit("-r", 1)[1]), default=None)
 
 
 class DistributedGroup:
     """The processes of an initialised ``torch.distributed`` run, as :meth:`EmbeddingCache.get_or_compute` uses them.
 
     Args:
-        local_rank: This process's rank on its node (the process with local rank 0 writes the node's cache).
+        local_rank: This process's rank on its node (the node's leader, local rank 0, writes the node's cache unless
+            a lower-ranked leader shares its file system). ``rank`` and ``world_size`` are global: all processes of
+            all nodes.
     """
 
     def __init__(self, local_rank: int | None = None) -> None:

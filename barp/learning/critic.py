@@ -7,7 +7,8 @@ model's score and cost on a prompt from what was OBSERVED on its nearest trainin
 - a memory holds every (training prompt, model) outcome the learner has pulled so far, and nothing else; each cell
   counts once, since the table holds one outcome per cell;
 - the neighbours are the ``k`` training prompts with the most similar embeddings (cosine), never the prompt itself,
-  fixed at the start of training from the embeddings alone;
+  fixed at the start of training from the embeddings alone (exact search below 20,000 training prompts, an IVF index
+  above: :mod:`barp.learning.neighbours`, option ``search``);
 - ``q_hat(x, a)`` = (sum of the neighbours' observed scores of model a + ``prior`` * model a's mean observed score
   over all prompts) / (number of those observations + ``prior``), and likewise ``c_hat`` for the normalised cost
   ``min(c / tau, 1)``; the prior keeps a model that no neighbour has tried at its global mean;
@@ -20,31 +21,26 @@ during training only, and its memory is saved in checkpoints under ``"neighbour_
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from barp.errors import ConfigError
+from barp.learning.neighbours import NeighbourIndex
 
 
-def nearest_neighbours(emb: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
-    """Indices of each row's ``k`` most cosine-similar other rows, shape (N, k), computed ``chunk`` rows at a time.
+def nearest_neighbours(emb: torch.Tensor, k: int, chunk: int = 2048, search: str = "auto") -> torch.Tensor:
+    """Indices of each row's ``k`` most cosine-similar other rows, shape (N, k), most similar first.
 
     Args:
         emb: Embeddings, shape (N, D).
         k: Neighbours per row (1 <= k < N).
-        chunk: Rows per block of the similarity matrix (memory is chunk x N).
+        chunk: Rows per block of the exact similarity matrix (memory is chunk x N).
+        search: ``auto`` (exact below :data:`barp.learning.neighbours.EXACT_BELOW` prompts, else an IVF index),
+            ``exact`` or ``approximate`` (:class:`barp.learning.neighbours.NeighbourIndex`).
     """
     n = len(emb)
     if not 1 <= k < n:
         raise ConfigError(f"model.critic.neighbours must be in [1, {n - 1}] (training prompts - 1), got {k!r}")
-    x = F.normalize(emb.float(), dim=-1)
-    out = torch.empty(n, k, dtype=torch.long)
-    for start in range(0, n, chunk):
-        sim = x[start:start + chunk] @ x.T
-        block = torch.arange(len(sim))
-        sim[block, start + block] = -float("inf")  # never the prompt itself
-        out[start:start + chunk] = sim.topk(k, dim=-1).indices
-        del sim  # one chunk x N block alive at a time: memory grows linearly in N
-    return out
+    index = NeighbourIndex.build(emb, search, option="model.critic.search")
+    return index.search(emb, k, exclude_self=True, chunk=chunk)[1].cpu()
 
 
 class NeighbourCritic:
@@ -55,10 +51,12 @@ class NeighbourCritic:
         num_models: Number of models K.
         neighbours: Neighbours per prompt.
         prior: Pseudo-observations at each model's global observed mean (>= 0).
+        search: How the neighbours are found: ``auto``, ``exact`` or ``approximate`` (:func:`nearest_neighbours`).
     """
 
-    def __init__(self, embeddings: torch.Tensor, num_models: int, neighbours: int, prior: float) -> None:
-        self.neighbours = nearest_neighbours(embeddings, neighbours)
+    def __init__(self, embeddings: torch.Tensor, num_models: int, neighbours: int, prior: float,
+                 search: str = "auto") -> None:
+        self.neighbours = nearest_neighbours(embeddings, neighbours, search=search)
         self.prior = float(prior)
         n = len(embeddings)
         self.score = torch.zeros(n, num_models, dtype=torch.float64)

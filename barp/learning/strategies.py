@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import torch
 
 from barp.errors import ConfigError
+from barp.learning.neighbours import check_method
 from barp.learning.rl import (
     clipped_self_normalised_weights,
     leave_one_out_baseline,
@@ -171,15 +172,19 @@ class Neighbours(Strategy):
         prior: Pseudo-observations at each model's global mean in the critic's estimates.
         residual: Weight of the observed-reward correction (:func:`~barp.learning.rl.critic_policy_loss`): 0 learns
             from the critic's estimates only, 1 is unbiased (doubly robust).
+        search: How the neighbours are found (:mod:`barp.learning.neighbours`): ``auto`` (exact below 20,000
+            training prompts, an approximate IVF index above), ``exact`` or ``approximate``. Checkpoints written
+            before the option existed load with ``auto``.
     """
 
-    def __init__(self, neighbours: int = 40, prior: float = 1.0, residual: float = 0.0) -> None:
+    def __init__(self, neighbours: int = 40, prior: float = 1.0, residual: float = 0.0, search: str = "auto") -> None:
         self.neighbours = _integer(neighbours, "model.critic.neighbours", 1)
         self.prior = _number(prior, "model.critic.prior", 0.0)
         self.residual = _number(residual, "model.critic.residual", 0.0)
+        self.search = check_method(search, "model.critic.search")
 
     def init_args(self) -> dict[str, Any]:
-        return {"neighbours": self.neighbours, "prior": self.prior, "residual": self.residual}
+        return {"neighbours": self.neighbours, "prior": self.prior, "residual": self.residual, "search": self.search}
 
 
 # ---------------------------------------------------------------------------------------------- off-policy

@@ -141,7 +141,8 @@ class BaRPModule(RouterModule):
         if stage != "fit" or options is None or dm is None:
             return
         emb = torch.as_tensor(dm.train_embeddings(), dtype=torch.float32)
-        self.critic = NeighbourCritic(emb, len(self.model_names), options.neighbours, options.prior)
+        self.critic = NeighbourCritic(emb, len(self.model_names), options.neighbours, options.prior,
+                                      options.search)
         if self._critic_state is not None:
             self.critic.load_state_dict(self._critic_state)
             self._critic_state = None

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from barp.errors import ConfigError
+from barp.learning.neighbours import NeighbourIndex
 
 if TYPE_CHECKING:
     from barp.models.protocols import RouterData
@@ -109,11 +110,10 @@ class ShiftGuard:
 
     def familiarity(self, emb: torch.Tensor) -> torch.Tensor:
         """Mean cosine similarity of each prompt to its ``neighbours`` nearest reference prompts, shape (B,)."""
-        reference = self.reference.to(emb.device)
-        out = []
-        for block in torch.nn.functional.normalize(emb.float(), dim=-1).split(2048):
-            out.append((block @ reference.T).topk(self.neighbours, dim=-1).values.mean(-1))
-        return torch.cat(out) if out else torch.zeros(0, device=emb.device)
+        # exact search: the reference is a sample of at most MAX_REFERENCE prompts, below the size where
+        # barp.learning.neighbours switches to an approximate index, so the cost grows linearly in the prompts
+        index = NeighbourIndex.build(self.reference.to(emb.device), "exact", normalise=False, option="model.guard")
+        return index.search(emb, self.neighbours, chunk=2048)[0].mean(-1)
 
     def estimates(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each model's mean score and mean normalised cost, shape (K,) each: the validation split's, pooled with

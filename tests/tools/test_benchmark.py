@@ -48,7 +48,7 @@ def _figure(node: dict, path: str) -> float:
 def test_quick_run_writes_the_sections_and_no_tmp_file(quick_run, tmp_path):
     returned, written = quick_run
     assert written == json.loads(json.dumps(returned))  # the file holds what main returned
-    assert set(written["sections"]) == {"encoder", "training", "routing", "startup", "growth", "gpu"}
+    assert set(written["sections"]) == {"encoder", "training", "routing", "startup", "growth", "neighbours", "gpu"}
     assert written["quick"] is True and written["machine"]["torch_threads"] == 1
     assert "skipped" in written["sections"]["startup"]  # quick mode starts no interpreters
     for name in ("encoder", "training", "routing", "growth"):
@@ -164,6 +164,24 @@ def test_startup_section_reports_barp_help_and_import_of_the_cli(bench, monkeypa
     assert s["barp_help_beyond_import_lightning"] == pytest.approx(1.0)
     assert "barp.cli.main" in section["commands"]["import_barp_cli"]
     assert section["ratios"]["import_lightning_vs_barp_help"]["value"] == pytest.approx(8.0 / 9.0)
+
+
+def test_neighbours_section_times_both_searches_side_by_side(bench):
+    section = bench.neighbours_section([300, 1200], exact_up_to=300, k=5, dim=16, sample=100)
+    small, large = section["sizes"]["300"], section["sizes"]["1200"]
+    assert small["exact_s"] > 0 and small["approximate_s"] > 0 and "exact_s" not in large  # exact up to 300 only
+    assert 0.9 <= small["recall_at_k"] <= 1.0 and 0.9 <= large["recall_at_k"] <= 1.0
+    assert section["ratios"]["exact_vs_approximate_s_300"]["value"] == small["exact_s"] / small["approximate_s"]
+    assert section["ratios"]["approximate_s_1200_vs_300"]["value"] == large["approximate_s"] / small["approximate_s"]
+    assert "exact_s_1200_vs_300" not in section["ratios"]
+    assert "neighbours" in bench.report({"date": "d", "quick": True, "machine": {"cpu": "c", "cores": 2,
+                                         "torch_threads": 1}, "sections": {"neighbours": section}, "targets": []})
+
+
+def test_stand_in_embeddings_are_seeded_unit_vectors(bench):
+    a, b = bench.clustered_unit_vectors(200, 8, seed=1), bench.clustered_unit_vectors(200, 8, seed=1)
+    assert torch.equal(a, b) and torch.allclose(a.norm(dim=-1), torch.ones(200))
+    assert not torch.equal(a, bench.clustered_unit_vectors(200, 8, seed=2))
 
 
 @pytest.mark.slow  # two small logs end to end through simulate_log, read_log, barp fit and barp ope (~2 min)

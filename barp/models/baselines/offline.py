@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from barp.errors import ConfigError
+from barp.learning.neighbours import NeighbourIndex, check_method
 from barp.learning.rl import reward
 from barp.models.base import RouterModule
 from barp.models.baselines.common import count_step, step_counter
@@ -119,15 +120,19 @@ class KNNRouter(OfflineRouterModule):
 
     Args:
         k: Number of neighbours (RouterBench's default 40).
+        search: How the neighbours are found (:mod:`barp.learning.neighbours`): ``auto`` (exact below 20,000
+            training prompts, an approximate IVF index above), ``exact`` or ``approximate``.
         **parts: The parts of :class:`~barp.models.base.RouterModule` (``arms``, ``reward``, ``evaluation``,
             ``predict``, ``guard``).
     """
 
-    def __init__(self, k: int = 40, **parts) -> None:
+    def __init__(self, k: int = 40, search: str = "auto", **parts) -> None:
         super().__init__(**parts)
         self.save_hyperparameters()
         if k < 1:
             raise ConfigError(f"model.k must be >= 1, got {k!r}")
+        check_method(search, "model.search")
+        self._index: NeighbourIndex | None = None  # built on the first prediction after the memory is set
         self.automatic_optimization = False
         self.memory = _Memory(self.embed_dim, len(self.model_names))
 
@@ -146,8 +151,10 @@ class KNNRouter(OfflineRouterModule):
     def predict_outcomes(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if len(self.memory.keys) == 0:
             raise RuntimeError("KNNRouter: empty memory; fit it or load a checkpoint first")
-        sim = F.normalize(emb, dim=-1) @ self.memory.keys.T
-        idx = sim.topk(min(self.hparams.k, len(self.memory.keys)), dim=-1).indices
+        if self._index is None or self._index.keys is not self.memory.keys:  # the memory's keys are normalised
+            self._index = NeighbourIndex.build(self.memory.keys, self.hparams.search, option="model.search",
+                                               normalise=False)
+        _, idx = self._index.search(emb, min(self.hparams.k, len(self.memory.keys)))
         return self.memory.scores[idx].mean(dim=1), self.memory.costs[idx].mean(dim=1)
 
 
