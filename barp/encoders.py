@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from barp.errors import ConfigError
+from barp.paths import update_with_file
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 #: Compute dtypes an encoder can run in; ``auto`` picks one of them by a short probe (see :func:`resolve_dtype`).
@@ -114,9 +115,7 @@ def _weights_fingerprint(path: str) -> str:
         f = root / fname
         if f.is_file():
             digest.update(fname.encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+            update_with_file(digest, f)
     return digest.hexdigest()[:16]
 
 

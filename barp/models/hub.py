@@ -50,6 +50,7 @@ from barp.errors import ConfigError
 from barp.models.base import RouterModule
 from barp.models.checkpoints import ENCODER_KEY, GUARD_KEY, RECORD_KEY, load_checkpoint
 from barp.models.compat import upgrade_checkpoint
+from barp.paths import file_sha256
 
 #: The version of the folder format this barp writes; a folder of a newer format is refused.
 FORMAT_VERSION = 1
@@ -211,21 +212,15 @@ def router_sha256(path: str | os.PathLike) -> str:
     """
     p = Path(path).expanduser()
     if not p.is_dir():
-        return _file_sha256(p)
+        return file_sha256(p)
     digest = hashlib.sha256(f"barp-pretrained-{FORMAT_VERSION}\n".encode())
     for name in IDENTITY_FILES:
         if not (p / name).is_file():
             raise ConfigError(f"router folder {str(path)!r} holds no {name}: not a folder written by save_pretrained")
-        digest.update(f"{name}\n{_file_sha256(p / name)}\n".encode())
+        digest.update(f"{name}\n{file_sha256(p / name)}\n".encode())
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 #: The help of ``--ckpt_path`` / ``--router`` in ``barp serve``, ``ope`` and ``calibrate``.

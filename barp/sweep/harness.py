@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -38,6 +37,7 @@ from barp.models.compat import load_module
 from barp.models.evaluation import evaluate as evaluate_policies
 from barp.models.registry import METHOD_CLASSES, method_name, read_method_configs, train_method
 from barp.models.trained import module_class as checkpoint_class
+from barp.paths import file_sha256
 from barp.sweep.contenders import (
     BestFixed,
     Contender,
@@ -87,12 +87,6 @@ class SweepFolder:
         return bool(self.present) and self.problem is None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def inspect_sweep_folder(folder: str | os.PathLike) -> SweepFolder:
@@ -122,7 +116,7 @@ def inspect_sweep_folder(folder: str | os.PathLike) -> SweepFolder:
             listed = listed if isinstance(listed, dict) else {}
             missing = [f for f in listed if f not in present]
             changed = [f for f in listed if f in present and not (
-                isinstance(listed[f], dict) and listed[f].get("sha256") == _sha256(out / f))]
+                isinstance(listed[f], dict) and listed[f].get("sha256") == file_sha256(out / f))]
             unlisted = [f for f in present if f != MARKER and f not in listed]
             problem = "; ".join([f"{', '.join(missing)} missing"] * bool(missing)
                                 + [f"{', '.join(changed)} not the file(s) {MARKER} lists"] * bool(changed)
@@ -420,7 +414,7 @@ def write_outputs(rows: list[dict], summary: dict, output: Path, stale: list[str
         writer.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
         atomic_write_text(staging / "sweep.csv", buf.getvalue())
         plot_pareto(rows, staging / "pareto.png", summary)
-        files = {f: {"sha256": _sha256(staging / f)} for f in OUTPUT_FILES if f != MARKER}
+        files = {f: {"sha256": file_sha256(staging / f)} for f in OUTPUT_FILES if f != MARKER}
         written = {**summary, "files": files}
         atomic_write_text(staging / MARKER, json.dumps(written, indent=2) + "\n")
         replace_file_set(staging, output, OUTPUT_FILES, MARKER, earlier=OUTPUT_FILES)

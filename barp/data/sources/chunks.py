@@ -26,6 +26,7 @@ from barp.data.sources.files import (
     _read_pickle,
     _RepeatedKey,
     _unique_keys,
+    read_head,
     sniff,
 )
 from barp.errors import DataValidationError
@@ -120,17 +121,7 @@ def _file_frames(name: str, chunk_rows: int, trust_pickle: bool) -> Iterator[pd.
         yield from _dataset_frames(name, chunk_rows)
         return
     path = Path(name).expanduser()
-    if not path.exists():
-        raise _fail(path, "no such file")
-    if path.is_dir():
-        raise _fail(path, "is a directory, expected a data file")
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4096)
-    except OSError as exc:
-        raise _fail(path, f"cannot be read ({exc.strerror or exc})") from exc
-    if not head.strip():
-        raise _fail(path, "is empty")
+    head = read_head(path)
     container = sniff(path, head)
     try:
         if container == "parquet":

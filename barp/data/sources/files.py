@@ -155,15 +155,11 @@ def _read_pickle(path: Path, trust_pickle: bool) -> pd.DataFrame:
     return data
 
 
-def read_file(path: Path, trust_pickle: bool = False) -> RawFile:
-    """Read ``path`` into a :class:`RawFile`.
-
-    Args:
-        path: The file.
-        trust_pickle: Unpickle the file even when its hash is not one of the pinned official pickles.
+def read_head(path: Path) -> bytes:
+    """The first 4 KiB of a data file (what :func:`sniff` reads its format from).
 
     Raises:
-        DataValidationError: The file is missing, unreadable, empty, malformed, or an untrusted pickle.
+        DataValidationError: The file is missing, a directory, unreadable or empty.
     """
     if not path.exists():
         raise _fail(path, "no such file")
@@ -176,6 +172,20 @@ def read_file(path: Path, trust_pickle: bool = False) -> RawFile:
         raise _fail(path, f"cannot be read ({exc.strerror or exc})") from exc
     if not head.strip():
         raise _fail(path, "is empty")
+    return head
+
+
+def read_file(path: Path, trust_pickle: bool = False) -> RawFile:
+    """Read ``path`` into a :class:`RawFile`.
+
+    Args:
+        path: The file.
+        trust_pickle: Unpickle the file even when its hash is not one of the pinned official pickles.
+
+    Raises:
+        DataValidationError: The file is missing, unreadable, empty, malformed, or an untrusted pickle.
+    """
+    head = read_head(path)
     container = sniff(path, head)
     raw = RawFile(path=path, container=container)
     try:
