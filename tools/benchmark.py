@@ -771,8 +771,9 @@ def clustered_unit_vectors(n: int, dim: int = 384, per_cluster: int = 50, spread
 
     Why not uniform random vectors: in 384 dimensions they have no structure (a point's nearest neighbour is barely
     nearer than any other), so no index can find neighbours faster than a scan, and prompt embeddings are not like
-    that. These parameters make the search about as hard as the development set's MiniLM embeddings: at 11,571 keys
-    the IVF index's recall@10 at its defaults is 0.962 here and 0.968 there (docs/performance.md).
+    that. These parameters were chosen to make the search about as hard as on the development set's MiniLM
+    embeddings for the first IVF index (recall@10 0.962 here and 0.968 there at 11,571 keys); the current index finds
+    them easier at k = 10 than the development set's (docs/performance.md, "Neighbour search").
     """
     g = torch.Generator().manual_seed(seed)
     m = max(1, n // per_cluster)
@@ -795,13 +796,16 @@ def _sampled_recall(keys: torch.Tensor, found: torch.Tensor, k: int, sample: int
 
 
 def neighbours_section(sizes: list[int], exact_up_to: int, k: int = 10, dim: int = 384,
-                       sample: int = 2000) -> dict:
+                       sample: int = 2000, seeds: int = 3, critic_k: int = 40) -> dict:
     """Exact against approximate (IVF) neighbour search, side by side at each size: every key's ``k`` nearest other
     keys (what the neighbour critic computes at fit start), build + search time, peak memory, recall@k."""
+    from barp.learning import neighbours as nbm
     from barp.learning.neighbours import NeighbourIndex
 
     section: dict = {"data": f"clustered_unit_vectors(n, dim={dim}) (seeded stand-in embeddings)", "k": k,
-                     "recall_sample": sample, "probes": "max(12, ceil(sqrt(lists)) + 1)", "lists": "round(sqrt(N))",
+                     "recall_sample": sample,
+                     "probes": f"max({nbm.PROBES_AT_LEAST}, ceil({nbm.PROBES_PER_SQRT_LIST} sqrt(lists)))",
+                     "lists": f"round({nbm.LISTS_PER_SQRT_KEY} sqrt(N))", "recall_seeds": list(range(seeds)),
                      "exact_up_to": exact_up_to, "sizes": {}}
     for n in sizes:
         keys = clustered_unit_vectors(n, dim)
@@ -816,6 +820,21 @@ def neighbours_section(sizes: list[int], exact_up_to: int, k: int = 10, dim: int
             del found["exact"]
         row["approximate_s"], row["approximate_peak_mib"] = peak_memory(lambda: run("approximate"))
         row["recall_at_k"] = _sampled_recall(keys, found.pop("approximate"), k, min(sample, n))
+        if n <= exact_up_to:  # the index's seed (its k-means) moves recall: the least of a few seeds is reported too
+            row["recall_by_seed"] = [row["recall_at_k"]] + [
+                _sampled_recall(keys, NeighbourIndex.build(keys, "approximate", seed=s).search(
+                    keys, k, exclude_self=True)[1], k, min(sample, n)) for s in range(1, seeds)]
+            row["recall_min_over_seeds"] = min(row["recall_by_seed"])
+        if critic_k and n <= min(exact_up_to, 16000) and critic_k < n:  # the critic's own k (recipes: 40)
+            wide: dict = {}
+
+            def run_k(method: str, wide: dict = wide, keys: torch.Tensor = keys) -> None:
+                wide[method] = NeighbourIndex.build(keys, method).search(keys, critic_k, exclude_self=True)[1]
+
+            ex_s, _ = peak_memory(lambda: run_k("exact"))
+            ap_s, _ = peak_memory(lambda: run_k("approximate"))
+            row["critic_k"] = {"k": critic_k, "exact_s": ex_s, "approximate_s": ap_s,
+                               "recall": _sampled_recall(keys, wide["approximate"], critic_k, min(sample, n))}
         section["sizes"][str(n)] = row
         print(f"[benchmark] neighbours {n}: {row}", file=sys.stderr, flush=True)
     for n in sizes:
@@ -893,10 +912,11 @@ def targets(results: dict) -> list[dict]:
                       "target": "< 8192", "met": bool(peak < 8192), "note": "peak memory (MiB) of every stage"})
     nb = results["sections"].get("neighbours", {})
     if "16000" in nb.get("sizes", {}):  # issue #26: at 16k keys >= 5x faster than exact, recall@10 >= 0.95
-        recall = nb["sizes"]["16000"]["recall_at_k"]
+        row = nb["sizes"]["16000"]
+        recall = row.get("recall_min_over_seeds", row["recall_at_k"])
         found.append(_target(results, "neighbours", "exact_vs_approximate_s_16000", ">=", 5.0,
-                             f"and recall@{nb['k']} >= 0.95 (measured {recall:.3f})",
-                             lambda part: part["sizes"]["16000"]["recall_at_k"] >= 0.95))
+                             f"and recall@{nb['k']} >= 0.95 (measured {recall:.3f}, least over the index seeds)",
+                             lambda part: recall >= 0.95))
     return [t for t in found if t is not None]
 
 
@@ -978,14 +998,21 @@ def report(results: dict) -> str:
         nb = s["neighbours"]
         lines.append(f"\nneighbours (every key's {nb['k']} nearest other keys; {nb['data']}; IVF lists "
                      f"{nb['lists']}, probes {nb['probes']}; recall on {nb['recall_sample']} sampled keys):")
-        lines.append("     keys  exact_s  exact_MiB  approx_s  approx_MiB  speed-up  recall@k")
+        lines.append("     keys  exact_s  exact_MiB  approx_s  approx_MiB  speed-up  recall@k  (seeds: least)")
         for row in nb["sizes"].values():
             ex = row.get("exact_s")
             mib = lambda v, w: f"{v:{w}.1f}" if v is not None else f"{'?':>{w}}"  # noqa: E731 (None: unmeasurable)
             cells = (f"{ex:7.2f}  {mib(row['exact_peak_mib'], 9)}" if ex is not None else f"{'not run':>7}  {'':>9}")
             speed = f"{ex / row['approximate_s']:8.2f}" if ex is not None else f"{'':>8}"
             lines.append(f"  {row['keys']:7d}  {cells}  {row['approximate_s']:8.2f}  "
-                         f"{mib(row['approximate_peak_mib'], 10)}  {speed}  {row['recall_at_k']:8.3f}")
+                         f"{mib(row['approximate_peak_mib'], 10)}  {speed}  {row['recall_at_k']:8.3f}"
+                         + (f"  {row['recall_min_over_seeds']:13.3f}" if "recall_min_over_seeds" in row else ""))
+        for row in nb["sizes"].values():
+            if "critic_k" in row:
+                c = row["critic_k"]
+                lines.append(f"  at k = {c['k']} (the critic's), {row['keys']} keys: exact {c['exact_s']:.2f} s, "
+                             f"approximate {c['approximate_s']:.2f} s ({c['exact_s'] / c['approximate_s']:.2f}x), "
+                             f"recall@{c['k']} {c['recall']:.3f}")
     for name, part in s.items():
         if "skipped" in part:
             lines.append(f"\n{name}: skipped ({part['skipped']})")

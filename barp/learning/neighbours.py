@@ -10,18 +10,22 @@ One interface for every neighbour search in barp (the neighbour critic, the shif
 
 - ``exact``: a chunked matmul and ``topk`` (``chunk`` query rows at a time: memory is chunk x N, linear in N); the
   time grows with N x Q (N^2 for the critic's neighbour lists of its own training prompts).
-- ``approximate``: a torch IVF index. A seeded spherical k-means (``lists`` ~ sqrt(N) centroids, fitted on a sample
-  of at most 64 keys per list) cuts the keys into lists; a query is compared with the keys of its ``probes`` nearest
-  lists only (``max(12, ceil(sqrt(lists)) + 1)`` by default; one matmul per list over the queries that probe it):
-  measured 6-8x the time per 4x keys against exact search's 15-16x, memory linear. Deterministic for a given seed
-  and configuration (own generator; the global RNG is untouched).
+- ``approximate``: a torch IVF index. A seeded spherical k-means (``round(1.4 sqrt(N))`` lists: two Lloyd steps on
+  a sample of 16 keys per list, then two on every key) files each key in its nearest list; a query scans the keys of
+  its ``probes`` nearest lists (``max(7, ceil(0.45 sqrt(lists)))``, more for k > 10: :meth:`NeighbourIndex.probes_for`)
+  in two passes. Pass 1: the queries grouped by their nearest list, one matmul per list: a provisional top k, whose
+  k-th similarity is the query's bar. Pass 2: the other probed lists, one matmul per list over the queries probing
+  it, keeping only similarities above the query's bar (a few per query). One integer sort then picks each query's k
+  best. A self-search (``exclude_self``) also adds the reverse pairs: when pass 2 finds j for i above j's own bar, i
+  is a candidate of j, at no cost in similarities (it lifts recall where j did not probe i's list). Deterministic
+  for a given seed and configuration (own generator; the global RNG is untouched).
 - ``auto`` (the default): ``exact`` below ``threshold`` keys (:data:`EXACT_BELOW`), else ``approximate``.
 
 Why a torch IVF and not FAISS: measured on this project's 2-core machine (one thread, 16k keys of dimension 384),
-FAISS's IVF-Flat (``faiss-cpu`` 1.15, build + search of every key's neighbours) was slower than this index at equal
-recall, whose per-list matmuls run through BLAS, and FAISS would be a new compiled dependency; on a GPU the same
-torch code runs on the device. docs/performance.md ("Neighbour search") has the measured table and how
-:data:`EXACT_BELOW` was picked.
+FAISS's IVF-Flat (``faiss-cpu`` 1.15, build + search of every key's neighbours) was slower than the first version of
+this index at equal recall, and this version is about twice as fast again; FAISS would also be a new compiled
+dependency. On a GPU the same torch code runs on the device. docs/performance.md ("Neighbour search") has the
+measured tables and how :data:`EXACT_BELOW` was picked.
 """
 
 from __future__ import annotations
@@ -36,23 +40,42 @@ from barp.errors import ConfigError
 
 SearchMethod = Literal["auto", "exact", "approximate"]
 METHODS: tuple[str, ...] = ("auto", "exact", "approximate")
-#: ``auto`` searches exactly below this many keys (docs/performance.md, "Neighbour search"): below ~5k keys the index
-#: is no faster; at 16k it was 2.4x faster at recall@10 0.948 (one thread), at 64k 5.1x at 0.871 on the stand-in
-#: embeddings. 20,000 keeps the recipes' training sets (synthetic, development set) on exact search, seconds each.
+#: ``auto`` searches exactly below this many keys (docs/performance.md, "Neighbour search"). On the stand-in
+#: embeddings the index was 5.3x faster than exact search at 16k keys for k = 10 (recall@10 >= 0.958 over three index
+#: seeds) but 1.5x for the critic's k = 40 (recall@40 0.94); 20,000 keeps the recipes' training sets (synthetic,
+#: development set) on exact search, seconds each.
 EXACT_BELOW = 20_000
+#: IVF lists by default: ``round(LISTS_PER_SQRT_KEY * sqrt(N))`` (:func:`default_lists`).
+LISTS_PER_SQRT_KEY = 1.4
+#: Lists probed per query by default, for k <= :data:`PROBES_AT_K` (:func:`default_probes`, :meth:`probes_for`).
+PROBES_AT_LEAST = 7
+PROBES_PER_SQRT_LIST = 0.45
+PROBES_AT_K = 10
+#: k-means iterations of the coarse quantiser on a sample of the keys, then on every key (the full steps lifted
+#: recall@10 at 16k stand-in keys from 0.92-0.95 to 0.96-0.97 across seeds, for about 50 ms).
+KMEANS_ITERATIONS = 2
+FULL_ITERATIONS = 2
+#: At most this many keys per list train the coarse quantiser (a seeded sample).
+SAMPLE_PER_LIST = 16
+#: Queries searched at a time through the lists (the candidates of one block are in memory at once).
+QUERY_CHUNK = 65536
+#: A self-search adds the reverse pairs (False: measurement only, tests/learning/test_neighbours.py).
+REVERSE_PAIRS = True
+#: A self-search keeps each key's ``REVERSE_WIDTH * k`` best candidates before adding the reverse pairs.
+REVERSE_WIDTH = 3
+
+
+def default_lists(n: int) -> int:
+    """IVF lists for ``n`` keys by default: ``round(LISTS_PER_SQRT_KEY * sqrt(n))``, at least 1."""
+    return max(1, round(LISTS_PER_SQRT_KEY * math.sqrt(n)))
 
 
 def default_probes(lists: int) -> int:
-    """Lists probed per query by default: ``max(12, ceil(sqrt(lists)) + 1)`` (12 of 108 lists on the development
-    set's 11,571 MiniLM embeddings: recall@10 0.968). Probing a fixed number lost recall as N grew (0.95 at 16k
-    keys, 0.86 at 64k, 0.73 at 256k with 12 probes); growing them as sqrt(lists) recovers some (0.87 at 64k, 0.77 at
-    256k on the stand-in embeddings, docs/performance.md) while the scanned share of the keys still falls as
-    N^-0.25."""
-    return max(12, math.ceil(math.sqrt(lists)) + 1)
-#: k-means iterations of the coarse quantiser.
-KMEANS_ITERATIONS = 10
-#: At most this many keys per list train the coarse quantiser (a seeded sample).
-SAMPLE_PER_LIST = 64
+    """Lists probed per query by default (k <= 10): ``max(7, ceil(0.45 sqrt(lists)))``: 7 of 177 lists at 16k keys
+    (recall@10 0.958-0.965 over index seeds, stand-in embeddings), 9 of 354 at 64k (0.90-0.91), 12 of 708 at 256k
+    (0.83); growing them as sqrt(lists) keeps the time near N^1.5 while the scanned share of the keys falls as
+    N^-0.25 (docs/performance.md, "Neighbour search")."""
+    return max(PROBES_AT_LEAST, math.ceil(PROBES_PER_SQRT_LIST * math.sqrt(lists)))
 
 
 def check_method(method: object, option: str = "search") -> str:
@@ -81,6 +104,9 @@ class NeighbourIndex:
         self.keys, self.method = keys, method
         self.centroids, self.order, self.bounds, self.probes = centroids, order, bounds, probes
         self._sorted: torch.Tensor | None = None
+        self._key_probes: torch.Tensor | None = None
+        self.grow_probes = False  # True: probes were defaulted and grow with k (:meth:`probes_for`)
+        self._position: torch.Tensor | None = None
 
     @classmethod
     def build(cls, keys: torch.Tensor, method: str = "auto", threshold: int = EXACT_BELOW, seed: int = 0,
@@ -109,14 +135,28 @@ class NeighbourIndex:
         n = len(x)
         if method == "exact" or (method == "auto" and n < threshold) or n == 0:
             return cls(x, "exact")
-        lists = _positive_int(lists, f"{option} lists") if lists is not None else max(1, round(math.sqrt(n)))
+        lists = _positive_int(lists, f"{option} lists") if lists is not None else default_lists(n)
         lists = min(lists, n)
+        grow = probes is None
         probes = _positive_int(probes, f"{option} probes") if probes is not None else default_probes(lists)
+        probes = min(probes, lists)
         centroids = _spherical_kmeans(x, lists, seed)
-        assign = _nearest_centroid(x, centroids)
-        order = torch.argsort(assign, stable=True)
-        bounds = torch.searchsorted(assign[order], torch.arange(lists + 1, device=x.device))
-        return cls(x, "approximate", centroids, order, bounds, min(probes, lists))
+        key_probes = _nearest_centroids(x, centroids, probes)  # column 0: each key's own list
+        order = torch.argsort(key_probes[:, 0], stable=True)
+        bounds = torch.searchsorted(key_probes[order, 0], torch.arange(lists + 1, device=x.device))
+        index = cls(x, "approximate", centroids, order, bounds, probes)
+        index._key_probes = key_probes  # a self-search probes these lists: the same product, computed once
+        index.grow_probes = grow
+        return index
+
+    def probes_for(self, k: int) -> int:
+        """Lists probed per query for ``k`` neighbours: ``probes``, and with defaulted probes
+        ``ceil(probes * sqrt(k / 10))`` above k = 10 (further neighbours lie in more lists: on the development set's
+        MiniLM embeddings, recall@40 at the k = 10 probes was 0.03-0.04 below recall@10)."""
+        assert self.centroids is not None
+        if not self.grow_probes or k <= PROBES_AT_K:
+            return self.probes
+        return min(len(self.centroids), math.ceil(self.probes * math.sqrt(k / PROBES_AT_K)))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -137,7 +177,8 @@ class NeighbourIndex:
             raise ConfigError(f"neighbour search: k must be in [1, {most}], got {k!r}")
         if exclude_self and len(queries) != n:
             raise ConfigError(f"neighbour search: exclude_self needs the {n} keys as queries, got {len(queries)}")
-        q = F.normalize(queries.float(), dim=-1).to(self.keys.device)
+        # exclude_self: the queries are the keys, row for row (normalised once, at build)
+        q = self.keys if exclude_self else F.normalize(queries.float(), dim=-1).to(self.keys.device)
         if self.method == "exact":
             return self._exact(q, k, exclude_self, chunk)
         return self._ivf(q, k, exclude_self)
@@ -159,55 +200,164 @@ class NeighbourIndex:
         return sims, idx
 
     def _ivf(self, q: torch.Tensor, k: int, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per list: the queries probing it against its keys; each query's k best over its probed lists."""
+        """Two passes over the probed lists, then (for a self-search) the reverse pairs; see the module docstring."""
         assert self.centroids is not None and self.order is not None and self.bounds is not None
-        nq, p, lists = len(q), self.probes, len(self.centroids)
-        probe = (q @ self.centroids.T).topk(p, dim=-1).indices  # (Q, P)
-        flat = probe.flatten()
-        by_list = torch.argsort(flat, stable=True)
-        qbounds = torch.searchsorted(flat[by_list], torch.arange(lists + 1, device=q.device)).tolist()
-        kbounds = self.bounds.tolist()
         if self._sorted is None:  # the keys list by list, contiguous: each list's keys are a slice, not a gather
             self._sorted = self.keys[self.order]
-        position = torch.empty_like(self.order)
-        position[self.order] = torch.arange(len(self.order), device=q.device)  # key row -> row in _sorted
-        part_sims = torch.full((nq, p, k), -float("inf"), device=q.device)
-        part_idx = torch.full((nq, p, k), -1, dtype=torch.long, device=q.device)
-        for lst in range(lists):
-            lo, hi = kbounds[lst], kbounds[lst + 1]
-            slots = by_list[qbounds[lst]:qbounds[lst + 1]]
-            if hi == lo or len(slots) == 0:
-                continue
-            rows, col = slots // p, slots % p
-            sim = q[rows] @ self._sorted[lo:hi].T
-            if exclude_self:  # a query's own row lies in its own list only
-                own = position[rows]
-                inside = ((own >= lo) & (own < hi)).nonzero().flatten()
-                sim[inside, own[inside] - lo] = -float("inf")
-            kk = min(k, hi - lo)
-            top = sim.topk(kk, dim=-1)
-            part_sims[rows, col, :kk] = top.values
-            part_idx[rows, col, :kk] = self.order[lo + top.indices]
-        top = part_sims.view(nq, p * k).topk(k, dim=-1)
-        sims, idx = top.values, part_idx.view(nq, p * k).gather(1, top.indices)
-        short = torch.isinf(sims).any(dim=-1).nonzero().flatten()  # probed lists held fewer than k keys
+        n = len(self.keys)
+        if self._position is None:
+            self._position = torch.empty_like(self.order)
+            self._position[self.order] = torch.arange(n, device=q.device)  # key row -> its row in _sorted
+        position = self._position
+        p = self.probes_for(k)
+        key_probes = self._key_probes
+        if exclude_self and (key_probes is None or key_probes.shape[1] < p):
+            key_probes = self._key_probes = _nearest_centroids(self.keys, self.centroids, p)  # more lists, larger k
+        chunks = range(0, len(q), QUERY_CHUNK)  # bounded memory: a few dozen candidates per query of a chunk
+        cand: list[tuple[torch.Tensor, ...]] = []
+        bars = torch.empty(len(q), device=q.device)
+        for start in chunks:
+            rows = torch.arange(start, min(start + QUERY_CHUNK, len(q)), device=q.device)
+            probe = key_probes[rows, :p] if exclude_self and key_probes is not None else None
+            qid, key, sim, other, bars[rows] = self._probe_pass(q[rows], k, p, position[rows] if exclude_self else None,
+                                                                probe)
+            if len(chunks) > 1:  # keep each query's best few: what the reverse pairs below need
+                top_s, top_i = _top_per_query(qid, key, sim, len(rows), min(REVERSE_WIDTH * k, n), distinct=False)
+                kept = torch.isfinite(top_s)
+                qid = torch.arange(len(rows), device=q.device)[:, None].expand_as(top_i)[kept]
+                key, sim, other = top_i[kept], top_s[kept], torch.ones_like(top_s, dtype=torch.bool)[kept]
+            cand.append((rows[qid], key, sim, other))
+        qid, key, sim, other = (torch.cat(parts) for parts in zip(*cand))
+        if exclude_self and REVERSE_PAIRS:  # i is a candidate of j when j is one of i's, above j's own bar
+            back = self.order[key]  # the candidate's key row: the query it is, here
+            turn = (other & (sim > bars[back])).nonzero().flatten()  # pairs in one list: j has seen i already
+            qid, key, sim = (torch.cat([qid, back[turn]]), torch.cat([key, position[qid[turn]]]),
+                             torch.cat([sim, sim[turn]]))
+        sims, idx = _top_per_query(qid, key, sim, len(q), k, distinct=exclude_self)  # idx: rows of _sorted
+        found = idx >= 0
+        idx = torch.where(found, self.order[idx.clamp(min=0)], -1)
+        short = (~found).any(dim=-1).nonzero().flatten()  # the probed lists held fewer than k keys
         if len(short):
             sims[short], idx[short] = self._exact(q[short], k, exclude_self, 2048, rows=short)
         return sims, idx
 
+    def _probe_pass(self, q: torch.Tensor, k: int, p: int, own: torch.Tensor | None,
+                    probe: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Each query's ``k`` best keys (rows of ``_sorted``, -1 where fewer) over its ``probes`` nearest lists.
+
+        Pass 1: each query against its nearest list, the queries grouped by that list (contiguous slices, one matmul
+        per list): a provisional top k whose k-th similarity is the query's bar. Pass 2: the other probed lists, one
+        matmul per list over the queries probing it; only similarities above the query's bar are kept (a few per
+        query), then one sort picks each query's k best. ``own``: the query's own row in ``_sorted`` (never returned).
+        """
+        assert self.centroids is not None and self._sorted is not None and self.bounds is not None
+        assert self.order is not None
+        nq, lists = len(q), len(self.centroids)
+        kbounds = self.bounds.tolist()
+        own_first = probe is not None  # the keys' own probes: column 0 is the list each key is filed in
+        if probe is None:
+            probe = _nearest_centroids(q, self.centroids, p)  # (Q, P), nearest first
+        whole = own_first and nq == len(self.keys)  # every key at once: the queries in _sorted's order are _sorted
+        qorder = self.order if whole else torch.argsort(probe[:, 0], stable=True)
+        qbounds = kbounds if whole else torch.searchsorted(
+            probe[qorder, 0], torch.arange(lists + 1, device=q.device)).tolist()
+        qs = self._sorted if whole else q[qorder]
+        mine = own[qorder] if own is not None else None
+        first_s = torch.full((nq, k), -float("inf"), device=q.device)
+        first_i = torch.full((nq, k), -1, dtype=torch.long, device=q.device)
+        for lst in range(lists):  # pass 1
+            lo, hi, qlo, qhi = kbounds[lst], kbounds[lst + 1], qbounds[lst], qbounds[lst + 1]
+            if hi == lo or qhi == qlo:
+                continue
+            sim = qs[qlo:qhi] @ self._sorted[lo:hi].T
+            if whole:  # the list against itself: each key's own place is the diagonal
+                sim.fill_diagonal_(-float("inf"))
+            elif mine is not None:
+                _mask_own(sim, mine[qlo:qhi], lo, hi)
+            kk = min(k, hi - lo)
+            top = sim.topk(kk, dim=-1)
+            first_s[qlo:qhi, :kk], first_i[qlo:qhi, :kk] = top.values, lo + top.indices
+        bar = first_s[:, k - 1]  # -inf where the nearest list held fewer than k keys: everything passes
+        cand_q, cand_i, cand_s = [], [], []
+        if p > 1:  # pass 2
+            rest = probe[qorder, 1:].flatten()
+            by_list = torch.argsort(rest, stable=True)
+            rbounds = torch.searchsorted(rest[by_list], torch.arange(lists + 1, device=q.device)).tolist()
+            for lst in range(lists):
+                lo, hi = kbounds[lst], kbounds[lst + 1]
+                slots = by_list[rbounds[lst]:rbounds[lst + 1]]
+                if hi == lo or len(slots) == 0:
+                    continue
+                rows = slots // (p - 1)
+                sim = qs[rows] @ self._sorted[lo:hi].T
+                if mine is not None and not own_first:  # a key's own list is its nearest: pass 1 masked it
+                    _mask_own(sim, mine[rows], lo, hi)
+                r, c = (sim > bar[rows, None]).nonzero(as_tuple=True)
+                cand_q.append(rows[r])
+                cand_i.append(lo + c)
+                cand_s.append(sim[r, c])
+        valid = torch.isfinite(first_s)  # not a padding place, nor the query's own key
+        qid = qorder[:, None].expand(-1, k)[valid]  # back to the caller's query order
+        second = torch.cat([torch.zeros(int(valid.sum()), dtype=torch.bool, device=q.device),
+                            torch.ones(sum(len(r) for r in cand_q), dtype=torch.bool, device=q.device)])
+        bar_out = torch.empty_like(bar)
+        bar_out[qorder] = bar
+        return (torch.cat([qid, *(qorder[r] for r in cand_q)]), torch.cat([first_i[valid], *cand_i]),
+                torch.cat([first_s[valid], *cand_s]), second, bar_out)
+
+
+def _mask_own(sim: torch.Tensor, own: torch.Tensor, lo: int, hi: int) -> None:
+    """-inf at each query's own key (``own``: rows of ``_sorted``) where it lies in the list ``[lo, hi)``."""
+    inside = ((own >= lo) & (own < hi)).nonzero().flatten()
+    sim[inside, own[inside] - lo] = -float("inf")
+
+
+def _top_per_query(qid: torch.Tensor, key: torch.Tensor, sim: torch.Tensor, nq: int, k: int,
+                   distinct: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query id in ``0..nq-1``: the ``k`` candidates ``(sim, key)`` of highest ``sim``, most similar first,
+    padded with ``(-inf, -1)``. One integer sort by (query, similarity); ``distinct``: a key listed twice for a query
+    (a pair found from both ends) counts once."""
+    rank_key = ((1.0 - sim) * (1 << 30)).long()  # similarity in [-1, 1] -> [0, 2^31], descending order
+    packed, order = torch.sort(qid * (1 << 32) + rank_key)
+    qid = packed >> 32
+    width = 2 * k if distinct else k  # a pair found twice takes two places before the duplicates are dropped
+    start = torch.searchsorted(qid, torch.arange(nq, device=qid.device))
+    rank = torch.arange(len(qid), device=qid.device) - start[qid]
+    keep = (rank < width).nonzero().flatten()
+    place = qid[keep] * width + rank[keep]
+    top_s = torch.full((nq * width,), -float("inf"), device=sim.device)
+    top_i = torch.full((nq * width,), -1, dtype=torch.long, device=sim.device)
+    top_s[place], top_i[place] = sim[order[keep]], key[order[keep]]
+    top_s, top_i = top_s.view(nq, width), top_i.view(nq, width)
+    if distinct:
+        by_key, perm = top_i.sort(dim=-1)
+        again = torch.zeros_like(by_key, dtype=torch.bool)
+        again[:, 1:] = (by_key[:, 1:] == by_key[:, :-1]) & (by_key[:, 1:] >= 0)
+        top_s = top_s.scatter(1, perm, top_s.gather(1, perm).masked_fill(again, -float("inf")))
+        best = top_s.topk(k, dim=-1)
+        top_s, top_i = best.values, torch.where(torch.isinf(best.values), -1, top_i.gather(1, best.indices))
+    return top_s, top_i
+
 
 def _nearest_centroid(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-    return torch.cat([(block @ centroids.T).argmax(dim=-1) for block in x.split(chunk)])
+    return torch.cat([(block @ centroids.T).max(dim=-1).indices for block in x.split(chunk)])
+
+
+def _nearest_centroids(x: torch.Tensor, centroids: torch.Tensor, p: int, chunk: int = 65536) -> torch.Tensor:
+    """Each row's ``p`` most similar centroids, nearest first: (N, p)."""
+    return torch.cat([(block @ centroids.T).topk(p, dim=-1).indices for block in x.split(chunk)])
 
 
 def _spherical_kmeans(x: torch.Tensor, lists: int, seed: int) -> torch.Tensor:
-    """``lists`` unit centroids from a seeded sample of ``x`` (at most :data:`SAMPLE_PER_LIST` per list)."""
+    """``lists`` unit centroids: :data:`KMEANS_ITERATIONS` Lloyd steps on a seeded sample of ``x`` (at most
+    :data:`SAMPLE_PER_LIST` keys per list), then :data:`FULL_ITERATIONS` on every key."""
     generator = torch.Generator().manual_seed(seed)
     sample = x[torch.randperm(len(x), generator=generator)[:min(len(x), SAMPLE_PER_LIST * lists)].to(x.device)]
     centroids = sample[torch.randperm(len(sample), generator=generator)[:lists].to(x.device)].clone()
-    for _ in range(KMEANS_ITERATIONS):
-        assign = _nearest_centroid(sample, centroids)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, sample)
+    for step in range(KMEANS_ITERATIONS + FULL_ITERATIONS):
+        points = sample if step < KMEANS_ITERATIONS else x
+        assign = _nearest_centroid(points, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, points)
         count = torch.bincount(assign, minlength=lists)
         centroids = torch.where(count[:, None] > 0, F.normalize(sums, dim=-1), centroids)  # an empty list keeps its
     return centroids                                                                    # centroid

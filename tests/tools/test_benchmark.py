@@ -171,6 +171,10 @@ def test_neighbours_section_times_both_searches_side_by_side(bench):
     small, large = section["sizes"]["300"], section["sizes"]["1200"]
     assert small["exact_s"] > 0 and small["approximate_s"] > 0 and "exact_s" not in large  # exact up to 300 only
     assert 0.9 <= small["recall_at_k"] <= 1.0 and 0.9 <= large["recall_at_k"] <= 1.0
+    assert len(small["recall_by_seed"]) == 3 and small["recall_by_seed"][0] == small["recall_at_k"]
+    assert small["recall_min_over_seeds"] == min(small["recall_by_seed"]) and "recall_by_seed" not in large
+    assert small["critic_k"]["k"] == 40 and small["critic_k"]["exact_s"] > 0 and "critic_k" not in large
+    assert 0.8 <= small["critic_k"]["recall"] <= 1.0
     assert section["ratios"]["exact_vs_approximate_s_300"]["value"] == small["exact_s"] / small["approximate_s"]
     assert section["ratios"]["approximate_s_1200_vs_300"]["value"] == large["approximate_s"] / small["approximate_s"]
     assert "exact_s_1200_vs_300" not in section["ratios"]
