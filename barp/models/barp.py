@@ -25,6 +25,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from barp.data.environment import Feedback, LoggedEnvironment
 from barp.errors import ConfigError
 from barp.learning.critic import NeighbourCritic
+from barp.learning.memory import recall
+from barp.learning.neighbours import NeighbourIndex
 from barp.learning.policy import BaRPPolicy
 from barp.learning.rl import (
     check_cost_power,
@@ -60,6 +62,10 @@ def check_training(training: Training) -> Training:
     return training
 
 
+#: The repeat memory's buffers (``memory: true``): training embeddings, observed score, cost, pulled cells.
+MEMORY_BUFFERS = ("memory_keys", "memory_score", "memory_cost", "memory_seen")
+
+
 class BaRPModule(RouterModule):
     """BaRP: one policy pi(a | x, w) that serves every quality-cost trade-off w.
 
@@ -79,6 +85,9 @@ class BaRPModule(RouterModule):
         off_policy: How training from a log of served requests (``data.train_log``) weights the logged pulls
             (:class:`~barp.learning.strategies.SelfNormalisedIS`, whose docs say what it does with ``baseline``
             and ``training.explore``).
+        memory: Route a prompt seen in training by its own pulled outcomes where they beat the policy's choice
+            (:mod:`barp.learning.memory`; needs ``critic``, whose observations it keeps). Off by default: it changes
+            only prompts that repeat training prompts, and checkpoints then hold the training embeddings.
 
     Each part may also be given as a dict of its fields, each strategy as ``{class_path, init_args}`` (as
     checkpoints save them).
@@ -86,6 +95,10 @@ class BaRPModule(RouterModule):
 
     baseline_value: torch.Tensor  # buffers
     explore_pulls: torch.Tensor
+    memory_keys: torch.Tensor  # with memory: true
+    memory_score: torch.Tensor
+    memory_cost: torch.Tensor
+    memory_seen: torch.Tensor
 
     def __init__(
         self,
@@ -99,6 +112,7 @@ class BaRPModule(RouterModule):
         baseline: Baseline = BatchMean(),
         critic: Neighbours | None = None,
         off_policy: SelfNormalisedIS = SelfNormalisedIS(),
+        memory: bool = False,
     ) -> None:
         super().__init__(arms, reward, evaluation, predict, guard)
         policy = part(Policy, policy, "model.policy")
@@ -118,6 +132,19 @@ class BaRPModule(RouterModule):
         self.register_buffer("baseline_value", torch.tensor(float("nan")))
         # per model: number, summed score and summed normalised cost of the uniform exploration pulls (explore > 0)
         self.register_buffer("explore_pulls", torch.zeros(3, len(self.model_names), dtype=torch.float64))
+        if not isinstance(memory, bool):
+            raise ConfigError(f"model.memory must be true or false, got {memory!r}")
+        if memory and critic is None:
+            raise ConfigError("model.memory: true needs model.critic (the memory keeps the critic's observed "
+                              "outcomes); set model.critic or model.memory: false")
+        self.memory = memory
+        if memory:  # sized at fit start (training prompts x models), or to a checkpoint's on loading
+            k = len(self.model_names)
+            self.register_buffer("memory_keys", torch.zeros(0, self.embed_dim))
+            self.register_buffer("memory_score", torch.zeros(0, k))
+            self.register_buffer("memory_cost", torch.zeros(0, k))
+            self.register_buffer("memory_seen", torch.zeros(0, k, dtype=torch.bool))
+        self._memory_index: tuple[tuple[int, int], NeighbourIndex] | None = None
         self._total_steps: int | None = None
         self.critic: NeighbourCritic | None = None
         self._critic_state: dict | None = None  # a checkpoint's critic memory, until the critic is built
@@ -148,11 +175,69 @@ class BaRPModule(RouterModule):
             self._critic_state = None
         elif isinstance(self.env, LoggedEnvironment):
             self._observe_log(self.env)
+        if self.memory:
+            k = len(self.model_names)
+            self.memory_keys = torch.nn.functional.normalize(emb, dim=-1).to(self.memory_keys.device)
+            self.memory_score = torch.zeros(len(emb), k, device=self.memory_keys.device)
+            self.memory_cost = torch.zeros(len(emb), k, device=self.memory_keys.device)
+            self.memory_seen = torch.zeros(len(emb), k, dtype=torch.bool, device=self.memory_keys.device)
+            self._sync_memory()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         if self.critic is not None:
             checkpoint["neighbour_critic"] = self.critic.state_dict()
+        if self.memory and self._sync_memory() and isinstance(checkpoint.get("state_dict"), dict):
+            for name in MEMORY_BUFFERS:  # the state was collected before this hook
+                checkpoint["state_dict"][name] = getattr(self, name).detach().clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """A memory's buffers take the saved sizes (training prompts x models) before loading."""
+        if self.memory:
+            for name in MEMORY_BUFFERS:
+                saved = state_dict.get(prefix + name)
+                if isinstance(saved, torch.Tensor) and saved.shape != getattr(self, name).shape:
+                    setattr(self, name, torch.empty(saved.shape, dtype=getattr(self, name).dtype,
+                                                    device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _sync_memory(self) -> bool:
+        """Copy the critic's observed outcomes into the memory's buffers (True when there is a critic to copy)."""
+        if not self.memory or self.critic is None or len(self.memory_keys) != len(self.critic.seen):
+            return False
+        self.memory_score.copy_(self.critic.score.to(self.memory_score))
+        self.memory_cost.copy_(self.critic.cost.to(self.memory_cost))
+        self.memory_seen.copy_(self.critic.seen.to(self.memory_seen.device))
+        return True
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self._sync_memory()  # validation (and checkpoint selection) sees the pulls made so far
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self._sync_memory()
+
+    def greedy(self, emb: torch.Tensor, w: torch.Tensor, scores: torch.Tensor | None = None,
+               novel: torch.Tensor | None = None) -> torch.Tensor:
+        """The policy's greedy choice (with the shift guard's fallback), then the repeat memory where enabled:
+        a prompt seen in training goes to a model whose pulled outcome there beats the policy's choice
+        (:mod:`barp.learning.memory`)."""
+        action = super().greedy(emb, w, scores, novel)
+        if not self.memory or len(self.memory_keys) == 0:
+            return action
+        return recall(action, emb.to(self.memory_keys.device), w.to(self.memory_keys.device), self._memory_keys(),
+                      self.memory_score, self.memory_cost, self.memory_seen)[0].to(action.device)
+
+    def _memory_keys(self) -> NeighbourIndex:
+        """The memory's keys as a neighbour index, built once per set of keys."""
+        tag = (self.memory_keys.data_ptr(), len(self.memory_keys))
+        if self._memory_index is None or self._memory_index[0] != tag:
+            self._memory_index = (tag, NeighbourIndex.build(self.memory_keys, option="model.memory",
+                                                            normalise=False))
+        return self._memory_index[1]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
