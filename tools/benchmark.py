@@ -812,29 +812,28 @@ def neighbours_section(sizes: list[int], exact_up_to: int, k: int = 10, dim: int
         row: dict = {"keys": n}
         found: dict = {}
 
-        def run(method: str, found: dict = found, keys: torch.Tensor = keys) -> None:
-            found[method] = NeighbourIndex.build(keys, method).search(keys, k, exclude_self=True)[1]
+        def run(method: str, kk: int = k, seed: int = 0, found: dict = found, keys: torch.Tensor = keys) -> None:
+            found[method, kk] = NeighbourIndex.build(keys, method, seed=seed).search(keys, kk, exclude_self=True)[1]
+
+        def recall(kk: int = k, found: dict = found, keys: torch.Tensor = keys, n: int = n) -> float:
+            return _sampled_recall(keys, found.pop(("approximate", kk)), kk, min(sample, n))
 
         if n <= exact_up_to:
             row["exact_s"], row["exact_peak_mib"] = peak_memory(lambda: run("exact"))
-            del found["exact"]
+            del found["exact", k]
         row["approximate_s"], row["approximate_peak_mib"] = peak_memory(lambda: run("approximate"))
-        row["recall_at_k"] = _sampled_recall(keys, found.pop("approximate"), k, min(sample, n))
+        row["recall_at_k"] = recall()
         if n <= exact_up_to:  # the index's seed (its k-means) moves recall: the least of a few seeds is reported too
-            row["recall_by_seed"] = [row["recall_at_k"]] + [
-                _sampled_recall(keys, NeighbourIndex.build(keys, "approximate", seed=s).search(
-                    keys, k, exclude_self=True)[1], k, min(sample, n)) for s in range(1, seeds)]
+            row["recall_by_seed"] = [row["recall_at_k"]]
+            for s in range(1, seeds):
+                run("approximate", seed=s)
+                row["recall_by_seed"].append(recall())
             row["recall_min_over_seeds"] = min(row["recall_by_seed"])
         if critic_k and n <= min(exact_up_to, 16000) and critic_k < n:  # the critic's own k (recipes: 40)
-            wide: dict = {}
-
-            def run_k(method: str, wide: dict = wide, keys: torch.Tensor = keys) -> None:
-                wide[method] = NeighbourIndex.build(keys, method).search(keys, critic_k, exclude_self=True)[1]
-
-            ex_s, _ = peak_memory(lambda: run_k("exact"))
-            ap_s, _ = peak_memory(lambda: run_k("approximate"))
-            row["critic_k"] = {"k": critic_k, "exact_s": ex_s, "approximate_s": ap_s,
-                               "recall": _sampled_recall(keys, wide["approximate"], critic_k, min(sample, n))}
+            ex_s, _ = peak_memory(lambda: run("exact", critic_k))
+            del found["exact", critic_k]
+            ap_s, _ = peak_memory(lambda: run("approximate", critic_k))
+            row["critic_k"] = {"k": critic_k, "exact_s": ex_s, "approximate_s": ap_s, "recall": recall(critic_k)}
         section["sizes"][str(n)] = row
         print(f"[benchmark] neighbours {n}: {row}", file=sys.stderr, flush=True)
     for n in sizes:

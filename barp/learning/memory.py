@@ -34,8 +34,18 @@ SAME = 1.0 - 1e-5
 TIE = 1e-9
 
 
+def summary(score: torch.Tensor, cost: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+    """What the switching rule needs of the whole memory, computed once per memory state: each model's mean observed
+    normalised cost (K,) and the highest observed score (at least 1); None before any pull."""
+    if not bool(seen.any()):
+        return None
+    mean_cost = (cost * seen).sum(0) / seen.sum(0).clamp(min=1)
+    return mean_cost, max(1.0, float(score[seen].max()))
+
+
 def recall(action: torch.Tensor, emb: torch.Tensor, w: torch.Tensor, index: NeighbourIndex, score: torch.Tensor,
-           cost: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+           cost: torch.Tensor, seen: torch.Tensor,
+           stats: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The policy's greedy ``action`` (B,) with the memory applied, and the mask of the prompts it changed.
 
     Args:
@@ -45,9 +55,11 @@ def recall(action: torch.Tensor, emb: torch.Tensor, w: torch.Tensor, index: Neig
         index: The training prompts' embeddings (the memory's keys), row i = memory row i.
         score, cost: Observed score and normalised cost per (training prompt, model), (N, K).
         seen: Which (training prompt, model) cells were pulled, (N, K).
+        stats: :func:`summary` of this memory, when the caller keeps it (computed here otherwise).
     """
     changed = torch.zeros(len(action), dtype=torch.bool, device=action.device)
-    if len(index) == 0 or len(emb) == 0 or not bool(seen.any()):
+    stats = summary(score, cost, seen) if stats is None else stats
+    if len(index) == 0 or len(emb) == 0 or stats is None:
         return action, changed
     sims, rows = index.search(emb, 1)
     hit = (sims[:, 0] >= SAME).to(action.device)
@@ -59,9 +71,7 @@ def recall(action: torch.Tensor, emb: torch.Tensor, w: torch.Tensor, index: Neig
     r = wq * q - wc * c
     r_seen = r.masked_fill(~known, -float("inf"))
     best = r_seen.max(dim=-1).values
-    count = seen.sum(0).clamp(min=1).to(w.dtype)
-    mean_cost = (cost.to(w.dtype) * seen).sum(0) / count  # each model's mean observed normalised cost
-    q_max = max(1.0, float(score[seen].max()))
+    mean_cost, q_max = stats[0].to(w), stats[1]
     a = action[hit]
     a_known = known.gather(1, a[:, None])[:, 0]
     r_a = r.gather(1, a[:, None])[:, 0]

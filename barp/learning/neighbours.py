@@ -262,7 +262,7 @@ class NeighbourIndex:
         qbounds = kbounds if whole else torch.searchsorted(
             probe[qorder, 0], torch.arange(lists + 1, device=q.device)).tolist()
         qs = self._sorted if whole else q[qorder]
-        mine = own[qorder] if own is not None else None
+        mine = None if whole or own is None else own[qorder]  # whole: the diagonal and own_first cover it
         first_s = torch.full((nq, k), -float("inf"), device=q.device)
         first_i = torch.full((nq, k), -1, dtype=torch.long, device=q.device)
         for lst in range(lists):  # pass 1

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from barp.data.environment import Feedback, LoggedEnvironment
 from barp.errors import ConfigError
 from barp.learning.critic import NeighbourCritic
-from barp.learning.memory import recall
+from barp.learning.memory import recall, summary
 from barp.learning.neighbours import NeighbourIndex
 from barp.learning.policy import BaRPPolicy
 from barp.learning.rl import (
@@ -145,6 +145,8 @@ class BaRPModule(RouterModule):
             self.register_buffer("memory_cost", torch.zeros(0, k))
             self.register_buffer("memory_seen", torch.zeros(0, k, dtype=torch.bool))
         self._memory_index: tuple[tuple[int, int], NeighbourIndex] | None = None
+        self._memory_stats: tuple[torch.Tensor, float] | None = None  # memory.summary, until the memory changes
+        self._memory_stale = True
         self._total_steps: int | None = None
         self.critic: NeighbourCritic | None = None
         self._critic_state: dict | None = None  # a checkpoint's critic memory, until the critic is built
@@ -202,6 +204,7 @@ class BaRPModule(RouterModule):
                                                     device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        self._memory_stale = True
 
     def _sync_memory(self) -> bool:
         """Copy the critic's observed outcomes into the memory's buffers (True when there is a critic to copy)."""
@@ -210,6 +213,7 @@ class BaRPModule(RouterModule):
         self.memory_score.copy_(self.critic.score.to(self.memory_score))
         self.memory_cost.copy_(self.critic.cost.to(self.memory_cost))
         self.memory_seen.copy_(self.critic.seen.to(self.memory_seen.device))
+        self._memory_stale = True
         return True
 
     def on_validation_epoch_start(self) -> None:
@@ -228,8 +232,11 @@ class BaRPModule(RouterModule):
         action = super().greedy(emb, w, scores, novel)
         if not self.memory or len(self.memory_keys) == 0:
             return action
+        if self._memory_stale:
+            self._memory_stats = summary(self.memory_score, self.memory_cost, self.memory_seen)
+            self._memory_stale = False
         return recall(action, emb.to(self.memory_keys.device), w.to(self.memory_keys.device), self._memory_keys(),
-                      self.memory_score, self.memory_cost, self.memory_seen)[0].to(action.device)
+                      self.memory_score, self.memory_cost, self.memory_seen, self._memory_stats)[0].to(action.device)
 
     def _memory_keys(self) -> NeighbourIndex:
         """The memory's keys as a neighbour index, built once per set of keys."""
