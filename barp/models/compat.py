@@ -60,12 +60,22 @@ def _is_barp(hp: dict[str, Any]) -> bool:
     return "baseline" in hp or "critic" in hp or "head" in hp  # saved outside the CLI: BaRP's own options
 
 
+def _is_graphrouter(hp: dict[str, Any]) -> bool:
+    class_path = hp.get("_class_path")
+    if class_path is not None:
+        return str(class_path).rpartition(".")[2] == "GraphRouter"
+    return "task_link" in hp and "mask_rate" in hp  # saved outside the CLI: GraphRouter's own options
+
+
 def upgrade_module_hparams(hp: dict[str, Any]) -> dict[str, Any]:
     """A module's hyperparameters in the grouped form; new-form dicts are returned unchanged.
 
     Only the options present move (a missing one takes today's default); options of a comparison router that are
-    its own (``k``, ``hidden_dim`` of an MLP, ...) stay as they are.
+    its own (``k``, ``hidden_dim`` of an MLP, ...) stay as they are. A GraphRouter saved before ``query_state``
+    existed scored edges from the query's final state: it keeps ``query_state: final``.
     """
+    if _is_graphrouter(hp) and "query_state" not in hp:
+        hp = {**hp, "query_state": "final"}
     if "arms" in hp or "model_names" not in hp:
         return hp
     flat = dict(hp)

@@ -51,3 +51,16 @@ def test_old_checkpoint_tests_to_the_same_table(router, tmp_path):
             assert rows[key(row)][field] == pytest.approx(row[field], rel=1e-5, abs=1e-7), (key(row), field)
     for name, value in expected["metrics"].items():
         assert got["metrics"][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+
+
+def test_graphrouter_checkpoint_before_query_state_routes_as_before():
+    """``graphrouter_v1.ckpt``: written by ``barp fit`` at commit b7a5157 (before ``query_state`` and ``task_link:
+    auto``; ``expected_graphrouter_v1.json`` says how). It scored edges from the query's final state: it is read
+    with ``query_state: final`` and its saved ``task_link``, and routes exactly as that code did."""
+    expected = json.loads((FIXTURES / "expected_graphrouter_v1.json").read_text())
+    loaded = TrainedRouter.from_checkpoint(FIXTURES / "graphrouter_v1.ckpt")
+    assert loaded.module.hparams.query_state == "final" and loaded.module.task_link == "nearest"
+    for w_c, probabilities in expected["probabilities"].items():
+        got = loaded.probabilities(expected["prompts"], float(w_c))
+        torch.testing.assert_close(got, torch.tensor(probabilities), atol=1e-5, rtol=1e-5)
+        assert [d.model for d in loaded.route(expected["prompts"], float(w_c))] == expected["decisions"][w_c]

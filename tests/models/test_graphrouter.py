@@ -15,7 +15,14 @@ from barp.data.parts import Batches, Split
 from barp.data.table import OutcomeTable
 from barp.errors import ConfigError
 from barp.learning.rl import preference_tensor
-from barp.models.baselines.graphrouter import GraphRouter, RelationConv, read_descriptions
+from barp.models.baselines.graphrouter import (
+    AUTO_LINK_MIN_RECOVERY,
+    GraphRouter,
+    GraphRouterNet,
+    RelationConv,
+    nearest_recovery,
+    read_descriptions,
+)
 from barp.models.parts import Arms, Reward
 from barp.models.registry import train_method
 from barp.models.trained import TrainedRouter
@@ -44,6 +51,57 @@ def test_message_passing_by_hand():
     assert torch.allclose(out, torch.tensor([[1.0, 2.0], [3.0, -1.0], [4.5, 0.0]]))  # mean [4, -0.5] + h_c
     conv.aggr = "add"
     assert torch.allclose(conv(x, x, src, dst, edge)[2], torch.tensor([8.5, -0.5]))  # sum [8, -1] + h_c
+
+
+def _quiet_net(query_state: str) -> GraphRouterNet:
+    """A 2-d net whose layers pass no messages (zero weights) and whose projections are the identity, in eval mode:
+    every state after the layers is its input state divided by BatchNorm's sqrt(1 + eps)."""
+    net = GraphRouterNet(2, hidden_dim=2, num_layers=1, pref_film=False, query_state=query_state)  # type: ignore
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.zero_()
+                module.bias.zero_()
+        for proj in (net.query_proj, net.task_proj, net.llm_proj):
+            proj.weight.copy_(torch.eye(2))
+    return net.eval()
+
+
+def test_edge_score_by_hand():
+    """query_state input (the official code's): mean((q_in + mean of linked task inputs) * h_llm); final: the
+    query's state after the layers (here its input / sqrt(1 + eps), the tasks sending nothing)."""
+    task_x = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    query_x = torch.tensor([[5.0, 5.0], [2.0, -1.0]])  # a training query, then the predicted one
+    llm_x = torch.tensor([[1.0, 1.0], [2.0, 0.0]])
+    pref = torch.tensor([[1.0, 0.0]])
+    task_query = (torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1]))  # the predicted query joins both tasks
+    query_task = (torch.tensor([0]), torch.tensor([0]))
+    query_llm = (torch.tensor([0, 0]), torch.tensor([0, 1]))
+    edge = torch.zeros(2, 2)
+    bn = (1 + 1e-5) ** 0.5
+    h_llm = llm_x / bn
+    got = _quiet_net("input")(task_x, query_x, llm_x, pref, query_task, task_query, query_llm, edge)
+    q = torch.tensor([2.0, -1.0]) + torch.tensor([0.5, 1.5])  # its input + the mean of tasks [1, 0] and [0, 3]
+    assert torch.allclose(got, (q * h_llm).mean(-1, keepdim=True).T)  # [[(2.5 + 0.5) / 2, 5 / 2] / bn]
+    got = _quiet_net("final")(task_x, query_x, llm_x, pref, query_task, task_query, query_llm, edge)
+    assert torch.allclose(got, ((torch.tensor([2.0, -1.0]) / bn) * h_llm).mean(-1, keepdim=True).T)
+
+
+def test_task_link_auto():
+    """auto: nearest where the nearest task centroid recovers the training prompts' own tasks, else all."""
+    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    assert nearest_recovery(emb, torch.tensor([0, 0, 1, 1]), 2) == 1.0
+    assert nearest_recovery(emb, torch.tensor([0, 1, 0, 1]), 2) == 0.5  # tasks not recognisable from the embedding
+    module = GraphRouter(arms=Arms(["a", "b"], ["t", "u"], 2, "unused"), reward=Reward(tau=1e-3))
+    assert module.hparams.task_link == "auto"
+    module.query_emb, module.query_task = emb, torch.tensor([0, 0, 1, 1])
+    assert module.task_link == "nearest"
+    assert module.link_tasks(torch.tensor([[0.2, 1.0]]))[1].tolist() == [1]
+    module.query_task, module._link = torch.tensor([0, 1, 0, 1]), None  # (fit and loading reset it)
+    assert AUTO_LINK_MIN_RECOVERY > 0.5 and module.task_link == "all"
+    assert module.link_tasks(torch.tensor([[0.2, 1.0]]))[1].tolist() == [0, 1]
+    with pytest.raises(ConfigError, match="query_state"):
+        GraphRouter(arms=Arms(["a", "b"], ["t"], 2, "unused"), reward=Reward(tau=1e-3), query_state="last")
 
 
 def test_descriptions_file(tmp_path):
@@ -115,7 +173,8 @@ def _test_score(module, dm, w_c: float = 0.0) -> tuple[float, float]:
 
 def test_reaches_the_oracle_when_one_model_always_wins(_barp_cache):
     dm = _dm(_table({"math": 1, "poem": 1, "code": 1}))  # m1: best score everywhere (and mid-priced)
-    module = train_method("graphrouter", dm, tau=1e-3, seed=0, max_epochs=5, init_args=FAST)
+    # 8 epochs: at 5, seed 0 sends 2 of 18 prompts to m1 at w_c = 1 (seeds 0-2 all reach m0 from 8 on)
+    module = train_method("graphrouter", dm, tau=1e-3, seed=0, max_epochs=8, init_args=FAST)
     rows = dm.splits.test
     emb = torch.as_tensor(dm.embeddings(rows))
     with torch.no_grad():
@@ -172,6 +231,7 @@ def test_checkpoint_loads_and_routes_raw_prompts(fitted, served_models):
     cli, ckpt = fitted
     router = TrainedRouter.from_checkpoint(ckpt)
     assert isinstance(router.module, GraphRouter) and len(router.module.query_emb) > 0
+    assert router.module.hparams.query_state == "input" and router.module.task_link == cli.model.task_link == "nearest"
     assert torch.equal(router.module.task_features, cli.model.task_features)  # descriptions are not re-embedded
     dm = cli.datamodule
     rows = dm.splits.test

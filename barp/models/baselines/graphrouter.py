@@ -18,6 +18,7 @@ from typing import Literal, cast
 import torch
 import torch.nn.functional as F
 import yaml
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from barp.errors import ConfigError
@@ -77,6 +78,7 @@ def mean_incoming(total: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
 
 
 Aggregation = Literal["mean", "add"]
+QueryState = Literal["input", "final"]
 AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"mean": mean_incoming,
                                                                                  "add": sum_incoming}
 
@@ -112,7 +114,8 @@ class RelationConv(nn.Module):
 class GraphRouterNet(nn.Module):
     """The GNN: input projections per node type, ``num_layers`` heterogeneous GeneralConv layers (task -> query,
     query -> task, query -> LLM with edge features), joint BatchNorm over all nodes, ReLU between layers, and the
-    edge score ``mean(h_query * h_llm * (1 + W_s w))`` (a logit) for every (query, LLM) pair.
+    edge score ``mean(q * h_llm * (1 + W_s w))`` (a logit) for every (query, LLM) pair, where ``q`` is the query's
+    input state (``query_state: input``, the official code's) or its state after the layers (``final``).
 
     Args:
         embed_dim: Width of the frozen encoder's embeddings (query, task and LLM features).
@@ -121,11 +124,15 @@ class GraphRouterNet(nn.Module):
         edge_dim: Query-LLM edge feature width (score and normalised cost: 2).
         aggr: Neighbourhood aggregation of every relation (see :class:`RelationConv`).
         pref_film: Scale the LLM states in each predicted query's edge scores by ``1 + W_s w`` (its preference).
+        query_state: The query side of the edge score: ``input``, the projection of the query's embedding and
+            preference plus the mean projection of its linked tasks (the official code's ``x_ini``, where the task
+            projection is concatenated to the query's); ``final``, the query's state after the layers.
     """
 
     def __init__(self, embed_dim: int, hidden_dim: int = 32, num_layers: int = 2, edge_dim: int = 2,
-                 aggr: Aggregation = "mean", pref_film: bool = True) -> None:
+                 aggr: Aggregation = "mean", pref_film: bool = True, query_state: QueryState = "input") -> None:
         super().__init__()
+        self.query_state = query_state
         self.query_proj = nn.Linear(embed_dim, hidden_dim)
         self.task_proj = nn.Linear(embed_dim, hidden_dim)
         self.llm_proj = nn.Linear(embed_dim, hidden_dim)
@@ -162,7 +169,8 @@ class GraphRouterNet(nn.Module):
         num_t, num_q = len(task_x), len(query_x)
         q = self.query_proj(query_x)
         q = torch.cat([q[:num_q - len(pref)], q[num_q - len(pref):] + self.pref_proj(pref)])
-        h = torch.cat([self.task_proj(task_x), q, self.llm_proj(llm_x)])
+        tasks = self.task_proj(task_x)
+        h = torch.cat([tasks, q, self.llm_proj(llm_x)])
         t_sl, q_sl, m_sl = slice(0, num_t), slice(num_t, num_t + num_q), slice(num_t + num_q, None)
         edge = F.relu(self.edge_mlp(edge_attr))
         for i, (relations, norm) in enumerate(zip(self.layers, self.norms)):
@@ -174,7 +182,12 @@ class GraphRouterNet(nn.Module):
             h = norm(h)
             if i < len(self.layers) - 1:
                 h = F.relu(h)
-        predicted = h[q_sl][num_q - len(pref):]
+        if self.query_state == "input":  # the input projection plus the mean projection of the linked tasks
+            src, dst = task_query
+            linked = torch.zeros_like(q).index_add_(0, dst, tasks[src])
+            predicted = (q + mean_incoming(linked, dst))[num_q - len(pref):]
+        else:
+            predicted = h[q_sl][num_q - len(pref):]
         if self.pref_scale is not None:  # (P, 1, H) * (K, H): each predicted query's preference-scaled LLM states
             llm = h[m_sl].unsqueeze(0) * (1 + self.pref_scale(pref)).unsqueeze(1)
             return (predicted.unsqueeze(1) * llm).mean(dim=-1)
@@ -201,6 +214,19 @@ def link_all(emb: torch.Tensor, query_emb: torch.Tensor, query_task: torch.Tenso
     return rows, present.repeat(len(emb))
 
 
+def nearest_recovery(query_emb: torch.Tensor, query_task: torch.Tensor, num_tasks: int) -> float:
+    """The share of training prompts whose nearest task centroid (``link_nearest``) is their own task."""
+    if len(query_emb) == 0:
+        return 0.0
+    _, nearest = link_nearest(query_emb, query_emb, query_task, num_tasks)
+    return float((nearest == query_task).float().mean())
+
+
+#: ``task_link: auto`` links a new prompt to its nearest task when the nearest task centroid is the own task of at
+#: least this share of the training prompts (the tasks are then recognisable from the embedding), else to all tasks.
+AUTO_LINK_MIN_RECOVERY = 0.9
+
+
 def effect_target(rewards: torch.Tensor, w: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     """``target: effect``: the reward shifted into [0, 1], ``w_q q + w_c (1 - min(c / tau, 1))`` (a soft label)."""
     return rewards + w[:, 1:]
@@ -211,10 +237,11 @@ def best_target(rewards: torch.Tensor, w: torch.Tensor, best: torch.Tensor) -> t
     return best
 
 
-TaskLink = Literal["nearest", "all"]
+TaskLink = Literal["auto", "nearest", "all"]
 EdgeTarget = Literal["effect", "best"]
 TASK_LINKS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]]
 TASK_LINKS = {"nearest": link_nearest, "all": link_all}
+QUERY_STATES = ("input", "final")
 EDGE_TARGETS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]]
 EDGE_TARGETS = {"effect": effect_target, "best": best_target}
 
@@ -259,14 +286,23 @@ class GraphRouter(OfflineRouterModule):
     prompt or in batches. barp routes by embedding and preference only (sweep, ``barp serve``, ``TrainedRouter``):
     the task is not given, so the prompt joins the task whose training prompts' mean embedding is most similar
     (cosine; ``task_link: nearest``), or every task that has training prompts (``task_link: all``, mean over them).
-    :meth:`scores` accepts known task indices instead. OOD prompts join their nearest ID task.
+    ``task_link: auto`` (default) picks between the two from the training data: ``nearest`` where the nearest task
+    centroid is the own task of at least :data:`AUTO_LINK_MIN_RECOVERY` of the training prompts (the tasks are
+    recognisable from the embedding: 96% on the built-in benchmark), ``all`` where it is not (55% on the
+    development set, whose topic clusters were not made in this encoder's space). :meth:`scores` accepts known task
+    indices instead. OOD prompts join their nearest ID task (or all tasks).
+
+    **Edge score** (``query_state``): as the official code, the query side is the predicted query's input state,
+    the projection of its embedding and preference plus the mean projection of the tasks it is linked to; the LLM
+    side is the LLM's state after message passing (``final``: the query's state after the layers, barp's first
+    version: 0.02-0.03 lower on both datasets' validation splits, docs/evaluation.md).
 
     Deviations from the official code, for barp's setting: mean aggregation (``aggr``; GeneralConv's default sums,
     whose scale then depends on how many edges the mask leaves visible), the task as its own node type (the code
-    concatenates a task projection to the query features), the final query state in the edge score (the code uses
-    the query's input projection, which there already holds the task), the ``effect`` target (a soft label in place
-    of the one-hot best), the preference as an input (``W_p w`` and ``pref_film``), and a higher learning rate
-    (3e-3, chosen on the built-in benchmark's validation split, for barp's budget of about 1,000 steps).
+    concatenates a task projection to the query features; here the task's projection is added to the query's in the
+    edge score), the ``effect`` target (a soft label in place of the one-hot best), the preference as an input
+    (``W_p w`` and ``pref_film``), and a higher learning rate (3e-3, chosen on the built-in benchmark's validation
+    split, for barp's budget of about 1,000 steps).
 
     Args:
         hidden_dim: Node state width (the paper's 32).
@@ -279,7 +315,9 @@ class GraphRouter(OfflineRouterModule):
             as BaRP's paper).
         steps_per_batch: Optimizer steps per training batch (fresh preferences and mask each): the paper trains for
             many full-graph steps; 1 gives the same steps as every other method in ``barp sweep``.
-        task_link: How a prompt of unknown task joins the graph: ``nearest`` task or ``all`` tasks.
+        task_link: How a prompt of unknown task joins the graph: ``nearest`` task, ``all`` tasks, or ``auto``
+            (``nearest`` where the nearest task centroid recovers the training prompts' own tasks, else ``all``).
+        query_state: The query side of the edge score: ``input`` (the official code's) or ``final`` (see above).
         target: Edge target: ``effect`` (the reward shifted into [0, 1], a soft label; ours) or ``best`` (the
             official code's one-hot best model).
         pref_film: Scale the LLM states in the edge score by ``1 + W_s w`` (ours).
@@ -291,9 +329,9 @@ class GraphRouter(OfflineRouterModule):
 
     def __init__(self, hidden_dim: int = 32, num_layers: int = 2, aggr: Aggregation = "mean",
                  mask_rate: float = 0.3, lr: float = 3e-3, weight_decay: float = 1e-4, cost_power: float = 2.0,
-                 steps_per_batch: int = 1, task_link: TaskLink = "nearest",
+                 steps_per_batch: int = 1, task_link: TaskLink = "auto",
                  descriptions: str | None = None, target: EdgeTarget = "effect",
-                 pref_film: bool = True, **parts) -> None:
+                 pref_film: bool = True, query_state: QueryState = "input", **parts) -> None:
         super().__init__(**parts)
         self.save_hyperparameters()
         self.automatic_optimization = False  # steps_per_batch optimizer steps per training batch
@@ -308,11 +346,14 @@ class GraphRouter(OfflineRouterModule):
             raise ConfigError(f"model.lr must be > 0 and model.weight_decay >= 0, got {lr!r}, {weight_decay!r}")
         if target not in EDGE_TARGETS:
             raise ConfigError(f"model.target must be effect|best, got {target!r}")
-        if aggr not in AGGREGATIONS or task_link not in TASK_LINKS:
-            raise ConfigError(f"model.aggr must be mean|add and model.task_link nearest|all, got {aggr!r}, "
+        if aggr not in AGGREGATIONS or (task_link != "auto" and task_link not in TASK_LINKS):
+            raise ConfigError(f"model.aggr must be mean|add and model.task_link auto|nearest|all, got {aggr!r}, "
                               f"{task_link!r}")
+        if query_state not in QUERY_STATES:
+            raise ConfigError(f"model.query_state must be input|final, got {query_state!r}")
         check_cost_power(cost_power, "model.cost_power")
-        self.net = GraphRouterNet(self.embed_dim, hidden_dim, num_layers, edge_dim=2, aggr=aggr, pref_film=pref_film)
+        self.net = GraphRouterNet(self.embed_dim, hidden_dim, num_layers, edge_dim=2, aggr=aggr, pref_film=pref_film,
+                                  query_state=query_state)
         k, d = len(self.model_names), self.embed_dim
         self.register_buffer("task_features", torch.zeros(len(self.task_names), d))
         self.register_buffer("llm_features", torch.zeros(k, d))
@@ -321,12 +362,14 @@ class GraphRouter(OfflineRouterModule):
         self.register_buffer("edge_scores", torch.zeros(0, k))
         self.register_buffer("edge_costs", torch.zeros(0, k))
         self._train_tasks: torch.Tensor | None = None  # task index of each training row, read at fit start
+        self._link: str | None = None  # the task link in use (``auto`` resolved), once the graph is known
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         for name in GRAPH_BUFFERS:
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._link = None
 
     # ------------------------------------------------------------------ the training graph
     def setup(self, stage: str) -> None:
@@ -357,10 +400,27 @@ class GraphRouter(OfflineRouterModule):
         self.query_task = torch.as_tensor(tasks, dtype=torch.long).to(self.device)
         self.edge_scores = data.scores.to(self.device)
         self.edge_costs = data.costs.to(self.device)
+        self._link = None
+        if self.hparams.task_link == "auto":
+            recovery = nearest_recovery(self.query_emb, self.query_task, len(self.task_names))
+            rank_zero_info(f"GraphRouter task_link auto: the nearest task centroid is the own task of "
+                           f"{recovery:.1%} of the training prompts -> '{self.task_link}'")
+
+    @property
+    def task_link(self) -> str:
+        """The task link in use: ``task_link``, with ``auto`` resolved from the training graph (the same after a
+        checkpoint is loaded: it is computed from the saved graph)."""
+        if self._link is None:
+            link = str(self.hparams.task_link)
+            if link == "auto":
+                recovery = nearest_recovery(self.query_emb, self.query_task, len(self.task_names))
+                link = "nearest" if recovery >= AUTO_LINK_MIN_RECOVERY else "all"
+            self._link = link
+        return self._link
 
     def link_tasks(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(new prompt, task) index pairs for prompts of unknown task (see ``task_link``)."""
-        return TASK_LINKS[self.hparams.task_link](emb, self.query_emb, self.query_task, len(self.task_names))
+        return TASK_LINKS[self.task_link](emb, self.query_emb, self.query_task, len(self.task_names))
 
     def _forward(self, emb: torch.Tensor, w: torch.Tensor, new_task: tuple[torch.Tensor, torch.Tensor],
                  hidden: torch.Tensor | None = None, llm_visible: torch.Tensor | None = None) -> torch.Tensor:
