@@ -115,6 +115,23 @@ def test_descriptions_file(tmp_path):
         read_descriptions(str(path), ["math"], ["big"])
 
 
+def test_descriptions_from_llmrouter_candidates(tmp_path):
+    """An LLMRouter llm_candidates table: each model's ``feature`` text; the development set's own file reads."""
+    path = tmp_path / "llm_candidates.json"
+    path.write_text('{"big": {"size": "70B", "feature": "A large model.", "input_price": 0.9}, '
+                    '"other": {"feature": "Not in the data."}}')
+    texts = read_descriptions(str(path), ["math"], ["big", "small"])
+    assert texts["models"] == {"big": "A large model.", "small": "Language model: small"}
+    assert texts["tasks"] == {"math": "Task: math"}
+    path.write_text('{"big": {"size": "70B"}}')
+    with pytest.raises(ConfigError, match="model 'big'.*'feature'"):
+        read_descriptions(str(path), ["math"], ["big"])
+    published = ROOT.parent / "shared" / "data" / "llmrouter-dcrouter" / "llm_candidates.json"
+    if published.is_file():  # the real file, where the development set is at hand
+        texts = read_descriptions(str(published), ["cluster-0"], ["gemma-2-9b-it", "codegemma-7b"])
+        assert texts["models"]["codegemma-7b"].startswith("CodeGemma-7B is a specialized variant")
+
+
 def test_edge_targets_by_hand(monkeypatch):
     """effect: BCE against w_q q + w_c (1 - min(c / tau, 1)); best: against the one-hot best model (ties: all)."""
     import torch.nn.functional as F

@@ -34,9 +34,22 @@ def default_descriptions(task_names: list[str], model_names: list[str]) -> dict[
     return {"tasks": {t: f"Task: {t}" for t in task_names}, "models": {m: f"Language model: {m}" for m in model_names}}
 
 
+def _llm_candidates(data: dict, where: str) -> dict[str, dict[str, str]]:
+    """An LLMRouter ``llm_candidates`` table ``{model: {feature: text, ...}}`` as ``{models: {model: text}}``."""
+    models = {}
+    for name, entry in data.items():
+        if not isinstance(entry, dict) or "feature" not in entry:
+            raise ConfigError(f"{where}: model '{name}' of an LLMRouter llm_candidates table has no 'feature' text "
+                              f"(got {entry!r})")
+        models[str(name)] = entry["feature"]
+    return {"models": models}
+
+
 def read_descriptions(path: str | None, task_names: list[str], model_names: list[str]) -> dict[str, dict[str, str]]:
     """Task and LLM descriptions: the defaults, overridden by a YAML/JSON file ``{tasks: {name: text}, models:
-    {name: text}}`` (either section may be left out; names not in the data are ignored).
+    {name: text}}`` (either section may be left out; names not in the data are ignored), or by an LLMRouter
+    ``llm_candidates`` table (``{model: {feature: text, size: .., input_price: .., ...}}``, as the development set's
+    ``llm_candidates.json``): each model's ``feature`` text is its description.
 
     Raises:
         ConfigError: The file cannot be read, or a section is not a mapping of names to non-empty texts.
@@ -50,9 +63,13 @@ def read_descriptions(path: str | None, task_names: list[str], model_names: list
         data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as err:
         raise ConfigError(f"{where}: cannot read it ({err})") from None
+    if isinstance(data, dict) and data and not set(data) & {"tasks", "models"} and all(
+            isinstance(v, dict) for v in data.values()):
+        data = _llm_candidates(data, where)
     if not isinstance(data, dict) or not set(data) <= {"tasks", "models"}:
-        raise ConfigError(f"{where}: expected a mapping with keys 'tasks' and/or 'models', got "
-                          f"{sorted(data) if isinstance(data, dict) else type(data).__name__}")
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"{where}: expected a mapping with keys 'tasks' and/or 'models' (or an LLMRouter "
+                          f"llm_candidates table), got {got}")
     for section, names in (("tasks", task_names), ("models", model_names)):
         given = data.get(section) or {}
         if not isinstance(given, dict):
@@ -321,8 +338,9 @@ class GraphRouter(OfflineRouterModule):
         target: Edge target: ``effect`` (the reward shifted into [0, 1], a soft label; ours) or ``best`` (the
             official code's one-hot best model).
         pref_film: Scale the LLM states in the edge score by ``1 + W_s w`` (ours).
-        descriptions: YAML/JSON file ``{tasks: {name: text}, models: {name: text}}`` overriding the default
-            descriptions (read at fit start).
+        descriptions: YAML/JSON file ``{tasks: {name: text}, models: {name: text}}``, or an LLMRouter
+            ``llm_candidates`` table (each model's ``feature`` text), overriding the default descriptions (read at
+            fit start).
         **parts: The parts of :class:`~barp.models.base.RouterModule` (``arms``, ``reward``, ``evaluation``,
             ``predict``, ``guard``).
     """
