@@ -122,9 +122,13 @@ class BarpCLI(LightningCLI):
         return True
 
     def before_fit(self) -> None:
-        """On a resume, the first logger continues the run's metrics after the checkpoint's epoch."""
+        """The module's own input files are checked before anything is written; on a resume, the first logger
+        continues the run's metrics after the checkpoint's epoch."""
         from barp.loggers import CSVLogger
+        from barp.models.base import RouterModule
 
+        if isinstance(self.model, RouterModule):
+            self.model.check_fit_inputs()
         epoch = getattr(self, "_resumed_epoch", None)
         if epoch is not None and getattr(self, "_continues_run", False) and isinstance(self.trainer.logger, CSVLogger):
             self.trainer.logger.resume_after_epoch(epoch)

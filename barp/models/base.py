@@ -141,6 +141,10 @@ class RouterModule(L.LightningModule):
         trainer: Any = self.trainer if self._trainer is not None else None  # Lightning sets trainer.datamodule
         return None if trainer is None else trainer.datamodule
 
+    def check_fit_inputs(self) -> None:
+        """Read and check the files the fit will read beyond its data, before ``barp fit`` writes anything (the run
+        folder, its config); raise a ``ConfigError`` naming the file, field and value. Default: none."""
+
     def setup(self, stage: str) -> None:
         """Attach the training environment and resolve tau, the reference models and the guard from the data."""
         if (dm := self.router_data()) is None:

@@ -213,18 +213,37 @@ def test_new_prompts_do_not_change_each_other(_barp_cache):
     assert torch.allclose(together, alone, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    """``barp fit`` of GraphRouter on a CSV whose best model depends on the task (m0: math, m1: poem, m2: code)."""
-    out = tmp_path_factory.mktemp("graphrouter")
-    table = _table({"math": 0, "poem": 1, "code": 2}, n=120)
+def _write_csv(table: OutcomeTable, path: Path) -> Path:
+    """The table as a barp CSV (one score and one total-cost column per model)."""
     import pandas as pd
 
     frame = pd.DataFrame({"prompt_id": table.prompt_ids, "prompt": table.prompts, "task": table.tasks})
     for j, m in enumerate(table.models):
         frame[m] = table.scores[:, j]
         frame[f"{m}|total_cost"] = table.costs[:, j]
-    frame.to_csv(out / "data.csv", index=False)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_bad_descriptions_file_stops_fit_before_anything_is_written(tmp_path):
+    data = _write_csv(_table({"math": 0, "poem": 1, "code": 2}, n=30), tmp_path / "data.csv")
+    (tmp_path / "llm_candidates.json").write_text('{"m0": {"size": "7B"}}')
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", str(ROOT / "configs/experiments/routerbench.yaml"),
+              "--config", str(ROOT / "configs/model/graphrouter.yaml"),
+              "--data.init_args.source.path", str(data), "--data.init_args.split.ood_tasks", "[]",
+              "--model.init_args.descriptions", str(tmp_path / "llm_candidates.json"),
+              "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out)])
+    assert stop.value.code == 2
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """``barp fit`` of GraphRouter on a CSV whose best model depends on the task (m0: math, m1: poem, m2: code)."""
+    out = tmp_path_factory.mktemp("graphrouter")
+    _write_csv(_table({"math": 0, "poem": 1, "code": 2}, n=120), out / "data.csv")
     cli = main(["fit", "--config", str(ROOT / "configs/experiments/routerbench.yaml"),
                 "--config", str(ROOT / "configs/model/graphrouter.yaml"),
                 "--data.init_args.source.path", str(out / "data.csv"), "--data.init_args.split.ood_tasks", "[]",

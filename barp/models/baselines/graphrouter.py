@@ -390,6 +390,10 @@ class GraphRouter(OfflineRouterModule):
         self._link = None
 
     # ------------------------------------------------------------------ the training graph
+    def check_fit_inputs(self) -> None:
+        """The descriptions file, read and checked before ``barp fit`` writes its run folder."""
+        read_descriptions(self.hparams.descriptions, self.task_names, self.model_names)
+
     def setup(self, stage: str) -> None:
         dm = self.router_data()
         self._train_tasks = None
