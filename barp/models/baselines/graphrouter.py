@@ -381,6 +381,7 @@ class GraphRouter(OfflineRouterModule):
         self.register_buffer("edge_costs", torch.zeros(0, k))
         self._train_tasks: torch.Tensor | None = None  # task index of each training row, read at fit start
         self._link: str | None = None  # the task link in use (``auto`` resolved), once the graph is known
+        self._recovery: float | None = None  # with auto: nearest_recovery of the graph it was resolved on
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         for name in GRAPH_BUFFERS:
@@ -424,20 +425,19 @@ class GraphRouter(OfflineRouterModule):
         self.edge_costs = data.costs.to(self.device)
         self._link = None
         if self.hparams.task_link == "auto":
-            recovery = nearest_recovery(self.query_emb, self.query_task, len(self.task_names))
+            link = self.task_link
             rank_zero_info(f"GraphRouter task_link auto: the nearest task centroid is the own task of "
-                           f"{recovery:.1%} of the training prompts -> '{self.task_link}'")
+                           f"{self._recovery:.1%} of the training prompts -> '{link}'")
 
     @property
     def task_link(self) -> str:
         """The task link in use: ``task_link``, with ``auto`` resolved from the training graph (the same after a
         checkpoint is loaded: it is computed from the saved graph)."""
         if self._link is None:
-            link = str(self.hparams.task_link)
-            if link == "auto":
-                recovery = nearest_recovery(self.query_emb, self.query_task, len(self.task_names))
-                link = "nearest" if recovery >= AUTO_LINK_MIN_RECOVERY else "all"
-            self._link = link
+            self._link, self._recovery = str(self.hparams.task_link), None
+            if self._link == "auto":
+                self._recovery = nearest_recovery(self.query_emb, self.query_task, len(self.task_names))
+                self._link = "nearest" if self._recovery >= AUTO_LINK_MIN_RECOVERY else "all"
         return self._link
 
     def link_tasks(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
